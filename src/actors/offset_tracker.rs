@@ -1,0 +1,232 @@
+//! The OffsetTracker: the only actor that decides what is committed.
+//!
+//! It learns from the Fetcher what was assigned, revoked and dispatched, and from the
+//! processors what finished; it keeps an [`OffsetBook`] of it, commits the book's commit points
+//! periodically and, at shutdown, once more on request. The commits themselves are executed by
+//! the Fetcher, the only owner of the consumer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::fetcher::{Commit, Fetcher};
+use crate::offsets::{Completion, Epoch, OffsetBook, Position, TopicPartition};
+use crate::report::Abandoned;
+
+pub(crate) struct OffsetTracker {
+    book: OffsetBook,
+    fetcher: Option<Addr<Fetcher>>,
+    commit_interval: Duration,
+    /// A periodic commit is waiting for the Fetcher; the next tick skips rather than piles up.
+    committing: bool,
+    processed: u64,
+    committed: BTreeMap<TopicPartition, i64>,
+}
+
+impl OffsetTracker {
+    pub(crate) fn new(commit_interval: Duration) -> Self {
+        OffsetTracker {
+            book: OffsetBook::default(),
+            fetcher: None,
+            commit_interval,
+            committing: false,
+            processed: 0,
+            committed: BTreeMap::new(),
+        }
+    }
+
+    /// Sends the book's commit points to the Fetcher and records what Kafka acknowledged.
+    fn commit(&mut self) -> ResponseActFuture<Self, Result<(), String>> {
+        let positions = self.book.uncommitted();
+        let Some(fetcher) = self.fetcher.clone() else {
+            return Box::pin(fut::ready(Err("no consumer to commit with".to_owned())));
+        };
+        if positions.is_empty() {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        self.committing = true;
+        Box::pin(
+            async move { fetcher.send(Commit(positions)).await }
+                .into_actor(self)
+                .map(|result, tracker, _| {
+                    tracker.committing = false;
+                    let committed =
+                        result.map_err(|error| format!("commit not delivered: {error}"))??;
+                    for position in committed {
+                        tracker.book.committed(&position);
+                        tracker
+                            .committed
+                            .insert(position.partition.clone(), position.offset);
+                    }
+                    Ok(())
+                }),
+        )
+    }
+}
+
+impl Actor for OffsetTracker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.commit_interval, |tracker, ctx| {
+            if tracker.committing {
+                return;
+            }
+            ctx.spawn(tracker.commit().map(|result, _, _| {
+                if let Err(error) = result {
+                    log::warn!("periodic commit failed (retried at the next interval): {error}");
+                }
+            }));
+        });
+    }
+}
+
+/// The Fetcher's handle on the consumer, once it runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AttachFetcher(pub(crate) Addr<Fetcher>);
+
+impl Handler<AttachFetcher> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, AttachFetcher(fetcher): AttachFetcher, _: &mut Self::Context) {
+        self.fetcher = Some(fetcher);
+    }
+}
+
+/// Partitions newly assigned to this member, each under a new epoch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, Epoch)>);
+
+impl Handler<Assigned> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Self::Context) {
+        for (partition, epoch) in partitions {
+            self.book.assign(partition, epoch);
+        }
+    }
+}
+
+/// Partitions this member no longer holds. Their unfinished messages are fenced: whatever
+/// finishes later is never committed by this member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Revoked(pub(crate) Vec<TopicPartition>);
+
+impl Handler<Revoked> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, Revoked(partitions): Revoked, _: &mut Self::Context) {
+        for partition in partitions {
+            let in_flight = self.book.revoke(&partition).map_or(0, |o| o.in_flight());
+            if in_flight > 0 {
+                log::warn!(
+                    "{partition} revoked with {in_flight} messages in flight: they will not \
+                     be committed by this member"
+                );
+            }
+        }
+    }
+}
+
+/// Messages the Fetcher handed to processors. Sent before the processors receive them, so a
+/// completion never arrives before its dispatch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Dispatched(pub(crate) Vec<Position>);
+
+impl Handler<Dispatched> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, Dispatched(positions): Dispatched, _: &mut Self::Context) {
+        for position in positions {
+            if !self.book.dispatched(&position) {
+                log::debug!(
+                    "dispatch of {}@{} not tracked (fenced or behind the partition)",
+                    position.partition,
+                    position.offset
+                );
+            }
+        }
+    }
+}
+
+/// Messages whose processing finished successfully.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Finished(pub(crate) Vec<Position>);
+
+impl Handler<Finished> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, Finished(positions): Finished, _: &mut Self::Context) {
+        for position in positions {
+            self.processed += 1;
+            match self.book.finished(&position) {
+                Completion::Recorded => {}
+                Completion::Fenced => log::info!(
+                    "{}@{} finished after its partition was revoked: not committed",
+                    position.partition,
+                    position.offset
+                ),
+                Completion::Unknown => log::warn!(
+                    "{}@{} reported finished but was not in flight",
+                    position.partition,
+                    position.offset
+                ),
+            }
+        }
+    }
+}
+
+/// Commits every commit point now (the final commit of a shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub(crate) struct CommitNow;
+
+impl Handler<CommitNow> for OffsetTracker {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, _: CommitNow, _: &mut Self::Context) -> Self::Result {
+        self.commit()
+    }
+}
+
+/// What the tracker knows, for the shutdown report.
+#[derive(Debug)]
+pub(crate) struct TrackerReport {
+    pub(crate) processed: u64,
+    pub(crate) committed: BTreeMap<TopicPartition, i64>,
+    pub(crate) abandoned: Vec<Abandoned>,
+}
+
+#[derive(Message)]
+#[rtype(result = "TrackerReport")]
+pub(crate) struct Report;
+
+impl Handler<Report> for OffsetTracker {
+    type Result = MessageResult<Report>;
+
+    fn handle(&mut self, _: Report, _: &mut Self::Context) -> Self::Result {
+        let abandoned = self
+            .book
+            .partitions()
+            .into_iter()
+            .filter_map(|(partition, offsets)| {
+                offsets.first_unfinished().map(|first_offset| Abandoned {
+                    partition: partition.clone(),
+                    first_offset,
+                    messages: offsets.in_flight(),
+                })
+            })
+            .collect();
+        MessageResult(TrackerReport {
+            processed: self.processed,
+            committed: self.committed.clone(),
+            abandoned,
+        })
+    }
+}

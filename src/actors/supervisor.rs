@@ -1,0 +1,374 @@
+//! The Supervisor: starts the other actors, waits for a stop request and runs the shutdown
+//! phases under one deadline.
+//!
+//! Startup order: the OffsetTracker, then the consumer (the brokers and topics are checked
+//! before any user code runs), then the processors (their `on_start` hooks), then the Fetcher,
+//! which subscribes. Shutdown order: stop fetching, drain the processors' mailboxes, run their
+//! `on_stop` hooks, commit synchronously, close the consumer (leaving the group).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::fetcher::{Close, FetchContext, Fetcher, StopFetching};
+use crate::actors::offset_tracker::{AttachFetcher, CommitNow, OffsetTracker, Report};
+use crate::actors::processor::{Drain, ProcessorActor, StartProcessor, StopProcessor};
+use crate::config::ConsumerConfig;
+use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
+use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
+use crate::{Error, Processor, Result};
+
+/// The least the final commit and the close get, even when the drain used up the deadline:
+/// skipping the commit would turn finished work into duplicates.
+const FINAL_STEP_FLOOR: Duration = Duration::from_millis(500);
+/// The most of the shutdown timeout kept back from the drain for the later phases.
+const MAX_RESERVE: Duration = Duration::from_secs(5);
+
+/// A started system: what `ConsumerSystem` needs to wait for it and clean up after it.
+pub(crate) struct Started {
+    pub(crate) report: oneshot::Receiver<ShutdownReport>,
+    pub(crate) arbiters: Vec<Arbiter>,
+}
+
+pub(crate) struct Supervisor<P: Processor> {
+    config: ConsumerConfig,
+    requests: watch::Receiver<StopRequest>,
+    abandon: CancellationToken,
+    tracker: Addr<OffsetTracker>,
+    fetcher: Addr<Fetcher>,
+    processors: Vec<Addr<ProcessorActor<P>>>,
+    report_to: Option<oneshot::Sender<ShutdownReport>>,
+}
+
+impl<P: Processor> Supervisor<P> {
+    /// Starts every actor of a system. Fails, having released what it started, when the
+    /// brokers or topics cannot be reached or a processor fails to start.
+    pub(crate) async fn start<F>(
+        config: ConsumerConfig,
+        factory: F,
+        stop: StopHandle,
+    ) -> Result<Started>
+    where
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        let tracker = OffsetTracker::new(config.commit_interval).start();
+        let consumer: BaseConsumer<FetchContext> = config
+            .client_config()
+            .create_with_context(FetchContext::new(tracker.clone()))?;
+        let consumer = check_cluster(consumer, &config).await?;
+
+        let mut arbiters = Vec::new();
+        let workers = (0..config.worker_threads)
+            .map(|_| Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        let abandon = CancellationToken::new();
+        let factory = Arc::new(factory);
+        let processors: Vec<Addr<ProcessorActor<P>>> = (0..config.processors)
+            .map(|index| {
+                let (factory, tracker, stop, abandon) = (
+                    factory.clone(),
+                    tracker.clone(),
+                    stop.clone(),
+                    abandon.clone(),
+                );
+                ProcessorActor::start_in_arbiter(
+                    &workers[index % workers.len()].handle(),
+                    move |_| ProcessorActor::new(index, factory(), tracker, stop, abandon),
+                )
+            })
+            .collect();
+        arbiters.extend(workers);
+
+        let starts = join_all(processors.iter().map(|p| p.send(StartProcessor))).await;
+        let failed_start =
+            starts
+                .into_iter()
+                .enumerate()
+                .find_map(|(index, result)| match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(source)) => Some(Error::ProcessorStart {
+                        processor: index,
+                        source,
+                    }),
+                    Err(error) => Some(Error::Runtime(format!(
+                        "processor {index} vanished: {error}"
+                    ))),
+                });
+        if let Some(error) = failed_start {
+            let budget = config.shutdown_timeout;
+            let _ = timeout(
+                budget,
+                join_all(processors.iter().map(|p| p.send(StopProcessor { budget }))),
+            )
+            .await;
+            stop_arbiters(arbiters);
+            return Err(error);
+        }
+
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let fetch_arbiter =
+            Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
+        let recipients = processors.iter().map(|p| p.clone().recipient()).collect();
+        let fetcher_stop = stop.clone();
+        let fetcher_tracker = tracker.clone();
+        let fetcher = Fetcher::start_in_arbiter(&fetch_arbiter.handle(), move |_| {
+            Fetcher::new(consumer, fetcher_tracker, recipients, fetcher_stop)
+        });
+        arbiters.push(fetch_arbiter);
+        tracker.do_send(AttachFetcher(fetcher.clone()));
+
+        let (report_to, report) = oneshot::channel();
+        log::info!(
+            "started: group {} on {}, topics {:?}, {} processors on {} threads",
+            config.group_id,
+            config.brokers,
+            config.topics,
+            config.processors,
+            config.worker_threads
+        );
+        Supervisor {
+            requests: stop.subscribe(),
+            config,
+            abandon,
+            tracker,
+            fetcher,
+            processors,
+            report_to: Some(report_to),
+        }
+        .start();
+        Ok(Started { report, arbiters })
+    }
+}
+
+/// Fails fast, with the setting at fault, when the brokers do not answer or a topic is missing.
+async fn check_cluster(
+    consumer: BaseConsumer<FetchContext>,
+    config: &ConsumerConfig,
+) -> Result<BaseConsumer<FetchContext>> {
+    let (brokers, topics, wait) = (
+        config.brokers.clone(),
+        config.topics.clone(),
+        config.startup_timeout,
+    );
+    // Fetching metadata blocks; keep it off the system's thread.
+    tokio::task::spawn_blocking(move || {
+        let metadata =
+            consumer
+                .fetch_metadata(None, wait)
+                .map_err(|source| Error::BrokersUnreachable {
+                    brokers: brokers.clone(),
+                    timeout: wait,
+                    source,
+                })?;
+        for topic in &topics {
+            if !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none())
+            {
+                return Err(Error::TopicNotFound {
+                    topic: topic.clone(),
+                    brokers,
+                });
+            }
+        }
+        drop(metadata);
+        Ok(consumer)
+    })
+    .await
+    .map_err(|error| Error::Runtime(format!("metadata check failed: {error}")))?
+}
+
+pub(crate) fn stop_arbiters(arbiters: Vec<Arbiter>) {
+    // Not joined: a processor that blocks its thread must not block the return of `start`.
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+}
+
+impl<P: Processor> Actor for Supervisor<P> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let mut requests = self.requests.clone();
+        let shutdown = ShutdownPlan {
+            timeout: self.config.shutdown_timeout,
+            requests: self.requests.clone(),
+            abandon: self.abandon.clone(),
+            tracker: self.tracker.clone(),
+            fetcher: self.fetcher.clone(),
+            processors: self.processors.clone(),
+        };
+        ctx.spawn(
+            async move {
+                let reason = stop_requested(&mut requests).await;
+                shutdown.run(reason).await
+            }
+            .into_actor(self)
+            .map(|report, supervisor, ctx| {
+                if let Some(report_to) = supervisor.report_to.take() {
+                    let _ = report_to.send(report);
+                }
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+/// The shutdown phases and what they act on.
+struct ShutdownPlan<P: Processor> {
+    timeout: Duration,
+    requests: watch::Receiver<StopRequest>,
+    abandon: CancellationToken,
+    tracker: Addr<OffsetTracker>,
+    fetcher: Addr<Fetcher>,
+    processors: Vec<Addr<ProcessorActor<P>>>,
+}
+
+/// Records the phases of one shutdown as they complete.
+struct PhaseLog {
+    phases: Vec<PhaseReport>,
+    errors: Vec<String>,
+}
+
+impl PhaseLog {
+    fn record(&mut self, phase: Phase, started: Instant, outcome: Result<(), String>) {
+        let took = started.elapsed();
+        let completed = outcome.is_ok();
+        match outcome {
+            Ok(()) => log::info!("shutdown: {phase:?} took {took:?}"),
+            Err(error) => {
+                log::warn!("shutdown: {phase:?} incomplete after {took:?}: {error}");
+                self.errors.push(format!("{phase:?}: {error}"));
+            }
+        }
+        self.phases.push(PhaseReport {
+            phase,
+            took,
+            completed,
+        });
+    }
+}
+
+impl<P: Processor> ShutdownPlan<P> {
+    /// Runs the phases. The drain gets the shutdown timeout less a reserve (a quarter of it, at
+    /// most 5 s) for the stop hooks, the final commit and the close; the hooks get half of the
+    /// reserve; the commit and the close get what is left, but never less than a floor.
+    async fn run(mut self, reason: StopReason) -> ShutdownReport {
+        let begun = Instant::now();
+        let deadline = begun + self.timeout;
+        let reserve = (self.timeout / 4).min(MAX_RESERVE);
+        let mut log = PhaseLog {
+            phases: Vec::new(),
+            errors: Vec::new(),
+        };
+        log::info!("stopping ({reason}) within {:?}", self.timeout);
+
+        let started = Instant::now();
+        let outcome = match timeout(self.timeout, self.fetcher.send(StopFetching)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("the fetcher vanished: {error}")),
+            Err(_) => Err("the fetcher did not answer".to_owned()),
+        };
+        log.record(Phase::StopFetching, started, outcome);
+
+        let started = Instant::now();
+        let drained = join_all(self.processors.iter().map(|p| p.send(Drain)));
+        let outcome = tokio::select! {
+            _ = drained => Ok(()),
+            () = sleep_until(deadline - reserve) => Err(format!(
+                "in-flight messages did not finish within {:?}; abandoned",
+                (deadline - reserve).saturating_duration_since(started)
+            )),
+            () = abandon_requested(&mut self.requests) => Err("abandoned on request".to_owned()),
+        };
+        if outcome.is_err() {
+            self.abandon.cancel();
+        }
+        log.record(Phase::Drain, started, outcome);
+
+        let started = Instant::now();
+        let budget = (deadline - reserve / 2).saturating_duration_since(started);
+        let stops = join_all(
+            self.processors
+                .iter()
+                .map(|p| p.send(StopProcessor { budget })),
+        );
+        let outcome = match timeout(budget + FINAL_STEP_FLOOR, stops).await {
+            Ok(results) => {
+                let errors: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|result| match result {
+                        Ok(Ok(())) => None,
+                        Ok(Err(error)) => Some(error),
+                        Err(error) => Some(format!("a processor vanished: {error}")),
+                    })
+                    .collect();
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+            }
+            Err(_) => Err("the stop hooks did not finish in time".to_owned()),
+        };
+        log.record(Phase::StopProcessors, started, outcome);
+
+        let started = Instant::now();
+        let budget = (deadline - reserve / 4)
+            .saturating_duration_since(started)
+            .max(FINAL_STEP_FLOOR);
+        let outcome = match timeout(budget, self.tracker.send(CommitNow)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => Err(format!("the offset tracker vanished: {error}")),
+            Err(_) => Err(format!("the commit did not finish within {budget:?}")),
+        };
+        log.record(Phase::Commit, started, outcome);
+
+        let tracked = self.tracker.send(Report).await;
+
+        let started = Instant::now();
+        let budget = deadline
+            .saturating_duration_since(started)
+            .max(FINAL_STEP_FLOOR);
+        let outcome = match timeout(
+            budget + FINAL_STEP_FLOOR,
+            self.fetcher.send(Close { budget }),
+        )
+        .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => Err(format!("the fetcher vanished: {error}")),
+            Err(_) => Err(format!("the consumer did not close within {budget:?}")),
+        };
+        log.record(Phase::Close, started, outcome);
+
+        let (processed, committed, abandoned) = match tracked {
+            Ok(tracked) => (tracked.processed, tracked.committed, tracked.abandoned),
+            Err(error) => {
+                log.errors
+                    .push(format!("the offset tracker vanished: {error}"));
+                Default::default()
+            }
+        };
+        log::info!(
+            "stopped in {:?}: {processed} messages processed",
+            begun.elapsed()
+        );
+        ShutdownReport {
+            reason,
+            processed,
+            committed,
+            abandoned,
+            phases: log.phases,
+            errors: log.errors,
+        }
+    }
+}

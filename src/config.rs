@@ -1,0 +1,456 @@
+//! Configuration: a builder that validates its input before anything starts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::{Error, Result};
+
+/// librdkafka properties the framework sets itself; a user value would break its guarantees
+/// or duplicate a builder method.
+const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "is set with `brokers(..)`"),
+    ("group.id", "is set with `group_id(..)`"),
+    (
+        "enable.auto.commit",
+        "is always false: the framework commits only finished offsets",
+    ),
+    (
+        "enable.auto.offset.store",
+        "is always false: the framework decides what is committed",
+    ),
+];
+
+/// librdkafka's defaults for the properties the validation reasons about.
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(45_000);
+const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(300_000);
+
+/// A validated configuration for a [`ConsumerSystem`](crate::ConsumerSystem).
+///
+/// Build one with [`ConsumerConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub(crate) brokers: String,
+    pub(crate) group_id: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) processors: usize,
+    pub(crate) worker_threads: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) handle_signals: bool,
+    pub(crate) kafka_options: BTreeMap<String, String>,
+    warnings: Vec<String>,
+}
+
+impl ConsumerConfig {
+    /// Starts a builder with the defaults.
+    pub fn builder() -> ConsumerConfigBuilder {
+        ConsumerConfigBuilder::default()
+    }
+
+    /// Settings that are valid but contradict each other; each was logged at `warn` by
+    /// [`build`](ConsumerConfigBuilder::build).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The librdkafka configuration of the consumer: the user's properties over the framework's
+    /// defaults, and the framework's own settings over both.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &self.kafka_options {
+            config.set(key, value);
+        }
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
+
+    fn duration_option(&self, key: &str) -> Result<Option<Duration>> {
+        self.kafka_options
+            .get(key)
+            .map(|value| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| {
+                        Error::config(
+                            key,
+                            format!("must be a number of milliseconds, got {value:?}"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// Builds a [`ConsumerConfig`]. `brokers`, `group_id` and at least one topic are required;
+/// everything else has a default.
+///
+/// ```
+/// use std::time::Duration;
+/// use kafka_actors::ConsumerConfig;
+///
+/// let config = ConsumerConfig::builder()
+///     .brokers("127.0.0.1:9092")
+///     .group_id("billing")
+///     .topic("orders")
+///     .processors(8)
+///     .shutdown_timeout(Duration::from_secs(20))
+///     .kafka_option("session.timeout.ms", "10000")
+///     .build()?;
+/// assert!(config.warnings().is_empty());
+/// # Ok::<(), kafka_actors::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConsumerConfigBuilder {
+    brokers: String,
+    group_id: String,
+    topics: Vec<String>,
+    processors: usize,
+    worker_threads: Option<usize>,
+    commit_interval: Duration,
+    shutdown_timeout: Duration,
+    startup_timeout: Duration,
+    handle_signals: bool,
+    kafka_options: BTreeMap<String, String>,
+}
+
+impl Default for ConsumerConfigBuilder {
+    fn default() -> Self {
+        ConsumerConfigBuilder {
+            brokers: String::new(),
+            group_id: String::new(),
+            topics: Vec::new(),
+            processors: 4,
+            worker_threads: None,
+            commit_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
+            handle_signals: true,
+            kafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+impl ConsumerConfigBuilder {
+    /// The bootstrap servers, comma-separated `host:port` pairs. Required.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.brokers = brokers.into();
+        self
+    }
+
+    /// The consumer group. Required.
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.group_id = group_id.into();
+        self
+    }
+
+    /// Adds a topic to subscribe to. At least one is required.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds several topics to subscribe to.
+    pub fn topics<T: Into<String>>(mut self, topics: impl IntoIterator<Item = T>) -> Self {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// How many processors run (default 4). Each partition is handled by one processor at a
+    /// time, so more processors than assigned partitions add nothing in partition order.
+    pub fn processors(mut self, processors: usize) -> Self {
+        self.processors = processors;
+        self
+    }
+
+    /// How many threads the processors are spread over (default: the number of CPUs, at most
+    /// the number of processors). Processors are async, so I/O-bound work needs few threads.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = Some(threads);
+        self
+    }
+
+    /// How often finished offsets are committed while running (default 5 s). A crash
+    /// redelivers at most what finished within one interval, plus what was in flight.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// The one deadline for a graceful shutdown (default 30 s), from the stop request to the
+    /// return of [`ConsumerSystem::start`](crate::ConsumerSystem::start): draining in-flight
+    /// messages, the processors' stop hooks, the final commit and leaving the group.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the brokers and the topics' metadata at start (default 30 s) before
+    /// failing with [`Error::BrokersUnreachable`].
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Whether SIGINT and SIGTERM stop the system (default true): the first one gracefully,
+    /// a second one abandons the drain. Turn it off when the application handles signals
+    /// itself and stops the system through a [`StopHandle`](crate::StopHandle).
+    pub fn handle_signals(mut self, handle: bool) -> Self {
+        self.handle_signals = handle;
+        self
+    }
+
+    /// Sets a librdkafka consumer property, such as `session.timeout.ms`,
+    /// `group.instance.id` or `auto.offset.reset` (default here: `earliest`). See librdkafka's
+    /// CONFIGURATION.md. The properties the framework owns (`bootstrap.servers`, `group.id`,
+    /// `enable.auto.commit`, `enable.auto.offset.store`) are refused by `build`.
+    pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka_options.insert(key.into(), value.into());
+        self
+    }
+
+    /// Validates the settings. Fails with [`Error::Config`] naming the first setting at fault;
+    /// logs a warning for each pair of settings that contradict each other.
+    pub fn build(self) -> Result<ConsumerConfig> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::config(
+                "brokers",
+                "is required: the bootstrap servers, e.g. \"127.0.0.1:9092\"",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(Error::config("group_id", "is required"));
+        }
+        if self.topics.is_empty() {
+            return Err(Error::config("topics", "needs at least one topic"));
+        }
+        if let Some(topic) = self.topics.iter().find(|t| !is_valid_topic_name(t)) {
+            return Err(Error::config(
+                "topics",
+                format!(
+                    "contains {topic:?}, which is not a topic name (1 to 249 of [a-zA-Z0-9._-])"
+                ),
+            ));
+        }
+        if self.processors == 0 {
+            return Err(Error::config("processors", "must be at least 1"));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(Error::config("worker_threads", "must be at least 1"));
+        }
+        for (setting, value) in [
+            ("commit_interval", self.commit_interval),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("startup_timeout", self.startup_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(setting, "must be longer than zero"));
+            }
+        }
+        for (key, reason) in RESERVED_PROPERTIES {
+            if self.kafka_options.contains_key(*key) {
+                return Err(Error::config(*key, *reason));
+            }
+        }
+
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut config = ConsumerConfig {
+            worker_threads: self.worker_threads.unwrap_or(cpus).min(self.processors),
+            brokers: self.brokers,
+            group_id: self.group_id,
+            topics: self.topics,
+            processors: self.processors,
+            commit_interval: self.commit_interval,
+            shutdown_timeout: self.shutdown_timeout,
+            startup_timeout: self.startup_timeout,
+            handle_signals: self.handle_signals,
+            kafka_options: self.kafka_options,
+            warnings: Vec::new(),
+        };
+        // librdkafka checks every property name and value when it builds its configuration.
+        config
+            .client_config()
+            .create_native_config()
+            .map_err(|error| match error {
+                KafkaError::ClientConfig(_, description, key, _) => Error::config(key, description),
+                other => Error::Kafka(other),
+            })?;
+        config.warnings = contradictions(&config)?;
+        for warning in &config.warnings {
+            log::warn!("{warning}");
+        }
+        Ok(config)
+    }
+}
+
+/// Settings that are each valid but work against each other.
+fn contradictions(config: &ConsumerConfig) -> Result<Vec<String>> {
+    let session_timeout = config
+        .duration_option("session.timeout.ms")?
+        .unwrap_or(DEFAULT_SESSION_TIMEOUT);
+    let max_poll_interval = config
+        .duration_option("max.poll.interval.ms")?
+        .unwrap_or(DEFAULT_MAX_POLL_INTERVAL);
+    let shutdown = config.shutdown_timeout;
+    let mut warnings = Vec::new();
+    if shutdown > max_poll_interval {
+        warnings.push(format!(
+            "shutdown_timeout ({shutdown:?}) is longer than max.poll.interval.ms \
+             ({max_poll_interval:?}): a long drain could outlast the group membership"
+        ));
+    }
+    if config.kafka_options.contains_key("group.instance.id") && shutdown > session_timeout {
+        warnings.push(format!(
+            "shutdown_timeout ({shutdown:?}) is longer than session.timeout.ms \
+             ({session_timeout:?}) with static membership (group.instance.id): the broker may \
+             hand this member's partitions to another member while it still drains them"
+        ));
+    }
+    if config.commit_interval > shutdown.max(session_timeout) {
+        warnings.push(format!(
+            "commit_interval ({:?}) is longer than both shutdown_timeout and \
+             session.timeout.ms: a crash redelivers up to a whole interval of messages",
+            config.commit_interval
+        ));
+    }
+    Ok(warnings)
+}
+
+fn is_valid_topic_name(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ConsumerConfigBuilder {
+        ConsumerConfig::builder()
+            .brokers("127.0.0.1:9092")
+            .group_id("g")
+            .topic("t")
+    }
+
+    fn setting_at_fault(builder: ConsumerConfigBuilder) -> String {
+        match builder.build() {
+            Err(Error::Config { setting, .. }) => setting,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_configuration_is_valid() {
+        let config = valid().build().expect("valid");
+        assert_eq!(config.processors, 4);
+        assert!(config.worker_threads >= 1 && config.worker_threads <= 4);
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let no_brokers = ConsumerConfig::builder().group_id("g").topic("t");
+        assert_eq!(setting_at_fault(no_brokers), "brokers");
+        let no_group = ConsumerConfig::builder().brokers("b:1").topic("t");
+        assert_eq!(setting_at_fault(no_group), "group_id");
+        let no_topics = ConsumerConfig::builder().brokers("b:1").group_id("g");
+        assert_eq!(setting_at_fault(no_topics), "topics");
+    }
+
+    #[test]
+    fn nonsense_values_are_named() {
+        assert_eq!(setting_at_fault(valid().processors(0)), "processors");
+        assert_eq!(
+            setting_at_fault(valid().worker_threads(0)),
+            "worker_threads"
+        );
+        assert_eq!(setting_at_fault(valid().topic("no spaces")), "topics");
+        assert_eq!(
+            setting_at_fault(valid().commit_interval(Duration::ZERO)),
+            "commit_interval"
+        );
+        assert_eq!(
+            setting_at_fault(valid().shutdown_timeout(Duration::ZERO)),
+            "shutdown_timeout"
+        );
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("session.timeout.ms", "soon")),
+            "session.timeout.ms"
+        );
+    }
+
+    #[test]
+    fn librdkafka_rejects_unknown_properties_by_name() {
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("no.such.property", "1")),
+            "no.such.property"
+        );
+    }
+
+    #[test]
+    fn properties_the_framework_owns_are_refused() {
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("enable.auto.commit", "true")),
+            "enable.auto.commit"
+        );
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("group.id", "other")),
+            "group.id"
+        );
+    }
+
+    #[test]
+    fn a_shutdown_longer_than_the_poll_interval_is_warned_about() {
+        let config = valid()
+            .shutdown_timeout(Duration::from_secs(60))
+            .kafka_option("max.poll.interval.ms", "30000")
+            .build()
+            .expect("valid");
+        assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
+        assert!(config.warnings()[0].contains("max.poll.interval.ms"));
+    }
+
+    #[test]
+    fn a_shutdown_longer_than_the_session_is_warned_about_with_static_membership() {
+        let builder = valid()
+            .shutdown_timeout(Duration::from_secs(20))
+            .kafka_option("session.timeout.ms", "10000");
+        assert!(
+            builder
+                .clone()
+                .build()
+                .expect("valid")
+                .warnings()
+                .is_empty()
+        );
+        let config = builder
+            .kafka_option("group.instance.id", "instance-1")
+            .build()
+            .expect("valid");
+        assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
+        assert!(config.warnings()[0].contains("static membership"));
+    }
+
+    #[test]
+    fn user_properties_never_override_the_framework_settings() {
+        let config = valid().kafka_option("auto.offset.reset", "latest").build();
+        let client = config.expect("valid").client_config();
+        assert_eq!(client.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(client.get("enable.auto.commit"), Some("false"));
+        assert_eq!(client.get("enable.auto.offset.store"), Some("false"));
+    }
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod actors;
+mod config;
+mod error;
+mod message;
+mod offsets;
+mod processor;
+mod report;
+mod routing;
+mod stop;
+mod system;
+pub mod testkit;
+
+pub use config::{ConsumerConfig, ConsumerConfigBuilder};
+pub use error::{Error, Result};
+pub use message::Message;
+pub use offsets::TopicPartition;
+pub use processor::Processor;
+pub use report::{Abandoned, Phase, PhaseReport, ShutdownReport, StopReason};
+pub use stop::StopHandle;
+pub use system::{ConsumerSystem, RunningSystem};

@@ -1,0 +1,156 @@
+//! What a stopped system reports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::TopicPartition;
+
+/// Why a system stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// [`StopHandle::stop`](crate::StopHandle::stop) or
+    /// [`stop_now`](crate::StopHandle::stop_now) was called.
+    Requested,
+    /// The process received a signal (`"SIGINT"` or `"SIGTERM"`).
+    Signal(&'static str),
+    /// A processor failed on a message; that message and the rest of its partition stay
+    /// uncommitted and are delivered again on the next start.
+    ProcessingFailed {
+        /// The message's partition.
+        partition: TopicPartition,
+        /// The message's offset.
+        offset: i64,
+        /// The error the processor returned, or the panic message.
+        error: String,
+    },
+    /// The Kafka consumer failed in a way it cannot recover from.
+    ConsumerFailed(String),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Requested => write!(f, "stop requested"),
+            StopReason::Signal(signal) => write!(f, "{signal} received"),
+            StopReason::ProcessingFailed {
+                partition,
+                offset,
+                error,
+            } => write!(f, "processing failed at {partition}@{offset}: {error}"),
+            StopReason::ConsumerFailed(error) => write!(f, "consumer failed: {error}"),
+        }
+    }
+}
+
+/// One step of the shutdown, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Pausing all partitions so that nothing more is dispatched.
+    StopFetching,
+    /// Waiting for in-flight messages to finish.
+    Drain,
+    /// Running the processors' [`on_stop`](crate::Processor::on_stop) hooks.
+    StopProcessors,
+    /// Committing the finished offsets, synchronously.
+    Commit,
+    /// Closing the consumer, which leaves the group.
+    Close,
+}
+
+/// How long a shutdown phase took, and whether it completed or ran out of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseReport {
+    /// The phase.
+    pub phase: Phase,
+    /// How long it took.
+    pub took: Duration,
+    /// Whether it completed (false: it ran out of time or was abandoned, or failed).
+    pub completed: bool,
+}
+
+/// Messages that were dispatched but not finished when the system stopped, per partition. They
+/// were not committed and are delivered again to the next member that reads the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abandoned {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The lowest unfinished offset: the partition's commit point.
+    pub first_offset: i64,
+    /// How many messages were unfinished.
+    pub messages: usize,
+}
+
+/// What a system did, returned by [`ConsumerSystem::start`](crate::ConsumerSystem::start) when
+/// it has stopped.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Why the system stopped.
+    pub reason: StopReason,
+    /// How many messages were processed successfully.
+    pub processed: u64,
+    /// The last offset this system committed for each partition it committed for: the next
+    /// offset a consumer of the group will read.
+    pub committed: BTreeMap<TopicPartition, i64>,
+    /// What was in flight and not finished when the final commit ran.
+    pub abandoned: Vec<Abandoned>,
+    /// The shutdown phases with their durations.
+    pub phases: Vec<PhaseReport>,
+    /// Errors met during shutdown (a stop hook that failed, a commit that failed). Empty when
+    /// the shutdown went cleanly.
+    pub errors: Vec<String>,
+}
+
+impl ShutdownReport {
+    /// True when every phase completed, nothing was abandoned, nothing failed and the system
+    /// stopped because it was asked to.
+    pub fn is_clean(&self) -> bool {
+        matches!(self.reason, StopReason::Requested | StopReason::Signal(_))
+            && self.abandoned.is_empty()
+            && self.errors.is_empty()
+            && self.phases.iter().all(|phase| phase.completed)
+    }
+
+    /// The total time of the shutdown phases.
+    pub fn shutdown_time(&self) -> Duration {
+        self.phases.iter().map(|phase| phase.took).sum()
+    }
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "stopped: {}", self.reason)?;
+        writeln!(f, "processed: {} messages", self.processed)?;
+        writeln!(f, "committed offsets:")?;
+        if self.committed.is_empty() {
+            writeln!(f, "  (none)")?;
+        }
+        for (partition, offset) in &self.committed {
+            writeln!(f, "  {partition}: {offset}")?;
+        }
+        if self.abandoned.is_empty() {
+            writeln!(f, "abandoned: none")?;
+        } else {
+            writeln!(f, "abandoned (delivered again on restart):")?;
+            for abandoned in &self.abandoned {
+                writeln!(
+                    f,
+                    "  {}: {} messages from offset {}",
+                    abandoned.partition, abandoned.messages, abandoned.first_offset
+                )?;
+            }
+        }
+        writeln!(f, "shutdown phases:")?;
+        for phase in &self.phases {
+            let status = if phase.completed { "" } else { " (incomplete)" };
+            writeln!(f, "  {:?}: {:?}{status}", phase.phase, phase.took)?;
+        }
+        for error in &self.errors {
+            writeln!(f, "error: {error}")?;
+        }
+        Ok(())
+    }
+}

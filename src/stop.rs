@@ -1,0 +1,162 @@
+//! Stop requests: from a [`StopHandle`], from signals, and from the system itself.
+
+use tokio::sync::watch;
+
+use crate::report::StopReason;
+
+/// How urgently the system was asked to stop. Requests only escalate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StopRequest {
+    Running,
+    /// Stop fetching, drain in-flight work within the shutdown timeout, commit, leave.
+    Graceful(StopReason),
+    /// Abandon the drain at once, then commit what finished and leave.
+    Immediate(StopReason),
+}
+
+/// Stops a running [`ConsumerSystem`](crate::ConsumerSystem) from code. Cheap to clone and
+/// usable from any thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    requests: watch::Sender<StopRequest>,
+}
+
+impl Default for StopHandle {
+    fn default() -> Self {
+        StopHandle::new()
+    }
+}
+
+impl StopHandle {
+    /// A handle for a system that has not been asked to stop.
+    pub fn new() -> Self {
+        StopHandle {
+            requests: watch::Sender::new(StopRequest::Running),
+        }
+    }
+
+    /// Asks for a graceful stop: like a first SIGTERM. Does not wait for it.
+    pub fn stop(&self) {
+        self.request_graceful(StopReason::Requested);
+    }
+
+    /// Asks to abandon the drain: like a second SIGTERM. In-flight messages are left
+    /// unfinished (and delivered again later); what finished is committed.
+    pub fn stop_now(&self) {
+        self.request_immediate(StopReason::Requested);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        *self.requests.borrow() != StopRequest::Running
+    }
+
+    pub(crate) fn request_graceful(&self, reason: StopReason) {
+        self.requests.send_if_modified(|request| match request {
+            StopRequest::Running => {
+                *request = StopRequest::Graceful(reason);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub(crate) fn request_immediate(&self, reason: StopReason) {
+        self.requests.send_if_modified(|request| match request {
+            StopRequest::Immediate(_) => false,
+            StopRequest::Graceful(first) => {
+                *request = StopRequest::Immediate(first.clone());
+                true
+            }
+            StopRequest::Running => {
+                *request = StopRequest::Immediate(reason);
+                true
+            }
+        });
+    }
+
+    /// A signal escalates: the first asks for a graceful stop, the next one for an immediate one.
+    pub(crate) fn escalate(&self, reason: StopReason) {
+        if self.is_stopping() {
+            log::warn!("{reason} again: abandoning the drain");
+            self.request_immediate(reason);
+        } else {
+            log::info!("{reason}: stopping gracefully (send it again to abandon the drain)");
+            self.request_graceful(reason);
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<StopRequest> {
+        self.requests.subscribe()
+    }
+}
+
+/// Resolves when a stop was requested; returns the first reason.
+pub(crate) async fn stop_requested(requests: &mut watch::Receiver<StopRequest>) -> StopReason {
+    let request = requests
+        .wait_for(|request| *request != StopRequest::Running)
+        .await
+        .map(|request| request.clone());
+    match request {
+        Ok(StopRequest::Graceful(reason) | StopRequest::Immediate(reason)) => reason,
+        // The sender lives in the system's own handle, so it cannot go away while running.
+        Ok(StopRequest::Running) | Err(_) => StopReason::Requested,
+    }
+}
+
+/// Resolves when the drain is to be abandoned.
+pub(crate) async fn abandon_requested(requests: &mut watch::Receiver<StopRequest>) {
+    let _ = requests
+        .wait_for(|request| matches!(request, StopRequest::Immediate(_)))
+        .await;
+}
+
+/// Turns SIGINT and SIGTERM into stop requests, for as long as the returned task runs.
+pub(crate) fn listen_for_signals(
+    handle: StopHandle,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(actix::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = interrupt.recv() => "SIGINT",
+                Some(()) = terminate.recv() => "SIGTERM",
+                else => return,
+            };
+            handle.escalate(StopReason::Signal(name));
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_only_escalate_and_keep_the_first_reason() {
+        let handle = StopHandle::new();
+        assert!(!handle.is_stopping());
+        handle.escalate(StopReason::Signal("SIGTERM"));
+        assert_eq!(
+            *handle.subscribe().borrow(),
+            StopRequest::Graceful(StopReason::Signal("SIGTERM"))
+        );
+        handle.stop();
+        assert_eq!(
+            *handle.subscribe().borrow(),
+            StopRequest::Graceful(StopReason::Signal("SIGTERM"))
+        );
+        handle.escalate(StopReason::Signal("SIGINT"));
+        assert_eq!(
+            *handle.subscribe().borrow(),
+            StopRequest::Immediate(StopReason::Signal("SIGTERM"))
+        );
+        handle.stop();
+        assert!(matches!(
+            *handle.subscribe().borrow(),
+            StopRequest::Immediate(_)
+        ));
+    }
+}
