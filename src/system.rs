@@ -27,7 +27,7 @@ use crate::{ConsumerConfig, Error, Processor, Result, ShutdownReport, StopHandle
 /// # impl Processor for Noop {
 /// #     async fn process(&mut self, _: &Message) -> anyhow::Result<()> { Ok(()) }
 /// # }
-/// #[tokio::main]
+/// #[tokio::main(flavor = "current_thread")]
 /// async fn main() -> anyhow::Result<()> {
 ///     let config = ConsumerConfig::builder()
 ///         .brokers("127.0.0.1:9092")

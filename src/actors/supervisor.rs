@@ -86,27 +86,29 @@ impl<P: Processor> Supervisor<P> {
         arbiters.extend(workers);
 
         let starts = join_all(processors.iter().map(|p| p.send(StartProcessor))).await;
-        let failed_start =
-            starts
-                .into_iter()
-                .enumerate()
-                .find_map(|(index, result)| match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(source)) => Some(Error::ProcessorStart {
+        let mut failed_start = None;
+        let mut started = Vec::new();
+        for (index, result) in starts.into_iter().enumerate() {
+            match result {
+                Ok(Ok(())) => started.push(&processors[index]),
+                Ok(Err(source)) => {
+                    failed_start.get_or_insert(Error::ProcessorStart {
                         processor: index,
                         source,
-                    }),
-                    Err(error) => Some(Error::Runtime(format!(
+                    });
+                }
+                Err(error) => {
+                    failed_start.get_or_insert(Error::Runtime(format!(
                         "processor {index} vanished: {error}"
-                    ))),
-                });
+                    )));
+                }
+            }
+        }
         if let Some(error) = failed_start {
+            // Release what the processors that did start opened; the others opened nothing.
             let budget = config.shutdown_timeout;
-            let _ = timeout(
-                budget,
-                join_all(processors.iter().map(|p| p.send(StopProcessor { budget }))),
-            )
-            .await;
+            let stops = join_all(started.iter().map(|p| p.send(StopProcessor { budget })));
+            let _ = timeout(budget, stops).await;
             stop_arbiters(arbiters);
             return Err(error);
         }

@@ -1,0 +1,416 @@
+//! Graceful shutdown: stop fetching, drain within the deadline, commit exactly what finished,
+//! leave the group. A restart then loses nothing and duplicates nothing.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kafka_actors::{ConsumerSystem, Message, Phase, Processor, StopReason};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
+
+/// Produces `count` more messages in batches of 100, one batch every 50 ms.
+fn keep_producing(cluster: &Cluster, topic: &str, count: usize) -> std::thread::JoinHandle<()> {
+    let (brokers, topic) = (cluster.brokers(), topic.to_owned());
+    std::thread::spawn(move || {
+        for batch in 0..count / 100 {
+            let records = (0..100).map(|i| (format!("late-{batch}-{i}"), "late"));
+            kafka_actors::testkit::produce(&brokers, &topic, records).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+#[test]
+fn stop_mid_stream_then_restart_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("mid-stream", 4);
+    let group = group("mid-stream");
+    cluster.produce(&topic, 1_000);
+
+    // Messages keep arriving while the system stops: what is fetched after the stop request
+    // must be left for the next run, not dropped.
+    let producer = keep_producing(&cluster, &topic, 2_000);
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(0..2),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("500 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 500
+    });
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    let first_run = ledger.len();
+    producer.join().unwrap();
+    let end_offsets = cluster.end_offsets(&topic);
+    assert!(
+        first_run < 3_000,
+        "stopped mid-stream, after {first_run} of 3000"
+    );
+    assert_eq!(audit(&ledger.entries(), &end_offsets).duplicated, 0);
+
+    let recorder = ledger.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    system.join().unwrap();
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+#[test]
+fn a_hung_processor_is_abandoned_at_the_deadline_and_redelivered_after_restart() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("hung", 4);
+    let group = group("hung");
+    let end_offsets = cluster.produce(&topic, 400);
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let shutdown_timeout = Duration::from_secs(4);
+    let config = cluster
+        .config(&topic, &group)
+        .shutdown_timeout(shutdown_timeout)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        hang_at: Some((1, 20)),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until(
+        "the other partitions are processed",
+        SCENARIO_TIMEOUT,
+        || {
+            let done = ledger.entries();
+            [0, 2, 3].iter().all(|p| {
+                done.iter().filter(|(partition, _)| partition == p).count() as i64 == end_offsets[p]
+            })
+        },
+    );
+    let stopping = Instant::now();
+    system.stop();
+    let report = system.join().unwrap();
+    let took = stopping.elapsed();
+
+    // Generous bound: catches a hang, not slowness.
+    assert!(
+        took < shutdown_timeout + Duration::from_secs(3),
+        "took {took:?}\n{report}"
+    );
+    let drain = report
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Drain)
+        .unwrap();
+    assert!(!drain.completed, "{report}");
+    let abandoned = report
+        .abandoned
+        .iter()
+        .find(|a| a.partition.partition() == 1);
+    assert_eq!(abandoned.map(|a| a.first_offset), Some(20), "{report}");
+    let committed = cluster.committed_offsets(&group, &topic);
+    assert_eq!(
+        committed.get(&1),
+        Some(&20),
+        "the hung message is not committed"
+    );
+    assert!(!ledger.entries().contains(&(1, 20)));
+
+    let recorder = ledger.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the hung message is redelivered", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    system.join().unwrap();
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+}
+
+#[test]
+fn a_second_stop_request_abandons_the_drain_and_commits_what_finished() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("second-signal", 2);
+    let group = group("second-signal");
+    let end_offsets = cluster.produce(&topic, 2_000);
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .shutdown_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(5..6),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("100 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 100
+    });
+    let stopping = Instant::now();
+    system.stop();
+    system.stop_now();
+    let report = system.join().unwrap();
+
+    // Draining the rest would take seconds; abandoning takes no time at all.
+    assert!(stopping.elapsed() < Duration::from_secs(10), "{report}");
+    assert_eq!(report.reason, StopReason::Requested);
+    assert!(!report.abandoned.is_empty(), "{report}");
+    assert_eq!(audit(&ledger.entries(), &end_offsets).duplicated, 0);
+    let committed = cluster.committed_offsets(&group, &topic);
+    assert_eq!(
+        committed,
+        support::commit_points(&ledger.entries()),
+        "{report}"
+    );
+}
+
+/// Counts its lifecycle calls, and refuses to start when told to.
+struct Hooks {
+    started: Arc<AtomicUsize>,
+    stopped: Arc<AtomicUsize>,
+    processed_before_start: Arc<AtomicUsize>,
+    fail_start: bool,
+    running: bool,
+}
+
+impl Processor for Hooks {
+    async fn on_start(&mut self) -> anyhow::Result<()> {
+        if self.fail_start {
+            anyhow::bail!("database unreachable");
+        }
+        self.running = true;
+        self.started.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn process(&mut self, _: &Message) -> anyhow::Result<()> {
+        if !self.running {
+            self.processed_before_start.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    async fn on_stop(&mut self) -> anyhow::Result<()> {
+        self.running = false;
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn every_processor_starts_before_its_first_message_and_stops_after_the_drain() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("hooks", 3);
+    let group = group("hooks");
+    cluster.produce(&topic, 300);
+    let counters: [Arc<AtomicUsize>; 3] = Default::default();
+    let [started, stopped, early] = counters.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(3)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Hooks {
+        started: started.clone(),
+        stopped: stopped.clone(),
+        processed_before_start: early.clone(),
+        fail_start: false,
+        running: false,
+    })
+    .unwrap();
+    assert_eq!(
+        counters[0].load(Ordering::SeqCst),
+        3,
+        "all started before spawn returns"
+    );
+    wait_until("everything is committed", SCENARIO_TIMEOUT, || {
+        cluster
+            .committed_offsets(&group, &topic)
+            .values()
+            .sum::<i64>()
+            == 300
+    });
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(counters[1].load(Ordering::SeqCst), 3);
+    assert_eq!(counters[2].load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_processor_that_fails_to_start_fails_the_start_with_its_error() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("bad-start", 1);
+    let counters: [Arc<AtomicUsize>; 3] = Default::default();
+    let [started, stopped, early] = counters.clone();
+    let next = Arc::new(AtomicUsize::new(0));
+    let config = cluster
+        .config(&topic, &group("bad-start"))
+        .processors(3)
+        .build()
+        .unwrap();
+    let error = ConsumerSystem::spawn(config, move || Hooks {
+        started: started.clone(),
+        stopped: stopped.clone(),
+        processed_before_start: early.clone(),
+        // One processor of the pool cannot start.
+        fail_start: next.fetch_add(1, Ordering::SeqCst) == 1,
+        running: false,
+    })
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("failed to start: database unreachable"),
+        "{message}"
+    );
+    assert_eq!(counters[0].load(Ordering::SeqCst), 2);
+    assert_eq!(
+        counters[1].load(Ordering::SeqCst),
+        2,
+        "only the ones that started are stopped"
+    );
+}
+
+/// Runs the `ledger` example as a child process against the test's cluster.
+fn ledger_child(
+    cluster: &Cluster,
+    topic: &str,
+    group: &str,
+    ledger: &std::path::Path,
+    delay_ms: u64,
+) -> Child {
+    Command::new(support::example_binary("ledger"))
+        .env("KAFKA_BROKERS", cluster.brokers())
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP", group)
+        .env("LEDGER_FILE", ledger)
+        .env("PROCESS_DELAY_MS", delay_ms.to_string())
+        .env(
+            "KAFKA_OPTIONS",
+            format!(
+                "session.timeout.ms={},heartbeat.interval.ms=500",
+                support::SESSION_TIMEOUT_MS
+            ),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the ledger example")
+}
+
+fn read_ledger(path: &std::path::Path) -> Vec<(i32, i64)> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(1);
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sends SIGTERM and waits, bounded, for the child's exit; returns its status and output.
+fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+    let pid = child.id();
+    let mut exited = None;
+    wait_until(
+        &format!("child {pid} exits after SIGTERM"),
+        SCENARIO_TIMEOUT,
+        || {
+            exited = child.try_wait().expect("wait for child");
+            exited.is_some()
+        },
+    );
+    let mut output = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut output).unwrap();
+    (exited.unwrap(), output)
+}
+
+#[test]
+fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("sigterm", 4);
+    let group = group("sigterm");
+    cluster.produce(&topic, 1_000);
+    let directory = tempfile::tempdir().unwrap();
+    let ledger = directory.path().join("ledger.txt");
+
+    let child = ledger_child(&cluster, &topic, &group, &ledger, 2);
+    wait_until("the child processed 100 messages", SCENARIO_TIMEOUT, || {
+        read_ledger(&ledger).len() >= 100
+    });
+    // Keep messages coming, so that the stream is still flowing when the signal arrives.
+    let producer = keep_producing(&cluster, &topic, 3_000);
+    wait_until("the child processed 600 messages", SCENARIO_TIMEOUT, || {
+        read_ledger(&ledger).len() >= 600
+    });
+    let (status, output) = terminate(child);
+    assert!(status.success(), "exit status {status}\n{output}");
+    assert!(output.contains("stopped: SIGTERM received"), "{output}");
+    assert!(output.contains("abandoned: none"), "{output}");
+    producer.join().unwrap();
+    let end_offsets = cluster.end_offsets(&topic);
+    let first_run = read_ledger(&ledger);
+    assert!(
+        first_run.len() < 4_000,
+        "stopped mid-stream, after {}",
+        first_run.len()
+    );
+    assert_eq!(audit(&first_run, &end_offsets).duplicated, 0);
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        support::commit_points(&first_run)
+    );
+
+    let child = ledger_child(&cluster, &topic, &group, &ledger, 0);
+    wait_until(
+        "the restarted child processed the rest",
+        SCENARIO_TIMEOUT,
+        || audit(&read_ledger(&ledger), &end_offsets).lost == 0,
+    );
+    let (status, output) = terminate(child);
+    assert!(status.success(), "exit status {status}\n{output}");
+    assert_eq!(
+        audit(&read_ledger(&ledger), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}

@@ -1,0 +1,241 @@
+//! Processing and committing while running: every message once, commit points exact even when
+//! completions arrive out of order, failures never committed.
+
+mod support;
+
+use std::time::Duration;
+
+use kafka_actors::{ConsumerSystem, Message, Processor, StopReason};
+use support::{
+    Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, commit_points, group, wait_until,
+};
+
+#[test]
+fn every_produced_message_is_processed_once_and_committed() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("all-once", 4);
+    let group = group("all-once");
+    let end_offsets = cluster.produce(&topic, 2_000);
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(4)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("all 2000 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 2_000
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        support::Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(report.processed, 2_000);
+    assert!(report.is_clean(), "{report}");
+    let reported: Vec<(i32, i64)> = report
+        .committed
+        .iter()
+        .map(|(p, o)| (p.partition(), *o))
+        .collect();
+    assert_eq!(
+        reported,
+        end_offsets.clone().into_iter().collect::<Vec<_>>()
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+#[test]
+fn out_of_order_completions_commit_exactly_the_finished_prefix() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("out-of-order", 8);
+    let group = group("out-of-order");
+    let end_offsets = cluster.produce(&topic, 3_000);
+
+    // Three processors share eight partitions and take random time per message, so
+    // completions reach the tracker interleaved across partitions. Abandoning the drain leaves
+    // every partition at an arbitrary point.
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(3)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(0..4),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("300 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 300
+    });
+    system.stop_now();
+    let report = system.join().unwrap();
+
+    let first_run = ledger.entries();
+    assert!(
+        first_run.len() < 3_000,
+        "the drain was abandoned mid-stream"
+    );
+    let expected = commit_points(&first_run);
+    let committed = cluster.committed_offsets(&group, &topic);
+    for partition in end_offsets.keys() {
+        assert_eq!(
+            committed.get(partition).copied().unwrap_or(0),
+            expected.get(partition).copied().unwrap_or(0),
+            "partition {partition}: committed {committed:?}, ledger implies {expected:?}"
+        );
+    }
+    for (partition, offset) in &report.committed {
+        assert_eq!(
+            Some(offset),
+            committed.get(&partition.partition()),
+            "report agrees with Kafka"
+        );
+    }
+    assert!(!report.abandoned.is_empty(), "{report}");
+
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(3)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    system.join().unwrap();
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        support::Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+/// Fails (or panics) once on one message, then behaves.
+struct FailsOnce {
+    ledger: Ledger,
+    at: (i32, i64),
+    panic: bool,
+}
+
+impl Processor for FailsOnce {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if (message.partition(), message.offset()) == self.at {
+            if self.panic {
+                panic!("bug on offset {}", message.offset());
+            }
+            anyhow::bail!("cannot process offset {}", message.offset());
+        }
+        self.ledger.record(message.partition(), message.offset());
+        Ok(())
+    }
+}
+
+fn a_failure_stops_the_system_and_is_never_committed(panic: bool) {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("failure", 2);
+    let group = group(if panic { "panic" } else { "error" });
+    let end_offsets = cluster.produce(&topic, 400);
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(2)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || FailsOnce {
+        ledger: recorder.clone(),
+        at: (0, 50),
+        panic,
+    })
+    .unwrap();
+    wait_until("the system stops by itself", SCENARIO_TIMEOUT, || {
+        system.is_finished()
+    });
+    let report = system.join().unwrap();
+
+    match &report.reason {
+        StopReason::ProcessingFailed {
+            partition,
+            offset,
+            error,
+        } => {
+            assert_eq!((partition.partition(), *offset), (0, 50));
+            let expected = if panic {
+                "panicked: bug on offset 50"
+            } else {
+                "cannot process offset 50"
+            };
+            assert_eq!(error, expected);
+        }
+        other => panic!("stopped for another reason: {other}"),
+    }
+    assert!(!report.is_clean());
+    assert_eq!(cluster.committed_offsets(&group, &topic).get(&0), Some(&50));
+    assert!(
+        !ledger.entries().iter().any(|&(p, o)| p == 0 && o >= 50),
+        "nothing after the failure"
+    );
+
+    // The failed message comes back on the next start.
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(2)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    system.join().unwrap();
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        support::Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+}
+
+#[test]
+fn a_processing_error_stops_the_system_and_is_never_committed() {
+    a_failure_stops_the_system_and_is_never_committed(false);
+}
+
+#[test]
+fn a_panic_in_a_processor_stops_the_system_and_is_never_committed() {
+    a_failure_stops_the_system_and_is_never_committed(true);
+}
+
+#[test]
+fn a_stop_before_any_assignment_commits_nothing_and_returns_promptly() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("early-stop", 1);
+    let group = group("early-stop");
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.committed.is_empty(), "{report}");
+    assert!(report.shutdown_time() < Duration::from_secs(30), "{report}");
+    assert!(cluster.committed_offsets(&group, &topic).is_empty());
+}

@@ -1,0 +1,250 @@
+//! What the scenario tests share: a cluster to run against, topics, a ledger of processed
+//! messages, and bounded waits.
+#![allow(dead_code)] // Each test file uses a different part of this module.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_actors::testkit::{self, EmbeddedCluster};
+use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, Message, Processor};
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The group session timeout for tests. The embedded cluster forgets a member that left only
+/// when its session expires, so the next member of the group waits this long.
+pub const SESSION_TIMEOUT_MS: &str = "6000";
+
+/// How long a scenario may take before a wait gives up: catches hangs, not slowness.
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A Kafka cluster for one test.
+pub struct Cluster {
+    embedded: EmbeddedCluster,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
+        Cluster {
+            embedded: EmbeddedCluster::start().expect("start the embedded cluster"),
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        self.embedded.bootstrap_servers()
+    }
+
+    /// Creates a topic with a name unique to this process and test.
+    pub fn topic(&self, name: &str, partitions: i32) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let topic = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        self.embedded
+            .create_topic(&topic, partitions)
+            .expect("create topic");
+        topic
+    }
+
+    /// Produces `count` keyed messages and returns the topic's end offsets.
+    pub fn produce(&self, topic: &str, count: usize) -> BTreeMap<i32, i64> {
+        let records = (0..count).map(|i| (format!("key-{i}"), format!("message {i}")));
+        let produced = testkit::produce(&self.brokers(), topic, records).expect("produce");
+        assert_eq!(produced, count);
+        let ends = self.end_offsets(topic);
+        assert_eq!(ends.values().sum::<i64>(), count as i64, "{ends:?}");
+        ends
+    }
+
+    fn client(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", group)
+            .create()
+            .expect("create a client")
+    }
+
+    /// The next offset to be written, per partition.
+    pub fn end_offsets(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let client = self.client("end-offsets");
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|partition| {
+                let (_, high) = client
+                    .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                    .expect("watermarks");
+                (partition.id(), high)
+            })
+            .collect()
+    }
+
+    /// The group's committed offsets, per partition that has one.
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+        let client = self.client(group);
+        let mut partitions = TopicPartitionList::new();
+        for partition in self.end_offsets(topic).keys() {
+            partitions.add_partition(topic, *partition);
+        }
+        client
+            .committed_offsets(partitions, Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A configuration for this cluster with test-friendly settings: a short session, no
+    /// signal handling (the test process is shared), frequent commits.
+    pub fn config(&self, topic: &str, group: &str) -> ConsumerConfigBuilder {
+        ConsumerConfig::builder()
+            .brokers(self.brokers())
+            .topic(topic)
+            .group_id(group)
+            .handle_signals(false)
+            .commit_interval(Duration::from_millis(500))
+            .startup_timeout(Duration::from_secs(20))
+            .kafka_option("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .kafka_option("heartbeat.interval.ms", "500")
+    }
+}
+
+/// A group name unique to this process and test.
+pub fn group(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Every message processed, in the order processors finished them.
+#[derive(Clone, Default)]
+pub struct Ledger(Arc<Mutex<Vec<(i32, i64)>>>);
+
+impl Ledger {
+    pub fn record(&self, partition: i32, offset: i64) {
+        self.0.lock().unwrap().push((partition, offset));
+    }
+
+    pub fn entries(&self) -> Vec<(i32, i64)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// What a set of ledger entries says against what the topic holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Audit {
+    pub lost: usize,
+    pub duplicated: usize,
+}
+
+/// Compares processed messages with the produced ones: every offset below each end offset is
+/// expected exactly once.
+pub fn audit(entries: &[(i32, i64)], end_offsets: &BTreeMap<i32, i64>) -> Audit {
+    let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
+    for entry in entries {
+        *seen.entry(*entry).or_default() += 1;
+    }
+    let lost = end_offsets
+        .iter()
+        .flat_map(|(&partition, &end)| (0..end).map(move |offset| (partition, offset)))
+        .filter(|key| !seen.contains_key(key))
+        .count();
+    let duplicated = seen.values().map(|count| count - 1).sum();
+    Audit { lost, duplicated }
+}
+
+/// The commit point the ledger implies per partition: one past the longest run of processed
+/// offsets from zero.
+pub fn commit_points(entries: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+    let mut processed: BTreeMap<i32, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for &(partition, offset) in entries {
+        processed.entry(partition).or_default().insert(offset);
+    }
+    processed
+        .into_iter()
+        .map(|(partition, offsets)| {
+            let mut next = 0;
+            while offsets.contains(&next) {
+                next += 1;
+            }
+            (partition, next)
+        })
+        .collect()
+}
+
+/// A processor that records what it processed, optionally after a random delay, and that can
+/// be told to hang forever on one message.
+pub struct Recorder {
+    pub ledger: Ledger,
+    pub delay_ms: Option<Range<u64>>,
+    pub hang_at: Option<(i32, i64)>,
+}
+
+impl Recorder {
+    pub fn new(ledger: &Ledger) -> Self {
+        Recorder {
+            ledger: ledger.clone(),
+            delay_ms: None,
+            hang_at: None,
+        }
+    }
+}
+
+impl Processor for Recorder {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if let Some(range) = &self.delay_ms {
+            let delay = rand::rng().random_range(range.clone());
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.hang_at == Some((message.partition(), message.offset())) {
+            std::future::pending::<()>().await;
+        }
+        self.ledger.record(message.partition(), message.offset());
+        Ok(())
+    }
+}
+
+/// Waits until `done` holds, failing the test with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The path of an example binary, built by `cargo test` alongside the tests.
+pub fn example_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("current exe");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let binary = profile_dir.join("examples").join(name);
+    assert!(
+        binary.exists(),
+        "{} not found: run the tests with plain `cargo test`, which builds the examples, \
+         or build it with `cargo build --example {name}`",
+        binary.display()
+    );
+    binary
+}
