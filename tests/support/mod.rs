@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use kafka_actors::testkit::{self, EmbeddedCluster};
 use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, Message, Processor};
 use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -22,21 +24,53 @@ pub const SESSION_TIMEOUT_MS: &str = "6000";
 /// How long a scenario may take before a wait gives up: catches hangs, not slowness.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A Kafka cluster for one test.
+/// A Kafka cluster for one test: the in-process embedded cluster, or the real broker named by
+/// `KAFKA_BROKERS` when that is set (topics are then created with unique names on it).
 pub struct Cluster {
-    embedded: EmbeddedCluster,
+    backend: Backend,
+}
+
+enum Backend {
+    Embedded(EmbeddedCluster),
+    Broker {
+        brokers: String,
+        admin: AdminClient<DefaultClientContext>,
+    },
 }
 
 impl Cluster {
+    /// Starts an embedded cluster, or connects to `KAFKA_BROKERS`. A broker that is named but
+    /// does not answer fails the test: no test passes because a broker is missing.
     pub fn start() -> Self {
         let _ = env_logger::builder().is_test(true).try_init();
-        Cluster {
-            embedded: EmbeddedCluster::start().expect("start the embedded cluster"),
-        }
+        let backend = match std::env::var("KAFKA_BROKERS") {
+            Ok(brokers) if !brokers.is_empty() => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()
+                    .expect("create an admin client");
+                if let Err(error) = admin.inner().fetch_metadata(None, Duration::from_secs(15)) {
+                    panic!(
+                        "KAFKA_BROKERS={brokers} is set, but the brokers do not answer: {error}"
+                    );
+                }
+                Backend::Broker { brokers, admin }
+            }
+            _ => Backend::Embedded(EmbeddedCluster::start().expect("start the embedded cluster")),
+        };
+        Cluster { backend }
+    }
+
+    /// Whether this is a real broker (which, unlike the embedded cluster, honours LeaveGroup).
+    pub fn is_real_broker(&self) -> bool {
+        matches!(self.backend, Backend::Broker { .. })
     }
 
     pub fn brokers(&self) -> String {
-        self.embedded.bootstrap_servers()
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded.bootstrap_servers(),
+            Backend::Broker { brokers, .. } => brokers.clone(),
+        }
     }
 
     /// Creates a topic with a name unique to this process and test.
@@ -47,19 +81,52 @@ impl Cluster {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        self.embedded
-            .create_topic(&topic, partitions)
-            .expect("create topic");
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded
+                .create_topic(&topic, partitions)
+                .expect("create topic"),
+            Backend::Broker { admin, .. } => {
+                let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+                let results =
+                    futures::executor::block_on(admin.create_topics([&new_topic], &options))
+                        .expect("create topic");
+                for result in results {
+                    result.unwrap_or_else(|(name, code)| panic!("create topic {name}: {code}"));
+                }
+                wait_until(
+                    &format!("topic {topic} has {partitions} led partitions"),
+                    SCENARIO_TIMEOUT,
+                    || {
+                        admin
+                            .inner()
+                            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                            .is_ok_and(|metadata| {
+                                metadata.topics().first().is_some_and(|t| {
+                                    t.error().is_none()
+                                        && t.partitions().len() == partitions as usize
+                                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                                })
+                            })
+                    },
+                );
+            }
+        }
         topic
     }
 
-    /// Produces `count` keyed messages and returns the topic's end offsets.
+    /// Produces `count` more keyed messages and returns the topic's end offsets.
     pub fn produce(&self, topic: &str, count: usize) -> BTreeMap<i32, i64> {
-        let records = (0..count).map(|i| (format!("key-{i}"), format!("message {i}")));
+        let before: i64 = self.end_offsets(topic).values().sum();
+        let records = (0..count).map(|i| (format!("key-{before}-{i}"), format!("message {i}")));
         let produced = testkit::produce(&self.brokers(), topic, records).expect("produce");
         assert_eq!(produced, count);
         let ends = self.end_offsets(topic);
-        assert_eq!(ends.values().sum::<i64>(), count as i64, "{ends:?}");
+        assert_eq!(
+            ends.values().sum::<i64>() - before,
+            count as i64,
+            "{ends:?}"
+        );
         ends
     }
 
