@@ -185,7 +185,10 @@ status() {
 run_class() {
   fetch_jars >&2
   write_logging_config
-  java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" "$@"
+  command -v java >/dev/null || die "Java 17 or newer is needed to run Kafka's tools"
+  # exec: the caller's wait (and its resource usage) is the tool's own.
+  exec java -Djava.awt.headless=true -cp "$libs/*" \
+    -Dlog4j2.configurationFile="$home/tools-log4j2.properties" "$@"
 }
 
 case "${1:-}" in
