@@ -63,7 +63,10 @@ impl ConsumerConfig {
         let mut config = ClientConfig::new();
         config
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka's default (1000 ms) idles a consumer for a second whenever its prefetch
+            // queue fills; measured in BENCHMARKS.md, it costs the framework most of its speed.
+            .set("fetch.queue.backoff.ms", "10");
         for (key, value) in &self.kafka_options {
             config.set(key, value);
         }
@@ -213,7 +216,8 @@ impl ConsumerConfigBuilder {
     }
 
     /// Sets a librdkafka consumer property, such as `session.timeout.ms`,
-    /// `group.instance.id` or `auto.offset.reset` (default here: `earliest`). See librdkafka's
+    /// `group.instance.id` or `auto.offset.reset` (defaults here: `auto.offset.reset=earliest`,
+    /// `fetch.queue.backoff.ms=10`). See librdkafka's
     /// CONFIGURATION.md. The properties the framework owns (`bootstrap.servers`, `group.id`,
     /// `enable.auto.commit`, `enable.auto.offset.store`) are refused by `build`.
     pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {

@@ -2,14 +2,17 @@
 
 use rdkafka::message::{BorrowedMessage, Headers, Message as _, OwnedHeaders};
 
-use crate::offsets::{Epoch, Position, TopicPartition};
+use crate::offsets::{AssignmentId, Position, TopicPartition};
 
 /// One Kafka record, owned, as fetched from its partition.
 #[derive(Debug)]
 pub struct Message {
+    partition: TopicPartition,
     position: Position,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    /// The key's bytes followed by the payload's: one allocation per message, not two.
+    bytes: Vec<u8>,
+    key_len: Option<usize>,
+    payload_len: Option<usize>,
     headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
 }
@@ -18,16 +21,22 @@ impl Message {
     pub(crate) fn from_kafka(
         message: &BorrowedMessage<'_>,
         partition: TopicPartition,
-        epoch: Epoch,
+        assignment: AssignmentId,
     ) -> Self {
+        let (key, payload) = (message.key(), message.payload());
+        let length = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
+        let mut bytes = Vec::with_capacity(length);
+        bytes.extend_from_slice(key.unwrap_or_default());
+        bytes.extend_from_slice(payload.unwrap_or_default());
         Message {
+            partition,
             position: Position {
-                partition,
-                epoch,
+                assignment,
                 offset: message.offset(),
             },
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
+            bytes,
+            key_len: key.map(<[u8]>::len),
+            payload_len: payload.map(<[u8]>::len),
             headers: message.headers().map(|headers| headers.detach()),
             timestamp: message.timestamp().to_millis(),
         }
@@ -35,12 +44,12 @@ impl Message {
 
     /// The topic the message was read from.
     pub fn topic(&self) -> &str {
-        self.position.partition.topic()
+        self.partition.topic()
     }
 
     /// The partition the message was read from.
     pub fn partition(&self) -> i32 {
-        self.position.partition.partition()
+        self.partition.partition()
     }
 
     /// The message's offset within its partition.
@@ -50,12 +59,14 @@ impl Message {
 
     /// The message key, if it has one.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.key_len.map(|length| &self.bytes[..length])
     }
 
     /// The message payload, if it has one (a tombstone has none).
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        let start = self.key_len.unwrap_or(0);
+        self.payload_len
+            .map(|length| &self.bytes[start..start + length])
     }
 
     /// The payload as UTF-8 text, if it is present and valid UTF-8.
@@ -78,7 +89,11 @@ impl Message {
         self.timestamp
     }
 
-    pub(crate) fn position(&self) -> &Position {
-        &self.position
+    pub(crate) fn position(&self) -> Position {
+        self.position
+    }
+
+    pub(crate) fn topic_partition(&self) -> &TopicPartition {
+        &self.partition
     }
 }

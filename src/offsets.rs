@@ -10,7 +10,7 @@
 //!
 //! Kafka's committed offset is the next offset to read, so a commit point is committed as is.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -47,24 +47,36 @@ impl fmt::Display for TopicPartition {
     }
 }
 
-/// Identifies one assignment of a partition to this member. Every assignment gets a new epoch,
+/// Identifies one assignment of one partition to this member: every assignment gets a new id,
 /// so work dispatched under an earlier assignment can be told apart (fenced) after the
-/// partition was revoked and assigned again.
+/// partition was revoked and assigned again. Small and `Copy`, so that the per-message
+/// bookkeeping moves no reference counts between threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Epoch(pub(crate) u64);
+pub(crate) struct AssignmentId(pub(crate) u64);
 
-/// Where a message sits: its partition, the assignment it was fetched under, and its offset.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a message sits: the assignment it was fetched under, and its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Position {
+    pub(crate) assignment: AssignmentId,
+    pub(crate) offset: i64,
+}
+
+/// A partition's commit point, under the assignment it was computed for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommitPoint {
     pub(crate) partition: TopicPartition,
-    pub(crate) epoch: Epoch,
+    pub(crate) assignment: AssignmentId,
     pub(crate) offset: i64,
 }
 
 /// The bookkeeping of one partition within one assignment.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PartitionOffsets {
-    unfinished: BTreeSet<i64>,
+    /// The dispatched offsets from the lowest unfinished one on, in increasing order, each
+    /// with whether it finished. The front is always unfinished: finished offsets at the
+    /// front are dropped, so the window spans only what a commit cannot pass yet.
+    window: VecDeque<(i64, bool)>,
+    unfinished: usize,
     /// The highest dispatched offset + 1, once anything was dispatched.
     next_offset: Option<i64>,
     /// The last commit point Kafka acknowledged.
@@ -79,7 +91,8 @@ impl PartitionOffsets {
         if self.next_offset.is_some_and(|next| offset < next) {
             return false;
         }
-        self.unfinished.insert(offset);
+        self.window.push_back((offset, false));
+        self.unfinished += 1;
         self.next_offset = Some(offset + 1);
         true
     }
@@ -87,13 +100,30 @@ impl PartitionOffsets {
     /// Records that processing of `offset` finished. Returns false when the offset was not
     /// unfinished (never dispatched, or already finished).
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
-        self.unfinished.remove(&offset)
+        // Completions mostly come in offset order, so the front is the usual match.
+        let index = match self.window.front() {
+            Some((front, _)) if *front == offset => 0,
+            _ => match self.window.binary_search_by_key(&offset, |(o, _)| *o) {
+                Ok(index) => index,
+                Err(_) => return false,
+            },
+        };
+        let (_, done) = &mut self.window[index];
+        if *done {
+            return false;
+        }
+        *done = true;
+        self.unfinished -= 1;
+        while self.window.front().is_some_and(|(_, done)| *done) {
+            self.window.pop_front();
+        }
+        true
     }
 
     /// The offset up to which every dispatched message is finished: the next offset to read
     /// after a restart. `None` until something was dispatched.
     pub(crate) fn commit_point(&self) -> Option<i64> {
-        self.unfinished.first().copied().or(self.next_offset)
+        self.first_unfinished().or(self.next_offset)
     }
 
     /// The commit point, if it is ahead of what Kafka already acknowledged.
@@ -117,11 +147,11 @@ impl PartitionOffsets {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.unfinished.len()
+        self.unfinished
     }
 
     pub(crate) fn first_unfinished(&self) -> Option<i64> {
-        self.unfinished.first().copied()
+        self.window.front().map(|(offset, _)| *offset)
     }
 }
 
@@ -130,97 +160,122 @@ impl PartitionOffsets {
 pub(crate) enum Completion {
     /// The offset was unfinished and now counts as finished.
     Recorded,
-    /// The partition is not assigned under that epoch any more: the completion is ignored and
-    /// can never be committed.
+    /// The assignment it was dispatched under is over: the completion is ignored and can
+    /// never be committed.
     Fenced,
     /// The offset was not unfinished (a duplicate report).
     Unknown,
 }
 
+#[derive(Debug)]
+struct Assignment {
+    partition: TopicPartition,
+    offsets: PartitionOffsets,
+}
+
 /// The bookkeeping of every partition currently assigned to this member.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetBook {
-    partitions: HashMap<TopicPartition, (Epoch, PartitionOffsets)>,
+    assignments: HashMap<AssignmentId, Assignment>,
+    current: HashMap<TopicPartition, AssignmentId>,
 }
 
 impl OffsetBook {
-    /// Starts fresh bookkeeping for a partition under a new assignment epoch.
-    pub(crate) fn assign(&mut self, partition: TopicPartition, epoch: Epoch) {
-        self.partitions
-            .insert(partition, (epoch, PartitionOffsets::default()));
+    /// Starts fresh bookkeeping for a partition under a new assignment; an earlier assignment
+    /// of the same partition ends.
+    pub(crate) fn assign(&mut self, partition: TopicPartition, assignment: AssignmentId) {
+        if let Some(previous) = self.current.insert(partition.clone(), assignment) {
+            self.assignments.remove(&previous);
+        }
+        let offsets = PartitionOffsets::default();
+        self.assignments
+            .insert(assignment, Assignment { partition, offsets });
     }
 
     /// Forgets a partition; later completions for it are fenced. Returns its last bookkeeping.
     pub(crate) fn revoke(&mut self, partition: &TopicPartition) -> Option<PartitionOffsets> {
-        self.partitions
-            .remove(partition)
-            .map(|(_, offsets)| offsets)
+        let assignment = self.current.remove(partition)?;
+        self.assignments.remove(&assignment).map(|a| a.offsets)
     }
 
-    fn current(&mut self, position: &Position) -> Option<&mut PartitionOffsets> {
-        match self.partitions.get_mut(&position.partition) {
-            Some((epoch, offsets)) if *epoch == position.epoch => Some(offsets),
-            _ => None,
+    /// Records dispatches. Returns how many were refused (fenced or out of order).
+    pub(crate) fn dispatched(&mut self, positions: &[Position]) -> usize {
+        let mut refused = 0;
+        // Positions come in runs of one assignment: look each run up once.
+        for run in positions.chunk_by(|a, b| a.assignment == b.assignment) {
+            match self.assignments.get_mut(&run[0].assignment) {
+                Some(assignment) => {
+                    for position in run {
+                        refused += usize::from(!assignment.offsets.dispatched(position.offset));
+                    }
+                }
+                None => refused += run.len(),
+            }
+        }
+        refused
+    }
+
+    /// Records completions, calling `outcome` with each one's fate.
+    pub(crate) fn finished(
+        &mut self,
+        positions: &[Position],
+        mut outcome: impl FnMut(&Position, Completion),
+    ) {
+        for run in positions.chunk_by(|a, b| a.assignment == b.assignment) {
+            let mut assignment = self.assignments.get_mut(&run[0].assignment);
+            for position in run {
+                let completion = match assignment
+                    .as_mut()
+                    .map(|a| a.offsets.finished(position.offset))
+                {
+                    None => Completion::Fenced,
+                    Some(true) => Completion::Recorded,
+                    Some(false) => Completion::Unknown,
+                };
+                outcome(position, completion);
+            }
         }
     }
 
-    /// Records a dispatch. Returns false when the position is fenced or out of order.
-    pub(crate) fn dispatched(&mut self, position: &Position) -> bool {
-        self.current(position)
-            .is_some_and(|offsets| offsets.dispatched(position.offset))
-    }
-
-    /// Records a completion.
-    pub(crate) fn finished(&mut self, position: &Position) -> Completion {
-        match self
-            .current(position)
-            .map(|offsets| offsets.finished(position.offset))
-        {
-            None => Completion::Fenced,
-            Some(true) => Completion::Recorded,
-            Some(false) => Completion::Unknown,
-        }
-    }
-
-    /// Commit points that are ahead of what Kafka acknowledged, with the epoch they belong to.
-    pub(crate) fn uncommitted(&self) -> Vec<Position> {
-        let mut positions: Vec<Position> = self
-            .partitions
+    /// Commit points that are ahead of what Kafka acknowledged, in partition order.
+    pub(crate) fn uncommitted(&self) -> Vec<CommitPoint> {
+        let mut points: Vec<CommitPoint> = self
+            .assignments
             .iter()
-            .filter_map(|(partition, (epoch, offsets))| {
-                offsets.uncommitted().map(|offset| Position {
-                    partition: partition.clone(),
-                    epoch: *epoch,
+            .filter_map(|(id, a)| {
+                a.offsets.uncommitted().map(|offset| CommitPoint {
+                    partition: a.partition.clone(),
+                    assignment: *id,
                     offset,
                 })
             })
             .collect();
-        positions.sort_by(|a, b| a.partition.cmp(&b.partition));
-        positions
+        points.sort_by(|a, b| a.partition.cmp(&b.partition));
+        points
     }
 
-    /// Records Kafka's acknowledgement of a commit. Ignored when the partition was reassigned
-    /// in the meantime.
-    pub(crate) fn committed(&mut self, position: &Position) {
-        if let Some(offsets) = self.current(position) {
-            offsets.committed(position.offset);
+    /// Records Kafka's acknowledgement of a commit. Ignored when the assignment it was made
+    /// for is over.
+    pub(crate) fn committed(&mut self, point: &CommitPoint) {
+        if let Some(assignment) = self.assignments.get_mut(&point.assignment) {
+            assignment.offsets.committed(point.offset);
         }
     }
 
     /// How many dispatched messages are unfinished, over all partitions.
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
-        self.partitions
+        self.assignments
             .values()
-            .map(|(_, offsets)| offsets.in_flight())
+            .map(|a| a.offsets.in_flight())
             .sum()
     }
 
     /// Every partition with its bookkeeping, in partition order.
     pub(crate) fn partitions(&self) -> BTreeMap<&TopicPartition, &PartitionOffsets> {
-        self.partitions
-            .iter()
-            .map(|(partition, (_, offsets))| (partition, offsets))
+        self.assignments
+            .values()
+            .map(|a| (&a.partition, &a.offsets))
             .collect()
     }
 }
@@ -229,13 +284,27 @@ impl OffsetBook {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
-    fn position(partition: i32, epoch: u64, offset: i64) -> Position {
+    fn position(assignment: u64, offset: i64) -> Position {
         Position {
-            partition: TopicPartition::new("t", partition),
-            epoch: Epoch(epoch),
+            assignment: AssignmentId(assignment),
             offset,
         }
+    }
+
+    fn point(partition: i32, assignment: u64, offset: i64) -> CommitPoint {
+        CommitPoint {
+            partition: TopicPartition::new("t", partition),
+            assignment: AssignmentId(assignment),
+            offset,
+        }
+    }
+
+    fn finish(book: &mut OffsetBook, position: Position) -> Completion {
+        let mut result = None;
+        book.finished(&[position], |_, completion| result = Some(completion));
+        result.expect("one outcome per position")
     }
 
     #[test]
@@ -299,44 +368,51 @@ mod tests {
     #[test]
     fn completions_from_an_earlier_assignment_are_fenced() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), Epoch(1));
-        assert!(book.dispatched(&position(0, 1, 0)));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
+        assert_eq!(book.dispatched(&[position(1, 0)]), 0);
         book.revoke(&TopicPartition::new("t", 0));
-        book.assign(TopicPartition::new("t", 0), Epoch(2));
-        assert!(book.dispatched(&position(0, 2, 0)));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        assert_eq!(book.dispatched(&[position(2, 0)]), 0);
 
-        assert_eq!(book.finished(&position(0, 1, 0)), Completion::Fenced);
+        assert_eq!(finish(&mut book, position(1, 0)), Completion::Fenced);
         assert_eq!(
-            book.uncommitted()[0].offset,
-            0,
+            book.uncommitted(),
+            vec![point(0, 2, 0)],
             "the stale completion moved nothing"
         );
-        assert_eq!(book.finished(&position(0, 2, 0)), Completion::Recorded);
-        assert_eq!(book.finished(&position(0, 2, 0)), Completion::Unknown);
-        assert_eq!(book.uncommitted(), vec![position(0, 2, 1)]);
+        assert_eq!(finish(&mut book, position(2, 0)), Completion::Recorded);
+        assert_eq!(finish(&mut book, position(2, 0)), Completion::Unknown);
+        assert_eq!(book.uncommitted(), vec![point(0, 2, 1)]);
+    }
+
+    #[test]
+    fn a_new_assignment_of_a_partition_ends_the_previous_one() {
+        let mut book = OffsetBook::default();
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        assert_eq!(book.dispatched(&[position(1, 0)]), 1, "fenced");
+        assert_eq!(book.partitions().len(), 1);
     }
 
     #[test]
     fn acknowledgements_for_an_earlier_assignment_are_ignored() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), Epoch(2));
-        book.dispatched(&position(0, 2, 4));
-        book.finished(&position(0, 2, 4));
-        book.committed(&position(0, 1, 5));
-        assert_eq!(book.uncommitted(), vec![position(0, 2, 5)]);
-        book.committed(&position(0, 2, 5));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        book.dispatched(&[position(2, 4)]);
+        finish(&mut book, position(2, 4));
+        book.committed(&point(0, 1, 5));
+        assert_eq!(book.uncommitted(), vec![point(0, 2, 5)]);
+        book.committed(&point(0, 2, 5));
         assert!(book.uncommitted().is_empty());
     }
 
     #[test]
     fn in_flight_counts_unfinished_messages_over_all_partitions() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), Epoch(1));
-        book.assign(TopicPartition::new("t", 1), Epoch(1));
-        book.dispatched(&position(0, 1, 0));
-        book.dispatched(&position(0, 1, 1));
-        book.dispatched(&position(1, 1, 0));
-        book.finished(&position(0, 1, 1));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
+        book.assign(TopicPartition::new("t", 1), AssignmentId(2));
+        book.dispatched(&[position(1, 0), position(1, 1), position(2, 0)]);
+        finish(&mut book, position(1, 1));
         assert_eq!(book.in_flight(), 2);
     }
 

@@ -13,8 +13,12 @@ use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
-/// librdkafka settings every Rust contender gets, so B1 and F are configured alike.
-pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[("auto.offset.reset", "earliest"), ("fetch.queue.backoff.ms", "10")];
+/// librdkafka settings every Rust contender gets, so B1 and F are configured alike: the
+/// framework's own defaults for these two, set explicitly for B1.
+pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[
+    ("auto.offset.reset", "earliest"),
+    ("fetch.queue.backoff.ms", "10"),
+];
 
 pub struct Run {
     pub brokers: String,
@@ -112,7 +116,10 @@ fn framework_config(run: &Run) -> kafka_actors::ConsumerConfigBuilder {
 fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !done() {
-        anyhow::ensure!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())

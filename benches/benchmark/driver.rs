@@ -31,10 +31,26 @@ struct Workload {
 }
 
 const WORKLOADS: &[Workload] = &[
-    Workload { payload: 100, partitions: 1, messages: 1_000_000 },
-    Workload { payload: 100, partitions: 8, messages: 1_000_000 },
-    Workload { payload: 1_000, partitions: 1, messages: 300_000 },
-    Workload { payload: 1_000, partitions: 8, messages: 300_000 },
+    Workload {
+        payload: 100,
+        partitions: 1,
+        messages: 1_000_000,
+    },
+    Workload {
+        payload: 100,
+        partitions: 8,
+        messages: 1_000_000,
+    },
+    Workload {
+        payload: 1_000,
+        partitions: 1,
+        messages: 300_000,
+    },
+    Workload {
+        payload: 1_000,
+        partitions: 8,
+        messages: 300_000,
+    },
 ];
 
 fn repo_root() -> PathBuf {
@@ -61,7 +77,8 @@ impl Backend {
             .set("bootstrap.servers", &self.brokers)
             .create()?;
         let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
+        let results =
+            futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
         for result in results {
             result.map_err(|(name, code)| anyhow::anyhow!("create {name}: {code}"))?;
         }
@@ -79,7 +96,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     for backend_name in options.backends.split(',') {
         let backend = match backend_name.trim() {
             "real" => match &options.brokers {
-                Some(brokers) => Backend { name: "Apache Kafka 4.3.1 (KRaft, one node, 127.0.0.1)", brokers: brokers.clone(), _embedded: None },
+                Some(brokers) => Backend {
+                    name: "Apache Kafka 4.3.1 (KRaft, one node, 127.0.0.1)",
+                    brokers: brokers.clone(),
+                    _embedded: None,
+                },
                 None => {
                     eprintln!("skipping the real broker: no --brokers and no KAFKA_BROKERS");
                     continue;
@@ -87,17 +108,33 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             },
             "mock" => {
                 let embedded = EmbeddedCluster::start()?;
-                Backend { name: "embedded mock cluster (librdkafka, in the driver process)", brokers: embedded.bootstrap_servers(), _embedded: Some(embedded) }
+                Backend {
+                    name: "embedded mock cluster (librdkafka, in the driver process)",
+                    brokers: embedded.bootstrap_servers(),
+                    _embedded: Some(embedded),
+                }
             }
             other => bail!("unknown backend {other}"),
         };
         let real = backend._embedded.is_none();
         writeln!(report, "\n## Throughput on the {}\n", backend.name)?;
-        writeln!(report, "Medians of {} runs; contenders alternate run after run.\n", options.runs)?;
+        writeln!(
+            report,
+            "Medians of {} runs; contenders alternate run after run.\n",
+            options.runs
+        )?;
         for workload in WORKLOADS {
             let messages = ((workload.messages as f64 * options.scale) as u64).max(1_000);
-            let topic = format!("bench-{}b-{}p-{}", workload.payload, workload.partitions, std::process::id());
-            eprintln!("[{}] preloading {topic} with {messages} messages", backend_name);
+            let topic = format!(
+                "bench-{}b-{}p-{}",
+                workload.payload,
+                workload.partitions,
+                std::process::id()
+            );
+            eprintln!(
+                "[{}] preloading {topic} with {messages} messages",
+                backend_name
+            );
             backend.create_topic(&topic, workload.partitions)?;
             preload(&backend.brokers, &topic, messages, workload.payload)?;
 
@@ -112,17 +149,36 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             for round in 0..options.runs {
                 for kind in &kinds {
                     let group = format!("{topic}-{kind}-{round}");
-                    let sample = run_contender(kind, &backend.brokers, &topic, &group, messages, sarama.as_deref(), options.child_timeout)
-                        .with_context(|| format!("{kind} on {topic}"))?;
-                    eprintln!("[{backend_name}] {topic} {kind} run {round}: {:.0} msgs/s", sample.messages_per_second);
+                    let sample = run_contender(
+                        kind,
+                        &backend.brokers,
+                        &topic,
+                        &group,
+                        messages,
+                        sarama.as_deref(),
+                        options.child_timeout,
+                    )
+                    .with_context(|| format!("{kind} on {topic}"))?;
+                    eprintln!(
+                        "[{backend_name}] {topic} {kind} run {round}: {:.0} msgs/s",
+                        sample.messages_per_second
+                    );
                     results.entry(kind).or_default().push(sample);
                 }
             }
-            writeln!(report, "### {} B messages, {} partition(s), {messages} messages\n", workload.payload, workload.partitions)?;
+            writeln!(
+                report,
+                "### {} B messages, {} partition(s), {messages} messages\n",
+                workload.payload, workload.partitions
+            )?;
             report.push_str(&throughput_table(&kinds, &results));
         }
         if real {
-            report.push_str(&shutdown_figures(&backend, options.runs, options.child_timeout)?);
+            report.push_str(&shutdown_figures(
+                &backend,
+                options.runs,
+                options.child_timeout,
+            )?);
         }
         if real || options.brokers.is_none() {
             report.push_str(&memory_figures(&backend, options.child_timeout)?);
@@ -136,8 +192,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// Creates a topic on any broker and fills it (the `preload` subcommand).
-pub fn create_and_preload(run: &crate::contenders::Run, partitions: i32, payload: usize) -> anyhow::Result<()> {
-    let backend = Backend { name: "given", brokers: run.brokers.clone(), _embedded: None };
+pub fn create_and_preload(
+    run: &crate::contenders::Run,
+    partitions: i32,
+    payload: usize,
+) -> anyhow::Result<()> {
+    let backend = Backend {
+        name: "given",
+        brokers: run.brokers.clone(),
+        _embedded: None,
+    };
     backend.create_topic(&run.topic, partitions)?;
     preload(&run.brokers, &run.topic, run.messages, payload)
 }
@@ -145,14 +209,31 @@ pub fn create_and_preload(run: &crate::contenders::Run, partitions: i32, payload
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|info| info.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|info| {
+            info.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .map_or(0, |kb| kb / 1024 / 1024);
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!("Machine: {cores} cores ({cpu}), {memory} GiB memory; run on {date}.")
 }
 
@@ -188,20 +269,46 @@ struct Sample {
     peak_rss_mib: f64,
 }
 
-fn run_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages: u64, sarama: Option<&Path>, timeout: Duration) -> anyhow::Result<Sample> {
+fn run_contender(
+    kind: &str,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    messages: u64,
+    sarama: Option<&Path>,
+    timeout: Duration,
+) -> anyhow::Result<Sample> {
     let mut command = match kind {
         "B1" | "F" => self_contender(&kind.to_lowercase(), brokers, topic, group, messages),
         "Java" => {
             let mut command = Command::new("bash");
             command
                 .arg(repo_root().join("scripts").join("kafka.sh"))
-                .args(["run-class", "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", brokers, "--topic", topic, "--group", group])
+                .args([
+                    "run-class",
+                    "org.apache.kafka.tools.ConsumerPerformance",
+                    "--bootstrap-server",
+                    brokers,
+                    "--topic",
+                    topic,
+                    "--group",
+                    group,
+                ])
                 .args(["--messages", &messages.to_string(), "--timeout", "60000"]);
             command
         }
         "Go" => {
             let mut command = Command::new(sarama.context("no Go peer")?);
-            command.args(["-brokers", brokers, "-topic", topic, "-group", group, "-messages", &messages.to_string()]);
+            command.args([
+                "-brokers",
+                brokers,
+                "-topic",
+                topic,
+                "-group",
+                group,
+                "-messages",
+                &messages.to_string(),
+            ]);
             command
         }
         other => bail!("unknown contender {other}"),
@@ -212,10 +319,17 @@ fn run_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages: 
         "Java" => java_figures(&finished.lines)?,
         _ => {
             let json = finished.last_json()?;
-            (json["messages"].as_f64().context("messages")?, json["bytes"].as_f64().context("bytes")?, json["seconds"].as_f64().context("seconds")?)
+            (
+                json["messages"].as_f64().context("messages")?,
+                json["bytes"].as_f64().context("bytes")?,
+                json["seconds"].as_f64().context("seconds")?,
+            )
         }
     };
-    anyhow::ensure!(count as u64 >= messages, "{kind} consumed {count} of {messages}");
+    anyhow::ensure!(
+        count as u64 >= messages,
+        "{kind} consumed {count} of {messages}"
+    );
     Ok(Sample {
         messages_per_second: count / seconds,
         megabytes_per_second: bytes / seconds / 1e6,
@@ -227,11 +341,22 @@ fn run_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages: 
 /// Reads `ConsumerPerformance`'s CSV line; its fetch figures exclude the group join, like
 /// the other contenders' first-to-last-message figures.
 fn java_figures(lines: &[String]) -> anyhow::Result<(f64, f64, f64)> {
-    let header = lines.iter().position(|l| l.contains("fetch.nMsg.sec")).context("no ConsumerPerformance header")?;
+    let header = lines
+        .iter()
+        .position(|l| l.contains("fetch.nMsg.sec"))
+        .context("no ConsumerPerformance header")?;
     let names: Vec<&str> = lines[header].split(',').map(str::trim).collect();
-    let values: Vec<&str> = lines.get(header + 1).context("no ConsumerPerformance figures")?.split(',').map(str::trim).collect();
+    let values: Vec<&str> = lines
+        .get(header + 1)
+        .context("no ConsumerPerformance figures")?
+        .split(',')
+        .map(str::trim)
+        .collect();
     let field = |name: &str| -> anyhow::Result<f64> {
-        let index = names.iter().position(|n| *n == name).with_context(|| format!("no {name}"))?;
+        let index = names
+            .iter()
+            .position(|n| *n == name)
+            .with_context(|| format!("no {name}"))?;
         Ok(values[index].parse()?)
     };
     let count = field("data.consumed.in.nMsg")?;
@@ -243,7 +368,16 @@ fn java_figures(lines: &[String]) -> anyhow::Result<(f64, f64, f64)> {
 fn self_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages: u64) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("current exe"));
     command
-        .args(["contender", kind, "--brokers", brokers, "--topic", topic, "--group", group])
+        .args([
+            "contender",
+            kind,
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--group",
+            group,
+        ])
         .args(["--messages", &messages.to_string()])
         .env("RUST_LOG", "warn");
     command
@@ -252,13 +386,20 @@ fn self_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages:
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
 }
 
 fn throughput_table(kinds: &[&str], results: &BTreeMap<&str, Vec<Sample>>) -> String {
-    let medians = |kind: &str, metric: fn(&Sample) -> f64| median(results[kind].iter().map(metric).collect());
+    let medians =
+        |kind: &str, metric: fn(&Sample) -> f64| median(results[kind].iter().map(metric).collect());
     let baseline = medians("B1", |s| s.messages_per_second);
-    let mut table = String::from("| contender | msgs/s | MB/s | CPU s per 1M msgs | peak RSS (MiB) | ratio to B1 |\n|---|---:|---:|---:|---:|---:|\n");
+    let mut table = String::from(
+        "| contender | msgs/s | MB/s | CPU s per 1M msgs | peak RSS (MiB) | ratio to B1 |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     for kind in kinds {
         let rate = medians(kind, |s| s.messages_per_second);
         let _ = writeln!(
@@ -291,10 +432,17 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
     let topic = format!("bench-shutdown-{}", std::process::id());
     backend.create_topic(&topic, 8)?;
     preload(&backend.brokers, &topic, 2_000_000, 100)?;
-    let (mut exits, mut handovers, mut drains, mut duplicates, mut gaps) = (vec![], vec![], vec![], 0i64, 0i64);
+    let (mut exits, mut handovers, mut drains, mut duplicates, mut gaps) =
+        (vec![], vec![], vec![], 0i64, 0i64);
     for round in 0..runs {
         let group = format!("{topic}-{round}");
-        let first = Child::spawn(&mut self_contender("serve", &backend.brokers, &topic, &group, 0))?;
+        let first = Child::spawn(&mut self_contender(
+            "serve",
+            &backend.brokers,
+            &topic,
+            &group,
+            0,
+        ))?;
         first.wait_for_line("first-message", Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_secs(1)); // Consuming at full speed.
         let signalled = Instant::now();
@@ -303,12 +451,26 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
         let exit = signalled.elapsed();
         let exited_at = SystemTime::now();
         let first_json = first.last_json()?;
-        anyhow::ensure!(first_json["clean"].as_bool() == Some(true), "unclean shutdown: {first_json}");
+        anyhow::ensure!(
+            first_json["clean"].as_bool() == Some(true),
+            "unclean shutdown: {first_json}"
+        );
 
-        let second = Child::spawn(&mut self_contender("serve", &backend.brokers, &topic, &group, 0))?;
+        let second = Child::spawn(&mut self_contender(
+            "serve",
+            &backend.brokers,
+            &topic,
+            &group,
+            0,
+        ))?;
         let line = second.wait_for_line("first-message", Duration::from_secs(120))?;
-        let first_message_at: u128 = line.split_whitespace().nth(1).context("timestamp")?.parse()?;
-        let handover = first_message_at as f64 / 1e9 - exited_at.duration_since(UNIX_EPOCH)?.as_secs_f64();
+        let first_message_at: u128 = line
+            .split_whitespace()
+            .nth(1)
+            .context("timestamp")?
+            .parse()?;
+        let handover =
+            first_message_at as f64 / 1e9 - exited_at.duration_since(UNIX_EPOCH)?.as_secs_f64();
         std::thread::sleep(Duration::from_millis(500));
         second.signal(libc::SIGTERM);
         let second_json = second.wait(timeout)?.last_json()?;
@@ -350,10 +512,21 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
         let topic = format!("bench-hold-{in_flight}-{}", std::process::id());
         backend.create_topic(&topic, 1)?;
         preload(&backend.brokers, &topic, in_flight, 1_000)?;
-        let child = Child::spawn(&mut self_contender("hold", &backend.brokers, &topic, &topic, in_flight))?;
+        let child = Child::spawn(&mut self_contender(
+            "hold",
+            &backend.brokers,
+            &topic,
+            &topic,
+            in_flight,
+        ))?;
         let finished = child.wait(timeout)?;
-        let held = finished.last_json()?["in_flight"].as_u64().context("in_flight")?;
-        anyhow::ensure!(held == in_flight, "only {held} of {in_flight} messages were in flight");
+        let held = finished.last_json()?["in_flight"]
+            .as_u64()
+            .context("in_flight")?;
+        anyhow::ensure!(
+            held == in_flight,
+            "only {held} of {in_flight} messages were in flight"
+        );
         rows.push((in_flight, finished.max_rss_kib));
     }
     let (low, low_rss) = rows[0];
@@ -363,18 +536,35 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
          flight; the shutdown report confirms how many were in flight. Growth is measured \
          from the {low}-message run.\n\n\
          | in flight | peak RSS (MiB) | growth per message over {low} (bytes) |\n|---:|---:|---:|\n",
-        if backend._embedded.is_some() { "embedded cluster" } else { "real broker" }
+        if backend._embedded.is_some() {
+            "embedded cluster"
+        } else {
+            "real broker"
+        }
     );
     for (in_flight, rss) in &rows {
-        let per_message = if *in_flight > low { format!("{:.0}", (*rss - low_rss) as f64 * 1024.0 / (*in_flight - low) as f64) } else { "".to_owned() };
-        let _ = writeln!(table, "| {in_flight} | {:.1} | {per_message} |", *rss as f64 / 1024.0);
+        let per_message = if *in_flight > low {
+            format!(
+                "{:.0}",
+                (*rss - low_rss) as f64 * 1024.0 / (*in_flight - low) as f64
+            )
+        } else {
+            "".to_owned()
+        };
+        let _ = writeln!(
+            table,
+            "| {in_flight} | {:.1} | {per_message} |",
+            *rss as f64 / 1024.0
+        );
     }
     table.push('\n');
     Ok(table)
 }
 
-/// A child process whose stdout is read line by line and whose resource usage is collected
-/// with `wait4` when it exits.
+/// A child process whose stdout is read line by line, whose CPU time is collected with
+/// `wait4` when it exits, and whose peak RSS is read from `/proc/<pid>/status` while it runs.
+/// (`wait4`'s `ru_maxrss` would not do: Linux carries the parent's peak over into a child
+/// across fork and exec, so every child would seem at least as large as this driver.)
 struct Child {
     pid: libc::pid_t,
     lines: mpsc::Receiver<String>,
@@ -390,14 +580,22 @@ struct Finished {
 
 impl Finished {
     fn last_json(&self) -> anyhow::Result<Value> {
-        let line = self.lines.iter().rev().find(|l| l.starts_with('{')).with_context(|| format!("no JSON in {:?}", self.lines))?;
+        let line = self
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("no JSON in {:?}", self.lines))?;
         Ok(serde_json::from_str(line)?)
     }
 }
 
 impl Child {
     fn spawn(command: &mut Command) -> anyhow::Result<Child> {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -407,14 +605,22 @@ impl Child {
                 }
             }
         });
-        Ok(Child { pid: child.id() as libc::pid_t, lines, seen: Default::default(), _child: child })
+        Ok(Child {
+            pid: child.id() as libc::pid_t,
+            lines,
+            seen: Default::default(),
+            _child: child,
+        })
     }
 
     fn wait_for_line(&self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).with_context(|| format!("no {prefix:?} line within {limit:?}"))?;
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .with_context(|| format!("no {prefix:?} line within {limit:?}"))?;
             self.seen.borrow_mut().push(line.clone());
             if line.starts_with(prefix) {
                 return Ok(line);
@@ -432,7 +638,9 @@ impl Child {
         let mut status = 0;
         // SAFETY: rusage is plain data, fully written by wait4 when it reaps the child.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let mut peak_rss_kib = 0;
         loop {
+            peak_rss_kib = peak_rss_kib.max(peak_rss_of(self.pid).unwrap_or(0));
             // SAFETY: status and usage are valid for writes; the pid is our own child's.
             let reaped = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
             if reaped == self.pid {
@@ -447,10 +655,25 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        anyhow::ensure!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child {} failed with status {status}", self.pid);
+        anyhow::ensure!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child {} failed with status {status}",
+            self.pid
+        );
         let mut lines = self.seen.into_inner();
         lines.extend(self.lines.iter());
         let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-        Ok(Finished { lines, cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime), max_rss_kib: usage.ru_maxrss })
+        Ok(Finished {
+            lines,
+            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            max_rss_kib: peak_rss_kib,
+        })
     }
+}
+
+/// The process's peak resident set (VmHWM) in KiB, while it runs.
+fn peak_rss_of(pid: libc::pid_t) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -21,7 +21,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::actors::offset_tracker::{Assigned, Dispatched, OffsetTracker, Revoked};
 use crate::actors::processor::Process;
 use crate::message::Message;
-use crate::offsets::{Epoch, Position, TopicPartition};
+use crate::offsets::{AssignmentId, CommitPoint, TopicPartition};
 use crate::report::StopReason;
 use crate::routing::Router;
 use crate::stop::StopHandle;
@@ -35,9 +35,11 @@ const MAX_BATCH: usize = 1024;
 /// The consumer's callbacks. They run on the Fetcher's thread, inside `poll`.
 pub(crate) struct FetchContext {
     tracker: Addr<OffsetTracker>,
-    /// The partitions this member holds, each with the epoch of its current assignment.
-    assignment: Mutex<HashMap<TopicPartition, Epoch>>,
-    next_epoch: AtomicU64,
+    /// The partitions this member holds, each with the id of its current assignment.
+    assignment: Mutex<HashMap<TopicPartition, AssignmentId>>,
+    /// Bumped on every change of `assignment`, so the Fetcher knows to rebuild its routes.
+    generation: AtomicU64,
+    next_assignment: AtomicU64,
 }
 
 impl FetchContext {
@@ -45,11 +47,12 @@ impl FetchContext {
         FetchContext {
             tracker,
             assignment: Mutex::new(HashMap::new()),
-            next_epoch: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            next_assignment: AtomicU64::new(1),
         }
     }
 
-    fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, Epoch>> {
+    fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, AssignmentId>> {
         // A panic while holding this lock cannot leave the map half-updated: recover it.
         self.assignment
             .lock()
@@ -63,11 +66,16 @@ impl ConsumerContext for FetchContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                let epoch = Epoch(self.next_epoch.fetch_add(1, Ordering::Relaxed));
-                let assigned: Vec<(TopicPartition, Epoch)> = partitions
+                let assigned: Vec<(TopicPartition, AssignmentId)> = partitions
                     .elements()
                     .iter()
-                    .map(|p| (TopicPartition::new(p.topic(), p.partition()), epoch))
+                    .map(|p| {
+                        let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
+                        (
+                            TopicPartition::new(p.topic(), p.partition()),
+                            AssignmentId(id),
+                        )
+                    })
                     .collect();
                 log::info!(
                     "assigned {} partitions: {}",
@@ -75,6 +83,7 @@ impl ConsumerContext for FetchContext {
                     names(partitions)
                 );
                 self.assignment().extend(assigned.iter().cloned());
+                self.generation.fetch_add(1, Ordering::Release);
                 self.tracker.do_send(Assigned(assigned));
             }
             Rebalance::Revoke(partitions) => {
@@ -93,10 +102,53 @@ impl ConsumerContext for FetchContext {
                     assignment.remove(partition);
                 }
                 drop(assignment);
+                self.generation.fetch_add(1, Ordering::Release);
                 self.tracker.do_send(Revoked(revoked));
             }
             Rebalance::Error(error) => log::warn!("rebalance failed: {error}"),
         }
+    }
+}
+
+/// Where the messages of one assigned partition go.
+struct Route {
+    partition: TopicPartition,
+    assignment: AssignmentId,
+    processor: usize,
+}
+
+/// The Fetcher's copy of the assignment, with each partition's processor: looked up per
+/// message without hashing or locking, and rebuilt only when the assignment changed.
+struct Routes {
+    router: Router,
+    table: Vec<Route>,
+    generation: Option<u64>,
+    /// The route of the previous message: messages come in runs of one partition.
+    last: usize,
+}
+
+impl Routes {
+    fn lookup(&mut self, context: &FetchContext, topic: &str, partition: i32) -> Option<&Route> {
+        let generation = context.generation.load(Ordering::Acquire);
+        if self.generation != Some(generation) {
+            self.table = context
+                .assignment()
+                .iter()
+                .map(|(p, assignment)| Route {
+                    processor: self.router.processor_for(p.topic(), p.partition()),
+                    partition: p.clone(),
+                    assignment: *assignment,
+                })
+                .collect();
+            self.generation = Some(generation);
+        }
+        let matches = |route: &Route| {
+            route.partition.partition() == partition && route.partition.topic() == topic
+        };
+        if !self.table.get(self.last).is_some_and(matches) {
+            self.last = self.table.iter().position(matches)?;
+        }
+        Some(&self.table[self.last])
     }
 }
 
@@ -122,8 +174,7 @@ pub(crate) struct Fetcher {
     consumer: Option<BaseConsumer<FetchContext>>,
     tracker: Addr<OffsetTracker>,
     processors: Vec<Recipient<Process>>,
-    router: Router,
-    topics: HashMap<String, Arc<str>>,
+    routes: Routes,
     stop: StopHandle,
     state: State,
 }
@@ -136,11 +187,15 @@ impl Fetcher {
         stop: StopHandle,
     ) -> Self {
         Fetcher {
-            router: Router::new(processors.len()),
+            routes: Routes {
+                router: Router::new(processors.len()),
+                table: Vec::new(),
+                generation: None,
+                last: 0,
+            },
             consumer: Some(consumer),
             tracker,
             processors,
-            topics: HashMap::new(),
             stop,
             state: State::Fetching,
         }
@@ -170,26 +225,21 @@ impl Fetcher {
                 }
                 Some(Ok(message)) => message,
             };
-            let topic = match self.topics.get(message.topic()) {
-                Some(topic) => topic.clone(),
-                None => {
-                    let topic: Arc<str> = message.topic().into();
-                    self.topics
-                        .insert(message.topic().to_owned(), topic.clone());
-                    topic
-                }
-            };
-            let partition = TopicPartition::new(topic, message.partition());
-            let Some(epoch) = consumer.context().assignment().get(&partition).copied() else {
-                log::debug!("dropped {partition}@{}: not assigned", message.offset());
+            let Some(route) =
+                self.routes
+                    .lookup(consumer.context(), message.topic(), message.partition())
+            else {
+                log::debug!(
+                    "dropped {}/{}@{}: not assigned",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                );
                 continue;
             };
-            let processor = self
-                .router
-                .processor_for(partition.topic(), partition.partition());
-            let message = Message::from_kafka(&message, partition, epoch);
-            dispatched.push(message.position().clone());
-            batches[processor].push(message);
+            let message = Message::from_kafka(&message, route.partition.clone(), route.assignment);
+            dispatched.push(message.position());
+            batches[route.processor].push(message);
         }
         if !dispatched.is_empty() {
             self.tracker.do_send(Dispatched(dispatched));
@@ -287,37 +337,37 @@ impl Handler<PollRound> for Fetcher {
 }
 
 /// Commits the given commit points, synchronously, for the partitions still held under the
-/// same assignment epoch; the others are fenced. Returns the positions committed.
+/// same assignment; the others are fenced. Returns the commit points committed.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Position>, String>")]
-pub(crate) struct Commit(pub(crate) Vec<Position>);
+#[rtype(result = "Result<Vec<CommitPoint>, String>")]
+pub(crate) struct Commit(pub(crate) Vec<CommitPoint>);
 
 impl Handler<Commit> for Fetcher {
-    type Result = Result<Vec<Position>, String>;
+    type Result = Result<Vec<CommitPoint>, String>;
 
-    fn handle(&mut self, Commit(positions): Commit, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Commit(points): Commit, _: &mut Self::Context) -> Self::Result {
         let consumer = self
             .consumer
             .as_ref()
             .filter(|_| self.state != State::Closed)
             .ok_or("the consumer is closed")?;
-        let held: Vec<Position> = {
+        let held: Vec<CommitPoint> = {
             let assignment = consumer.context().assignment();
-            positions
+            points
                 .into_iter()
-                .filter(|p| assignment.get(&p.partition) == Some(&p.epoch))
+                .filter(|p| assignment.get(&p.partition) == Some(&p.assignment))
                 .collect()
         };
         if held.is_empty() {
             return Ok(held);
         }
         let mut offsets = TopicPartitionList::new();
-        for position in &held {
+        for point in &held {
             offsets
                 .add_partition_offset(
-                    position.partition.topic(),
-                    position.partition.partition(),
-                    Offset::Offset(position.offset),
+                    point.partition.topic(),
+                    point.partition.partition(),
+                    Offset::Offset(point.offset),
                 )
                 .map_err(|error| error.to_string())?;
         }

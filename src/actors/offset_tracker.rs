@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::fetcher::{Commit, Fetcher};
-use crate::offsets::{Completion, Epoch, OffsetBook, Position, TopicPartition};
+use crate::offsets::{AssignmentId, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
 
 pub(crate) struct OffsetTracker {
@@ -53,11 +53,9 @@ impl OffsetTracker {
                     tracker.committing = false;
                     let committed =
                         result.map_err(|error| format!("commit not delivered: {error}"))??;
-                    for position in committed {
-                        tracker.book.committed(&position);
-                        tracker
-                            .committed
-                            .insert(position.partition.clone(), position.offset);
+                    for point in committed {
+                        tracker.book.committed(&point);
+                        tracker.committed.insert(point.partition, point.offset);
                     }
                     Ok(())
                 }),
@@ -95,17 +93,17 @@ impl Handler<AttachFetcher> for OffsetTracker {
     }
 }
 
-/// Partitions newly assigned to this member, each under a new epoch.
+/// Partitions newly assigned to this member, each under a new assignment id.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, Epoch)>);
+pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, AssignmentId)>);
 
 impl Handler<Assigned> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Self::Context) {
-        for (partition, epoch) in partitions {
-            self.book.assign(partition, epoch);
+        for (partition, assignment) in partitions {
+            self.book.assign(partition, assignment);
         }
     }
 }
@@ -142,14 +140,9 @@ impl Handler<Dispatched> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Dispatched(positions): Dispatched, _: &mut Self::Context) {
-        for position in positions {
-            if !self.book.dispatched(&position) {
-                log::debug!(
-                    "dispatch of {}@{} not tracked (fenced or behind the partition)",
-                    position.partition,
-                    position.offset
-                );
-            }
+        let refused = self.book.dispatched(&positions);
+        if refused > 0 {
+            log::debug!("{refused} dispatches not tracked (fenced or behind their partition)");
         }
     }
 }
@@ -163,22 +156,19 @@ impl Handler<Finished> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Finished(positions): Finished, _: &mut Self::Context) {
-        for position in positions {
-            self.processed += 1;
-            match self.book.finished(&position) {
+        self.processed += positions.len() as u64;
+        self.book
+            .finished(&positions, |position, completion| match completion {
                 Completion::Recorded => {}
                 Completion::Fenced => log::info!(
-                    "{}@{} finished after its partition was revoked: not committed",
-                    position.partition,
+                    "offset {} finished after its partition was revoked: not committed",
                     position.offset
                 ),
                 Completion::Unknown => log::warn!(
-                    "{}@{} reported finished but was not in flight",
-                    position.partition,
+                    "offset {} reported finished but was not in flight",
                     position.offset
                 ),
-            }
-        }
+            });
     }
 }
 

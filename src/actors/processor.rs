@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -136,36 +137,52 @@ async fn process_batch<P: Processor>(
     tracker: Addr<OffsetTracker>,
     abandon: CancellationToken,
 ) -> (Box<P>, Option<Interruption>) {
-    let mut finished: Vec<Position> = Vec::new();
-    let mut report_at = Instant::now() + REPORT_INTERVAL;
+    let mut finished: Vec<Position> = Vec::with_capacity(messages.len());
+    // Made once per batch: registering a timer or a cancellation waiter per message would
+    // cost more than a fast processor's whole work.
+    let mut abandoned = pin!(abandon.cancelled());
+    let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
     let mut interruption = None;
     for message in &messages {
+        if abandon.is_cancelled() {
+            interruption = Some(Interruption::Abandoned);
+            break;
+        }
         let mut processing = pin!(AssertUnwindSafe(processor.process(message)).catch_unwind());
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                () = abandon.cancelled() => break None,
-                outcome = &mut processing => break Some(outcome),
-                () = sleep_until(report_at), if !finished.is_empty() => {
-                    tracker.do_send(Finished(std::mem::take(&mut finished)));
-                    report_at = Instant::now() + REPORT_INTERVAL;
+        // Most processors finish at the first poll; only those that wait need the select.
+        let outcome = match futures::poll!(processing.as_mut()) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => {
+                let outcome = loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut abandoned => break None,
+                        outcome = &mut processing => break Some(outcome),
+                        () = &mut report_timer, if !finished.is_empty() => {
+                            tracker.do_send(Finished(std::mem::take(&mut finished)));
+                            report_timer.as_mut().reset(Instant::now() + REPORT_INTERVAL);
+                        }
+                    }
+                };
+                match outcome {
+                    Some(outcome) => outcome,
+                    None => {
+                        interruption = Some(Interruption::Abandoned);
+                        break;
+                    }
                 }
             }
         };
         let failure = match outcome {
-            None => {
-                interruption = Some(Interruption::Abandoned);
-                break;
-            }
-            Some(Ok(Ok(()))) => {
-                finished.push(message.position().clone());
+            Ok(Ok(())) => {
+                finished.push(message.position());
                 continue;
             }
-            Some(Ok(Err(error))) => format!("{error:#}"),
-            Some(Err(panic)) => format!("panicked: {}", panic_message(panic.as_ref())),
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
         };
         interruption = Some(Interruption::Failed(StopReason::ProcessingFailed {
-            partition: message.position().partition.clone(),
+            partition: message.topic_partition().clone(),
             offset: message.offset(),
             error: failure,
         }));

@@ -148,9 +148,22 @@ impl Cluster {
             .partitions()
             .iter()
             .map(|partition| {
-                let (_, high) = client
-                    .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                    .expect("watermarks");
+                // A broker busy with a new topic can fail a request now and then: retry.
+                let mut attempts = 0;
+                let high = loop {
+                    match client.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)) {
+                        Ok((_, high)) => break high,
+                        Err(error) if attempts < 20 => {
+                            attempts += 1;
+                            eprintln!(
+                                "watermarks of {topic}/{}: {error}; retrying",
+                                partition.id()
+                            );
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        Err(error) => panic!("watermarks of {topic}/{}: {error}", partition.id()),
+                    }
+                };
                 (partition.id(), high)
             })
             .collect()
