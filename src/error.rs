@@ -44,7 +44,8 @@ pub enum Error {
         brokers: String,
     },
 
-    /// A processor's [`on_start`](crate::Processor::on_start) hook failed, so the system did not start.
+    /// A processor's [`on_start`](crate::Processor::on_start) hook failed, so the system did
+    /// not start.
     #[error("processor {processor} failed to start: {source:#}")]
     ProcessorStart {
         /// The index of the processor in the pool.

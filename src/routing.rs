@@ -20,7 +20,8 @@ impl Router {
 
     /// The processor for a partition. The partitions of one topic are spread round-robin so
     /// that `n` partitions on `n` processors get one each; the topic's hash (the same for
-    /// every process built from one release) shifts where each topic starts, so that several topics spread too.
+    /// every process built from one release) shifts where each topic starts, so that several
+    /// topics spread too.
     pub(crate) fn processor_for(&self, topic: &str, partition: i32) -> usize {
         let mut hasher = DefaultHasher::new();
         topic.hash(&mut hasher);

@@ -3,15 +3,24 @@
 //! [`EmbeddedCluster`] wraps librdkafka's mock cluster, which speaks the real Kafka protocol
 //! on localhost ports: produce, consumer groups and offset commits work as with a broker, so
 //! a [`ConsumerSystem`](crate::ConsumerSystem) runs against it unchanged. It differs from a
-//! real broker in one way that matters to tests: a member that leaves its group is forgotten
+//! real broker in two ways that matter to tests: a member that leaves its group is forgotten
 //! only when its session times out, so use a short `session.timeout.ms` when a second
-//! member of the same group follows the first.
+//! member of the same group follows the first; and each partition keeps only about the last
+//! 5 MB of messages (older ones are dropped, as retention would drop them), so keep what a
+//! test produces per partition below that.
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::{Error, Result};
 
@@ -54,8 +63,30 @@ impl EmbeddedCluster {
     }
 }
 
+/// Counts the records librdkafka failed to deliver, keeping the first error.
+#[derive(Default)]
+struct DeliveryReport {
+    failed: AtomicUsize,
+    first_error: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for DeliveryReport {}
+
+impl ProducerContext for DeliveryReport {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| error.clone());
+        }
+    }
+}
+
 /// Produces `(key, payload)` records to `topic` on `brokers` and waits until every one is
-/// acknowledged. Records with the same key go to the same partition.
+/// acknowledged; fails if any could not be delivered. Records with the same key go to the
+/// same partition.
 pub fn produce<K, V>(
     brokers: &str,
     topic: &str,
@@ -65,26 +96,21 @@ where
     K: AsRef<[u8]>,
     V: AsRef<[u8]>,
 {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: ThreadedProducer<DeliveryReport> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()?;
+        .set("message.timeout.ms", "60000")
+        .create_with_context(DeliveryReport::default())?;
     let mut produced = 0;
     for (key, payload) in records {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        let mut record = BaseRecord::to(topic)
             .key(key.as_ref())
             .payload(payload.as_ref());
         loop {
             match producer.send(record) {
                 Ok(()) => break,
                 // The local queue is full: let librdkafka deliver some, then retry.
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    returned,
-                )) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -93,6 +119,17 @@ where
         }
         produced += 1;
     }
-    producer.flush(Duration::from_secs(30))?;
+    producer.flush(Duration::from_secs(120))?;
+    let report = producer.context();
+    let failed = report.failed.load(Ordering::Relaxed);
+    if let Some(error) = report
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        log::error!("{failed} of {produced} records to {topic} were not delivered: {error}");
+        return Err(Error::Kafka(error));
+    }
     Ok(produced)
 }

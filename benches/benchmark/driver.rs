@@ -53,6 +53,9 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
+/// What the benchmark stores per partition on the mock cluster, which retains about 5 MB.
+const MOCK_PARTITION_BYTES: u64 = 4_000_000;
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -124,7 +127,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             options.runs
         )?;
         for workload in WORKLOADS {
-            let messages = ((workload.messages as f64 * options.scale) as u64).max(1_000);
+            let mut messages = ((workload.messages as f64 * options.scale) as u64).max(1_000);
+            if !real {
+                // The mock cluster keeps only about 5 MB per partition and drops older
+                // messages, as retention would: stay under it.
+                let per_message = workload.payload as u64 + 20;
+                messages =
+                    messages.min(workload.partitions as u64 * MOCK_PARTITION_BYTES / per_message);
+            }
             let topic = format!(
                 "bench-{}b-{}p-{}",
                 workload.payload,
@@ -240,7 +250,11 @@ fn machine_description() -> String {
 fn preload(brokers: &str, topic: &str, messages: u64, payload: usize) -> anyhow::Result<()> {
     let body = vec![b'x'; payload];
     let records = (0..messages).map(|i| (i.to_le_bytes(), body.as_slice()));
-    testkit::produce(brokers, topic, records)?;
+    let produced = testkit::produce(brokers, topic, records)?;
+    anyhow::ensure!(
+        produced as u64 == messages,
+        "produced {produced} of {messages}"
+    );
     Ok(())
 }
 
@@ -510,7 +524,8 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
     let mut rows = Vec::new();
     for in_flight in [64u64, 1_000, 10_000] {
         let topic = format!("bench-hold-{in_flight}-{}", std::process::id());
-        backend.create_topic(&topic, 1)?;
+        // Eight partitions, so that 10 MB stay within what the mock cluster retains.
+        backend.create_topic(&topic, 8)?;
         preload(&backend.brokers, &topic, in_flight, 1_000)?;
         let child = Child::spawn(&mut self_contender(
             "hold",
@@ -532,7 +547,7 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
     let (low, low_rss) = rows[0];
     let mut table = format!(
         "\n## Memory per in-flight message (1 KB payloads, {})\n\n\
-         A processor that never finishes holds every message of a one-partition topic in \
+         A processor that never finishes holds every message of an 8-partition topic in \
          flight; the shutdown report confirms how many were in flight. Growth is measured \
          from the {low}-message run.\n\n\
          | in flight | peak RSS (MiB) | growth per message over {low} (bytes) |\n|---:|---:|---:|\n",

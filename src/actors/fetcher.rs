@@ -2,10 +2,10 @@
 //!
 //! It runs on an arbiter (a thread) of its own, because `poll` blocks and because librdkafka
 //! runs the rebalance callbacks inside `poll`: a callback may wait for other actors, and those
-//! never need this thread. It polls in batches, stamps each message with its partition's
-//! assignment epoch, records the batch with the OffsetTracker and only then hands the messages
-//! to the processors their partitions are routed to. Commits, pausing and closing all happen
-//! here, between two polls.
+//! never need this thread. It polls in batches, stamps each message with the id of its
+//! partition's current assignment, records the batch with the OffsetTracker and only then
+//! hands the messages to the processors their partitions are routed to. Commits, pausing and
+//! closing all happen here, between two polls.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
