@@ -209,7 +209,9 @@ impl ConsumerConfigBuilder {
 
     /// Whether SIGINT and SIGTERM stop the system (default true): the first one gracefully,
     /// a second one abandons the drain. Turn it off when the application handles signals
-    /// itself and stops the system through a [`StopHandle`](crate::StopHandle).
+    /// itself and stops the system through a [`StopHandle`](crate::StopHandle). Once
+    /// installed, the handlers stay for the life of the process (tokio cannot remove them):
+    /// after the system returned, these signals no longer end the process by themselves.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
         self

@@ -15,21 +15,16 @@ pub(crate) enum StopRequest {
 }
 
 /// Stops a running [`ConsumerSystem`](crate::ConsumerSystem) from code. Cheap to clone and
-/// usable from any thread.
+/// usable from any thread; get one from
+/// [`RunningSystem::stop_handle`](crate::RunningSystem::stop_handle).
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     requests: watch::Sender<StopRequest>,
 }
 
-impl Default for StopHandle {
-    fn default() -> Self {
-        StopHandle::new()
-    }
-}
-
 impl StopHandle {
     /// A handle for a system that has not been asked to stop.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         StopHandle {
             requests: watch::Sender::new(StopRequest::Running),
         }

@@ -60,22 +60,8 @@ fn stop_mid_stream_then_restart_loses_and_duplicates_nothing() {
     );
     assert_eq!(audit(&ledger.entries(), &end_offsets).duplicated, 0);
 
-    let recorder = ledger.clone();
-    let config = cluster.config(&topic, &group).build().unwrap();
-    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
-    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
-        audit(&ledger.entries(), &end_offsets).lost == 0
-    });
-    system.stop();
-    system.join().unwrap();
-    assert_eq!(
-        audit(&ledger.entries(), &end_offsets),
-        Audit {
-            lost: 0,
-            duplicated: 0
-        }
-    );
-    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    let config = cluster.config(&topic, &group);
+    support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
 }
 
 #[test]
@@ -137,21 +123,8 @@ fn a_hung_processor_is_abandoned_at_the_deadline_and_redelivered_after_restart()
     );
     assert!(!ledger.entries().contains(&(1, 20)));
 
-    let recorder = ledger.clone();
-    let config = cluster.config(&topic, &group).build().unwrap();
-    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
-    wait_until("the hung message is redelivered", SCENARIO_TIMEOUT, || {
-        audit(&ledger.entries(), &end_offsets).lost == 0
-    });
-    system.stop();
-    system.join().unwrap();
-    assert_eq!(
-        audit(&ledger.entries(), &end_offsets),
-        Audit {
-            lost: 0,
-            duplicated: 0
-        }
-    );
+    let config = cluster.config(&topic, &group);
+    support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
 }
 
 #[test]

@@ -103,26 +103,8 @@ fn out_of_order_completions_commit_exactly_the_finished_prefix() {
     }
     assert!(!report.abandoned.is_empty(), "{report}");
 
-    let recorder = ledger.clone();
-    let config = cluster
-        .config(&topic, &group)
-        .processors(3)
-        .build()
-        .unwrap();
-    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
-    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
-        audit(&ledger.entries(), &end_offsets).lost == 0
-    });
-    system.stop();
-    system.join().unwrap();
-    assert_eq!(
-        audit(&ledger.entries(), &end_offsets),
-        support::Audit {
-            lost: 0,
-            duplicated: 0
-        }
-    );
-    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    let config = cluster.config(&topic, &group).processors(3);
+    support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
 }
 
 /// Fails (or panics) once on one message, then behaves.
@@ -193,25 +175,8 @@ fn a_failure_stops_the_system_and_is_never_committed(panic: bool) {
     );
 
     // The failed message comes back on the next start.
-    let recorder = ledger.clone();
-    let config = cluster
-        .config(&topic, &group)
-        .processors(2)
-        .build()
-        .unwrap();
-    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
-    wait_until("the rest is processed", SCENARIO_TIMEOUT, || {
-        audit(&ledger.entries(), &end_offsets).lost == 0
-    });
-    system.stop();
-    system.join().unwrap();
-    assert_eq!(
-        audit(&ledger.entries(), &end_offsets),
-        support::Audit {
-            lost: 0,
-            duplicated: 0
-        }
-    );
+    let config = cluster.config(&topic, &group).processors(2);
+    support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
 }
 
 #[test]

@@ -37,12 +37,8 @@ pub(crate) struct Started {
 }
 
 pub(crate) struct Supervisor<P: Processor> {
-    config: ConsumerConfig,
-    requests: watch::Receiver<StopRequest>,
-    abandon: CancellationToken,
-    tracker: Addr<OffsetTracker>,
-    fetcher: Addr<Fetcher>,
-    processors: Vec<Addr<ProcessorActor<P>>>,
+    /// Taken when the stop request arrives: a system shuts down once.
+    shutdown: Option<ShutdownPlan<P>>,
     report_to: Option<oneshot::Sender<ShutdownReport>>,
 }
 
@@ -135,13 +131,16 @@ impl<P: Processor> Supervisor<P> {
             config.processors,
             config.worker_threads
         );
-        Supervisor {
+        let shutdown = ShutdownPlan {
+            timeout: config.shutdown_timeout,
             requests: stop.subscribe(),
-            config,
             abandon,
             tracker,
             fetcher,
             processors,
+        };
+        Supervisor {
+            shutdown: Some(shutdown),
             report_to: Some(report_to),
         }
         .start();
@@ -199,15 +198,10 @@ impl<P: Processor> Actor for Supervisor<P> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let mut requests = self.requests.clone();
-        let shutdown = ShutdownPlan {
-            timeout: self.config.shutdown_timeout,
-            requests: self.requests.clone(),
-            abandon: self.abandon.clone(),
-            tracker: self.tracker.clone(),
-            fetcher: self.fetcher.clone(),
-            processors: self.processors.clone(),
+        let Some(shutdown) = self.shutdown.take() else {
+            return;
         };
+        let mut requests = shutdown.requests.clone();
         ctx.spawn(
             async move {
                 let reason = stop_requested(&mut requests).await;

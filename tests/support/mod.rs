@@ -300,6 +300,42 @@ impl Processor for Recorder {
     }
 }
 
+/// The restart half of a scenario: runs a well-behaved system (recording into `ledger`) in the
+/// group until every message of the topic was processed, stops it gracefully, and asserts
+/// the outcome over both runs: nothing lost, nothing processed twice, and the group's
+/// committed offsets at the topic's end.
+pub fn restart_and_finish(
+    cluster: &Cluster,
+    config: ConsumerConfigBuilder,
+    ledger: &Ledger,
+    topic: &str,
+    group: &str,
+    end_offsets: &BTreeMap<i32, i64>,
+) {
+    let recorder = ledger.clone();
+    let system = kafka_actors::ConsumerSystem::spawn(config.build().unwrap(), move || {
+        Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until(
+        "the restarted system processed the rest",
+        SCENARIO_TIMEOUT,
+        || audit(&ledger.entries(), end_offsets).lost == 0,
+    );
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    let outcome = audit(&ledger.entries(), end_offsets);
+    assert_eq!(
+        outcome,
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(&cluster.committed_offsets(group, topic), end_offsets);
+}
+
 /// Waits until `done` holds, failing the test with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
