@@ -1,5 +1,6 @@
 //! The message handed to a [`Processor`](crate::Processor).
 
+use bytes::{Bytes, BytesMut};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _, OwnedHeaders};
 
 use crate::offsets::{AssignmentId, Position, TopicPartition};
@@ -9,8 +10,9 @@ use crate::offsets::{AssignmentId, Position, TopicPartition};
 pub struct Message {
     partition: TopicPartition,
     position: Position,
-    /// The key's bytes followed by the payload's: one allocation per message, not two.
-    bytes: Vec<u8>,
+    /// The key's bytes followed by the payload's, a slice of a buffer the messages of one
+    /// batch share.
+    bytes: Bytes,
     key_len: Option<usize>,
     payload_len: Option<usize>,
     headers: Option<OwnedHeaders>,
@@ -18,16 +20,24 @@ pub struct Message {
 }
 
 impl Message {
+    /// The bytes a message needs in its batch's buffer: its key followed by its payload.
+    pub(crate) fn buffer_len(message: &BorrowedMessage<'_>) -> usize {
+        message.key_len() + message.payload_len()
+    }
+
+    /// Appends the message's key and payload to its batch's buffer.
+    pub(crate) fn copy_into(message: &BorrowedMessage<'_>, buffer: &mut BytesMut) {
+        buffer.extend_from_slice(message.key().unwrap_or_default());
+        buffer.extend_from_slice(message.payload().unwrap_or_default());
+    }
+
+    /// Builds the message around `bytes`, the slice [`copy_into`](Self::copy_into) wrote.
     pub(crate) fn from_kafka(
         message: &BorrowedMessage<'_>,
         partition: TopicPartition,
         assignment: AssignmentId,
+        bytes: Bytes,
     ) -> Self {
-        let (key, payload) = (message.key(), message.payload());
-        let length = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len);
-        let mut bytes = Vec::with_capacity(length);
-        bytes.extend_from_slice(key.unwrap_or_default());
-        bytes.extend_from_slice(payload.unwrap_or_default());
         Message {
             partition,
             position: Position {
@@ -35,8 +45,8 @@ impl Message {
                 offset: message.offset(),
             },
             bytes,
-            key_len: key.map(<[u8]>::len),
-            payload_len: payload.map(<[u8]>::len),
+            key_len: message.key().map(<[u8]>::len),
+            payload_len: message.payload().map(<[u8]>::len),
             headers: message.headers().map(|headers| headers.detach()),
             timestamp: message.timestamp().to_millis(),
         }

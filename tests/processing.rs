@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_actors::{ConsumerSystem, Message, Processor, StopReason};
@@ -203,4 +204,60 @@ fn a_stop_before_any_assignment_commits_nothing_and_returns_promptly() {
     assert!(report.committed.is_empty(), "{report}");
     assert!(report.shutdown_time() < Duration::from_secs(30), "{report}");
     assert!(cluster.committed_offsets(&group, &topic).is_empty());
+}
+
+/// Collects every message's key and payload.
+struct Contents(Arc<Mutex<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>>>);
+
+impl Processor for Contents {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let entry = (
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
+        );
+        self.0.lock().unwrap().push(entry);
+        Ok(())
+    }
+}
+
+#[test]
+fn keys_and_payloads_arrive_intact() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("contents", 3);
+    let group = group("contents");
+    // Sizes from empty to several kilobytes, so that messages share batch buffers unevenly.
+    let records: Vec<(String, String)> = (0..600)
+        .map(|i| {
+            (
+                format!("key-{i}"),
+                "x".repeat(i * 7 % 5_000) + &i.to_string(),
+            )
+        })
+        .collect();
+    kafka_actors::testkit::produce(&cluster.brokers(), &topic, records.clone()).unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let collector = seen.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Contents(collector.clone())).unwrap();
+    wait_until("all 600 messages are processed", SCENARIO_TIMEOUT, || {
+        seen.lock().unwrap().len() >= 600
+    });
+    system.stop();
+    system.join().unwrap();
+
+    let mut seen: Vec<(Vec<u8>, Vec<u8>)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(key, payload)| (key.clone().unwrap(), payload.clone().unwrap()))
+        .collect();
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = records
+        .into_iter()
+        .map(|(key, payload)| (key.into_bytes(), payload.into_bytes()))
+        .collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen.len(), expected.len());
+    assert!(seen == expected, "a key or payload changed on the way");
 }

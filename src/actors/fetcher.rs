@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
@@ -128,7 +129,8 @@ struct Routes {
 }
 
 impl Routes {
-    fn lookup(&mut self, context: &FetchContext, topic: &str, partition: i32) -> Option<&Route> {
+    /// The index in `table` of the route of a partition.
+    fn lookup(&mut self, context: &FetchContext, topic: &str, partition: i32) -> Option<usize> {
         let generation = context.generation.load(Ordering::Acquire);
         if self.generation != Some(generation) {
             self.table = context
@@ -148,7 +150,7 @@ impl Routes {
         if !self.table.get(self.last).is_some_and(matches) {
             self.last = self.table.iter().position(matches)?;
         }
-        Some(&self.table[self.last])
+        Some(self.last)
     }
 }
 
@@ -207,9 +209,9 @@ impl Fetcher {
         let Some(consumer) = &self.consumer else {
             return;
         };
-        let mut batches: Vec<Vec<Message>> = Vec::new();
-        batches.resize_with(self.processors.len(), Vec::new);
-        let mut dispatched = Vec::new();
+        // First poll the round, so that each processor's messages can share one buffer.
+        let mut polled = Vec::new();
+        let mut buffer_sizes = vec![0; self.processors.len()];
         let mut error = None;
         for round in 0..MAX_BATCH {
             let timeout = if round == 0 {
@@ -225,9 +227,10 @@ impl Fetcher {
                 }
                 Some(Ok(message)) => message,
             };
-            let Some(route) =
-                self.routes
-                    .lookup(consumer.context(), message.topic(), message.partition())
+            let context = consumer.context();
+            let Some(route) = self
+                .routes
+                .lookup(context, message.topic(), message.partition())
             else {
                 log::debug!(
                     "dropped {}/{}@{}: not assigned",
@@ -237,11 +240,34 @@ impl Fetcher {
                 );
                 continue;
             };
-            let message = Message::from_kafka(&message, route.partition.clone(), route.assignment);
-            dispatched.push(message.position());
-            batches[route.processor].push(message);
+            buffer_sizes[self.routes.table[route].processor] += Message::buffer_len(&message);
+            polled.push((message, route));
         }
-        if !dispatched.is_empty() {
+        if !polled.is_empty() {
+            let mut buffers: Vec<BytesMut> = buffer_sizes
+                .into_iter()
+                .map(BytesMut::with_capacity)
+                .collect();
+            for (message, route) in &polled {
+                Message::copy_into(message, &mut buffers[self.routes.table[*route].processor]);
+            }
+            let mut buffers: Vec<Bytes> = buffers.into_iter().map(BytesMut::freeze).collect();
+            let mut starts = vec![0; buffers.len()];
+            let mut batches: Vec<Vec<Message>> = Vec::new();
+            batches.resize_with(self.processors.len(), Vec::new);
+            let mut dispatched = Vec::with_capacity(polled.len());
+            for (message, route) in &polled {
+                let route = &self.routes.table[*route];
+                let (start, length) = (starts[route.processor], Message::buffer_len(message));
+                starts[route.processor] += length;
+                let bytes = buffers[route.processor].slice(start..start + length);
+                let message =
+                    Message::from_kafka(message, route.partition.clone(), route.assignment, bytes);
+                dispatched.push(message.position());
+                batches[route.processor].push(message);
+            }
+            drop(polled);
+            buffers.clear();
             self.tracker.do_send(Dispatched(dispatched));
             for (processor, batch) in self.processors.iter().zip(batches) {
                 if !batch.is_empty() {
