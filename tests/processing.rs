@@ -206,8 +206,11 @@ fn a_stop_before_any_assignment_commits_nothing_and_returns_promptly() {
     assert!(cluster.committed_offsets(&group, &topic).is_empty());
 }
 
+/// A message's key and payload, as the processor saw them.
+type KeyAndPayload = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Collects every message's key and payload.
-struct Contents(Arc<Mutex<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>>>);
+struct Contents(Arc<Mutex<Vec<KeyAndPayload>>>);
 
 impl Processor for Contents {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
