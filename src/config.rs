@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
-use crate::{Error, Result};
+use crate::{Error, InFlightLimit, OrderingMode, Result};
 
 /// librdkafka properties the framework sets itself; a user value would break its guarantees
 /// or duplicate a builder method.
@@ -27,6 +27,17 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(45_000);
 const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(300_000);
 
+/// The default in-flight limits: generous enough that a fast processor never waits on them,
+/// small enough that a slow one cannot pile up more than a few tens of megabytes.
+const DEFAULT_PARTITION_LIMIT: InFlightLimit = InFlightLimit {
+    messages: 10_000,
+    bytes: 16 << 20,
+};
+const DEFAULT_TOTAL_LIMIT: InFlightLimit = InFlightLimit {
+    messages: 100_000,
+    bytes: 64 << 20,
+};
+
 /// A validated configuration for a [`ConsumerSystem`](crate::ConsumerSystem).
 ///
 /// Build one with [`ConsumerConfig::builder`].
@@ -37,6 +48,9 @@ pub struct ConsumerConfig {
     pub(crate) topics: Vec<String>,
     pub(crate) processors: usize,
     pub(crate) worker_threads: usize,
+    pub(crate) ordering: OrderingMode,
+    pub(crate) partition_limit: InFlightLimit,
+    pub(crate) total_limit: InFlightLimit,
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) startup_timeout: Duration,
@@ -122,6 +136,9 @@ pub struct ConsumerConfigBuilder {
     topics: Vec<String>,
     processors: usize,
     worker_threads: Option<usize>,
+    ordering: OrderingMode,
+    partition_limit: InFlightLimit,
+    total_limit: InFlightLimit,
     commit_interval: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
@@ -137,6 +154,9 @@ impl Default for ConsumerConfigBuilder {
             topics: Vec::new(),
             processors: 4,
             worker_threads: None,
+            ordering: OrderingMode::PerPartition,
+            partition_limit: DEFAULT_PARTITION_LIMIT,
+            total_limit: DEFAULT_TOTAL_LIMIT,
             commit_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
@@ -171,10 +191,33 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// How many processors run (default 4). Each partition is handled by one processor at a
-    /// time, so more processors than assigned partitions add nothing in partition order.
+    /// How many processors run (default 4): the most messages processed at once. In
+    /// [`OrderingMode::PerPartition`] each partition is handled by one processor, so more
+    /// processors than assigned partitions add nothing; in the other modes they do.
     pub fn processors(mut self, processors: usize) -> Self {
         self.processors = processors;
+        self
+    }
+
+    /// Which messages are processed in order (default [`OrderingMode::PerPartition`]).
+    pub fn ordering(mut self, ordering: OrderingMode) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// The most work one partition may have in flight (default 10,000 messages, 16 MiB of keys
+    /// and payloads). When a partition reaches it, it is paused until half of it is done.
+    pub fn max_in_flight_per_partition(mut self, messages: usize, bytes: usize) -> Self {
+        self.partition_limit = InFlightLimit { messages, bytes };
+        self
+    }
+
+    /// The most work the whole system may have in flight (default 100,000 messages, 64 MiB of
+    /// keys and payloads). When it is reached, every partition is paused until half of it is
+    /// done. Polling goes on meanwhile, so slow processing never exceeds
+    /// `max.poll.interval.ms`. README.md ("Memory") gives the whole memory bound.
+    pub fn max_in_flight(mut self, messages: usize, bytes: usize) -> Self {
+        self.total_limit = InFlightLimit { messages, bytes };
         self
     }
 
@@ -256,6 +299,17 @@ impl ConsumerConfigBuilder {
         if self.worker_threads == Some(0) {
             return Err(Error::config("worker_threads", "must be at least 1"));
         }
+        for (setting, limit) in [
+            ("max_in_flight_per_partition", self.partition_limit),
+            ("max_in_flight", self.total_limit),
+        ] {
+            if limit.messages == 0 || limit.bytes == 0 {
+                return Err(Error::config(
+                    setting,
+                    "must allow at least one message and one byte",
+                ));
+            }
+        }
         for (setting, value) in [
             ("commit_interval", self.commit_interval),
             ("shutdown_timeout", self.shutdown_timeout),
@@ -278,6 +332,9 @@ impl ConsumerConfigBuilder {
             group_id: self.group_id,
             topics: self.topics,
             processors: self.processors,
+            ordering: self.ordering,
+            partition_limit: self.partition_limit,
+            total_limit: self.total_limit,
             commit_interval: self.commit_interval,
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
@@ -385,6 +442,14 @@ mod tests {
             "worker_threads"
         );
         assert_eq!(setting_at_fault(valid().topic("no spaces")), "topics");
+        assert_eq!(
+            setting_at_fault(valid().max_in_flight(0, 1024)),
+            "max_in_flight"
+        );
+        assert_eq!(
+            setting_at_fault(valid().max_in_flight_per_partition(10, 0)),
+            "max_in_flight_per_partition"
+        );
         assert_eq!(
             setting_at_fault(valid().commit_interval(Duration::ZERO)),
             "commit_interval"

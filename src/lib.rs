@@ -4,7 +4,9 @@
 mod actors;
 mod config;
 mod error;
+mod flow;
 mod message;
+mod metrics;
 mod offsets;
 mod processor;
 mod report;
@@ -15,9 +17,12 @@ pub mod testkit;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
 pub use error::{Error, Result};
+pub use flow::InFlightLimit;
 pub use message::Message;
+pub use metrics::Metrics;
 pub use offsets::TopicPartition;
 pub use processor::Processor;
 pub use report::{Abandoned, Phase, PhaseReport, ShutdownReport, StopReason};
+pub use routing::OrderingMode;
 pub use stop::StopHandle;
 pub use system::{ConsumerSystem, RunningSystem};

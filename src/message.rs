@@ -1,15 +1,19 @@
 //! The message handed to a [`Processor`](crate::Processor).
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _, OwnedHeaders};
 
-use crate::offsets::{AssignmentId, Position, TopicPartition};
+use crate::flow::AssignedPartition;
+use crate::offsets::{Position, TopicPartition};
 
 /// One Kafka record, owned, as fetched from its partition.
 #[derive(Debug)]
 pub struct Message {
-    partition: TopicPartition,
-    position: Position,
+    /// The partition and the assignment it was fetched under.
+    assigned: Arc<AssignedPartition>,
+    offset: i64,
     /// The key's bytes followed by the payload's, a slice of a buffer the messages of one
     /// batch share.
     bytes: Bytes,
@@ -34,16 +38,12 @@ impl Message {
     /// Builds the message around `bytes`, the slice [`copy_into`](Self::copy_into) wrote.
     pub(crate) fn from_kafka(
         message: &BorrowedMessage<'_>,
-        partition: TopicPartition,
-        assignment: AssignmentId,
+        assigned: Arc<AssignedPartition>,
         bytes: Bytes,
     ) -> Self {
         Message {
-            partition,
-            position: Position {
-                assignment,
-                offset: message.offset(),
-            },
+            assigned,
+            offset: message.offset(),
             bytes,
             key_len: message.key().map(<[u8]>::len),
             payload_len: message.payload().map(<[u8]>::len),
@@ -54,17 +54,17 @@ impl Message {
 
     /// The topic the message was read from.
     pub fn topic(&self) -> &str {
-        self.partition.topic()
+        self.assigned.partition.topic()
     }
 
     /// The partition the message was read from.
     pub fn partition(&self) -> i32 {
-        self.partition.partition()
+        self.assigned.partition.partition()
     }
 
     /// The message's offset within its partition.
     pub fn offset(&self) -> i64 {
-        self.position.offset
+        self.offset
     }
 
     /// The message key, if it has one.
@@ -100,10 +100,22 @@ impl Message {
     }
 
     pub(crate) fn position(&self) -> Position {
-        self.position
+        Position {
+            assignment: self.assigned.assignment,
+            offset: self.offset,
+        }
     }
 
     pub(crate) fn topic_partition(&self) -> &TopicPartition {
-        &self.partition
+        &self.assigned.partition
+    }
+
+    pub(crate) fn assigned(&self) -> &Arc<AssignedPartition> {
+        &self.assigned
+    }
+
+    /// The bytes the message counts for in flight: its key and payload.
+    pub(crate) fn in_flight_bytes(&self) -> usize {
+        self.bytes.len()
     }
 }

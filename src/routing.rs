@@ -1,10 +1,28 @@
 //! Which processor a message goes to.
 //!
-//! Messages of one partition always go to the same processor, and a processor handles one
-//! message at a time, so each partition is processed in offset order while different
-//! partitions run in parallel.
+//! A processor handles one message at a time, in the order it received them. So whatever
+//! always goes to the same processor is processed in offset order: a partition in
+//! [`OrderingMode::PerPartition`], a key in [`OrderingMode::PerKey`]. Different partitions or
+//! keys run in parallel, as far as the pool size allows.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Which messages must be processed one after another, in offset order; the rest may run in
+/// parallel across the processor pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OrderingMode {
+    /// The messages of a partition are processed in offset order (the default). Parallelism is
+    /// at most the number of assigned partitions.
+    #[default]
+    PerPartition,
+    /// The messages with the same key are processed in offset order; different keys run in
+    /// parallel, up to the pool size, even within one partition. Messages without a key are
+    /// processed in partition order.
+    PerKey,
+    /// No order: messages are spread over the pool as they come.
+    Unordered,
+}
 
 /// Maps partitions onto a pool of processors.
 #[derive(Debug, Clone)]
@@ -28,6 +46,13 @@ impl Router {
         let start = hasher.finish() % self.pool_size as u64;
         (start as usize + partition.unsigned_abs() as usize) % self.pool_size
     }
+
+    /// The processor for a message key: the same for equal keys, spread evenly otherwise.
+    pub(crate) fn processor_for_key(&self, key: &[u8]) -> usize {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        (hasher.finish() % self.pool_size as u64) as usize
+    }
 }
 
 #[cfg(test)]
@@ -49,6 +74,17 @@ mod tests {
     fn as_many_partitions_as_processors_get_one_processor_each() {
         let router = Router::new(8);
         let used: HashSet<usize> = (0..8).map(|p| router.processor_for("t", p)).collect();
+        assert_eq!(used.len(), 8);
+    }
+
+    #[test]
+    fn equal_keys_go_to_one_processor_and_many_keys_spread() {
+        let router = Router::new(8);
+        let first = router.processor_for_key(b"customer-17");
+        assert_eq!(router.processor_for_key(b"customer-17"), first);
+        let used: HashSet<usize> = (0..1000)
+            .map(|k| router.processor_for_key(format!("customer-{k}").as_bytes()))
+            .collect();
         assert_eq!(used.len(), 8);
     }
 

@@ -1,11 +1,12 @@
 //! Running a consumer system: on the caller's thread, or on a thread of its own.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use crate::actors::supervisor::{Supervisor, stop_arbiters};
+use crate::metrics::SystemMetrics;
 use crate::stop::listen_for_signals;
-use crate::{ConsumerConfig, Error, Processor, Result, ShutdownReport, StopHandle};
+use crate::{ConsumerConfig, Error, Metrics, Processor, Result, ShutdownReport, StopHandle};
 
 /// Runs a consumer system: a Supervisor, a Fetcher, a pool of processors and an
 /// OffsetTracker, as actors on threads of their own.
@@ -76,7 +77,11 @@ impl ConsumerSystem {
             .spawn(move || run(config, factory, thread_stop, Some(started_tx)))
             .map_err(|error| Error::Runtime(format!("could not start a thread: {error}")))?;
         match started_rx.recv() {
-            Ok(()) => Ok(RunningSystem { stop, thread }),
+            Ok(metrics) => Ok(RunningSystem {
+                stop,
+                thread,
+                metrics,
+            }),
             // The thread ended before it started the system: its result says why.
             Err(mpsc::RecvError) => match thread.join() {
                 Ok(Err(error)) => Err(error),
@@ -94,6 +99,7 @@ impl ConsumerSystem {
 pub struct RunningSystem {
     stop: StopHandle,
     thread: JoinHandle<Result<ShutdownReport>>,
+    metrics: Arc<SystemMetrics>,
 }
 
 impl RunningSystem {
@@ -110,6 +116,12 @@ impl RunningSystem {
     /// A handle to stop the system from elsewhere.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// The system's figures now: work in flight and its peaks, pauses, rebalances, messages
+    /// processed.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.snapshot()
     }
 
     /// Whether the system has stopped.
@@ -129,7 +141,7 @@ fn run<P, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
-    started: Option<mpsc::Sender<()>>,
+    started: Option<mpsc::Sender<Arc<SystemMetrics>>>,
 ) -> Result<ShutdownReport>
 where
     P: Processor,
@@ -146,7 +158,7 @@ where
             };
         let running = Supervisor::start(config, factory, stop).await?;
         if let Some(started) = started {
-            let _ = started.send(());
+            let _ = started.send(running.metrics.clone());
         }
         let report = running.report.await;
         if let Some(signals) = signals {

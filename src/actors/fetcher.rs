@@ -8,23 +8,25 @@
 //! closing all happen here, between two polls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::actors::offset_tracker::{Assigned, Dispatched, OffsetTracker, Revoked};
 use crate::actors::processor::Process;
+use crate::flow::{AssignedPartition, InFlightLimit, Load};
 use crate::message::Message;
+use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, CommitPoint, TopicPartition};
 use crate::report::StopReason;
-use crate::routing::Router;
+use crate::routing::{OrderingMode, Router};
 use crate::stop::StopHandle;
 
 /// How long one poll waits for a message: also the longest a command (commit, stop) waits for
@@ -36,24 +38,29 @@ const MAX_BATCH: usize = 1024;
 /// The consumer's callbacks. They run on the Fetcher's thread, inside `poll`.
 pub(crate) struct FetchContext {
     tracker: Addr<OffsetTracker>,
-    /// The partitions this member holds, each with the id of its current assignment.
-    assignment: Mutex<HashMap<TopicPartition, AssignmentId>>,
+    metrics: Arc<SystemMetrics>,
+    /// The partitions this member holds, each under its current assignment.
+    assignment: Mutex<HashMap<TopicPartition, Arc<AssignedPartition>>>,
     /// Bumped on every change of `assignment`, so the Fetcher knows to rebuild its routes.
     generation: AtomicU64,
     next_assignment: AtomicU64,
+    /// Set when the Fetcher stops dispatching: partitions assigned later stay paused.
+    stopping: AtomicBool,
 }
 
 impl FetchContext {
-    pub(crate) fn new(tracker: Addr<OffsetTracker>) -> Self {
+    pub(crate) fn new(tracker: Addr<OffsetTracker>, metrics: Arc<SystemMetrics>) -> Self {
         FetchContext {
             tracker,
+            metrics,
             assignment: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             next_assignment: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
         }
     }
 
-    fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, AssignmentId>> {
+    fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, Arc<AssignedPartition>>> {
         // A panic while holding this lock cannot leave the map half-updated: recover it.
         self.assignment
             .lock()
@@ -64,15 +71,15 @@ impl FetchContext {
 impl ClientContext for FetchContext {}
 
 impl ConsumerContext for FetchContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                let assigned: Vec<(TopicPartition, AssignmentId)> = partitions
+                let assigned: Vec<Arc<AssignedPartition>> = partitions
                     .elements()
                     .iter()
                     .map(|p| {
                         let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
-                        (
+                        AssignedPartition::new(
                             TopicPartition::new(p.topic(), p.partition()),
                             AssignmentId(id),
                         )
@@ -83,9 +90,26 @@ impl ConsumerContext for FetchContext {
                     assigned.len(),
                     names(partitions)
                 );
-                self.assignment().extend(assigned.iter().cloned());
+                // librdkafka keeps a partition paused across a revocation; a new assignment
+                // starts unpaused unless the system is stopping.
+                let paused = if self.stopping.load(Ordering::Acquire) {
+                    consumer.pause(partitions)
+                } else {
+                    consumer.resume(partitions)
+                };
+                if let Err(error) = paused {
+                    log::warn!("could not set the pause of new partitions: {error}");
+                }
+                self.tracker.do_send(Assigned(
+                    assigned
+                        .iter()
+                        .map(|a| (a.partition.clone(), a.assignment))
+                        .collect(),
+                ));
+                self.assignment()
+                    .extend(assigned.into_iter().map(|a| (a.partition.clone(), a)));
                 self.generation.fetch_add(1, Ordering::Release);
-                self.tracker.do_send(Assigned(assigned));
+                self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
             }
             Rebalance::Revoke(partitions) => {
                 let revoked: Vec<TopicPartition> = partitions
@@ -104,6 +128,7 @@ impl ConsumerContext for FetchContext {
                 }
                 drop(assignment);
                 self.generation.fetch_add(1, Ordering::Release);
+                self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
                 self.tracker.do_send(Revoked(revoked));
             }
             Rebalance::Error(error) => log::warn!("rebalance failed: {error}"),
@@ -111,11 +136,29 @@ impl ConsumerContext for FetchContext {
     }
 }
 
-/// Where the messages of one assigned partition go.
+/// Where the messages of one assigned partition go, and its flow control.
 struct Route {
-    partition: TopicPartition,
-    assignment: AssignmentId,
+    assigned: Arc<AssignedPartition>,
+    /// The partition's processor, for messages routed by partition.
     processor: usize,
+    /// Dispatched in the poll round in progress, not yet added to `assigned.in_flight`.
+    round: Load,
+    /// Paused because its in-flight work (or the system's) reached a limit.
+    paused: bool,
+}
+
+impl Route {
+    /// What the partition has in flight, this round's dispatches included.
+    fn load(&self) -> Load {
+        self.assigned.in_flight.load().plus(self.round)
+    }
+
+    /// Adds this round's dispatches to the partition's in-flight count; returns the new count.
+    fn end_round(&mut self) -> Load {
+        let round = std::mem::take(&mut self.round);
+        self.assigned.in_flight.add(round);
+        self.assigned.in_flight.load()
+    }
 }
 
 /// The Fetcher's copy of the assignment, with each partition's processor: looked up per
@@ -129,28 +172,45 @@ struct Routes {
 }
 
 impl Routes {
-    /// The index in `table` of the route of a partition.
+    /// The index in `table` of the route of a partition. Indices are valid until the next
+    /// lookup: a rebalance inside `poll` rebuilds the table.
     fn lookup(&mut self, context: &FetchContext, topic: &str, partition: i32) -> Option<usize> {
         let generation = context.generation.load(Ordering::Acquire);
         if self.generation != Some(generation) {
-            self.table = context
-                .assignment()
-                .iter()
-                .map(|(p, assignment)| Route {
-                    processor: self.router.processor_for(p.topic(), p.partition()),
-                    partition: p.clone(),
-                    assignment: *assignment,
-                })
-                .collect();
+            self.rebuild(context);
             self.generation = Some(generation);
         }
         let matches = |route: &Route| {
-            route.partition.partition() == partition && route.partition.topic() == topic
+            route.assigned.partition.partition() == partition
+                && route.assigned.partition.topic() == topic
         };
         if !self.table.get(self.last).is_some_and(matches) {
             self.last = self.table.iter().position(matches)?;
         }
         Some(self.last)
+    }
+
+    /// Rebuilds the table from the assignment. Partitions held on under the same assignment
+    /// keep their pause; the round's dispatches so far are counted first, so none is lost.
+    fn rebuild(&mut self, context: &FetchContext) {
+        let mut previous = std::mem::take(&mut self.table);
+        for route in &mut previous {
+            route.end_round();
+        }
+        self.table = context
+            .assignment()
+            .values()
+            .map(|assigned| Route {
+                processor: self
+                    .router
+                    .processor_for(assigned.partition.topic(), assigned.partition.partition()),
+                paused: previous
+                    .iter()
+                    .any(|r| r.paused && r.assigned.assignment == assigned.assignment),
+                assigned: assigned.clone(),
+                round: Load::default(),
+            })
+            .collect();
     }
 }
 
@@ -171,12 +231,23 @@ enum State {
     Closed,
 }
 
+/// How the Fetcher spreads messages and bounds the work in flight.
+pub(crate) struct FlowSettings {
+    pub(crate) ordering: OrderingMode,
+    pub(crate) partition_limit: InFlightLimit,
+    pub(crate) total_limit: InFlightLimit,
+}
+
 pub(crate) struct Fetcher {
     /// `None` once closed.
     consumer: Option<BaseConsumer<FetchContext>>,
     tracker: Addr<OffsetTracker>,
     processors: Vec<Recipient<Process>>,
     routes: Routes,
+    flow: FlowSettings,
+    metrics: Arc<SystemMetrics>,
+    /// The processor the next unordered message goes to.
+    next_processor: usize,
     stop: StopHandle,
     state: State,
 }
@@ -186,6 +257,7 @@ impl Fetcher {
         consumer: BaseConsumer<FetchContext>,
         tracker: Addr<OffsetTracker>,
         processors: Vec<Recipient<Process>>,
+        flow: FlowSettings,
         stop: StopHandle,
     ) -> Self {
         Fetcher {
@@ -195,23 +267,40 @@ impl Fetcher {
                 generation: None,
                 last: 0,
             },
+            metrics: consumer.context().metrics.clone(),
             consumer: Some(consumer),
             tracker,
             processors,
+            flow,
+            next_processor: 0,
             stop,
             state: State::Fetching,
         }
     }
 
     /// Polls up to a batch of messages and dispatches them: the tracker hears of each message
-    /// before any processor can finish it.
+    /// before any processor can finish it. A partition is paused the moment its in-flight work
+    /// reaches its limit, and every partition when the system's does.
     fn fetch(&mut self) {
-        let Some(consumer) = &self.consumer else {
+        self.resume_drained();
+        let Fetcher {
+            consumer: Some(consumer),
+            routes,
+            flow,
+            metrics,
+            processors,
+            tracker,
+            next_processor,
+            ..
+        } = self
+        else {
             return;
         };
+        let total_before = metrics.in_flight.load();
+        let mut round_total = Load::default();
         // First poll the round, so that each processor's messages can share one buffer.
         let mut polled = Vec::new();
-        let mut buffer_sizes = vec![0; self.processors.len()];
+        let mut buffer_sizes = vec![0; processors.len()];
         let mut error = None;
         for round in 0..MAX_BATCH {
             let timeout = if round == 0 {
@@ -227,10 +316,8 @@ impl Fetcher {
                 }
                 Some(Ok(message)) => message,
             };
-            let context = consumer.context();
-            let Some(route) = self
-                .routes
-                .lookup(context, message.topic(), message.partition())
+            let Some(route) =
+                routes.lookup(consumer.context(), message.topic(), message.partition())
             else {
                 log::debug!(
                     "dropped {}/{}@{}: not assigned",
@@ -240,44 +327,87 @@ impl Fetcher {
                 );
                 continue;
             };
-            buffer_sizes[self.routes.table[route].processor] += Message::buffer_len(&message);
-            polled.push((message, route));
+            let route = &mut routes.table[route];
+            let processor = match flow.ordering {
+                OrderingMode::PerPartition => route.processor,
+                OrderingMode::PerKey => message
+                    .key()
+                    .map_or(route.processor, |key| routes.router.processor_for_key(key)),
+                OrderingMode::Unordered => {
+                    *next_processor = (*next_processor + 1) % processors.len();
+                    *next_processor
+                }
+            };
+            let bytes = Message::buffer_len(&message);
+            buffer_sizes[processor] += bytes;
+            round_total.add(bytes);
+            route.round.add(bytes);
+            polled.push((message, route.assigned.clone(), processor));
+            if !route.paused && flow.partition_limit.is_reached_by(route.load()) {
+                pause(consumer, std::slice::from_mut(route), metrics);
+            }
+            if flow
+                .total_limit
+                .is_reached_by(total_before.plus(round_total))
+            {
+                pause(consumer, &mut routes.table, metrics);
+                break;
+            }
         }
-        if !polled.is_empty() {
-            let mut buffers: Vec<BytesMut> = buffer_sizes
-                .into_iter()
-                .map(BytesMut::with_capacity)
-                .collect();
-            for (message, route) in &polled {
-                Message::copy_into(message, &mut buffers[self.routes.table[*route].processor]);
-            }
-            let mut buffers: Vec<Bytes> = buffers.into_iter().map(BytesMut::freeze).collect();
-            let mut starts = vec![0; buffers.len()];
-            let mut batches: Vec<Vec<Message>> = Vec::new();
-            batches.resize_with(self.processors.len(), Vec::new);
-            let mut dispatched = Vec::with_capacity(polled.len());
-            for (message, route) in &polled {
-                let route = &self.routes.table[*route];
-                let (start, length) = (starts[route.processor], Message::buffer_len(message));
-                starts[route.processor] += length;
-                let bytes = buffers[route.processor].slice(start..start + length);
-                let message =
-                    Message::from_kafka(message, route.partition.clone(), route.assignment, bytes);
-                dispatched.push(message.position());
-                batches[route.processor].push(message);
-            }
-            drop(polled);
-            buffers.clear();
-            self.tracker.do_send(Dispatched(dispatched));
-            for (processor, batch) in self.processors.iter().zip(batches) {
-                if !batch.is_empty() {
-                    processor.do_send(Process(batch));
+        if round_total.messages > 0 {
+            metrics.in_flight.add(round_total);
+            let total = metrics.in_flight.load();
+            for route in &mut routes.table {
+                if route.round.messages > 0 {
+                    metrics.record_peaks(route.end_round(), total);
                 }
             }
+            dispatch(polled, buffer_sizes, tracker, processors);
+        }
+        if metrics.paused_partitions.load(Ordering::Relaxed) > 0 {
+            // A rebalance may have taken paused partitions away.
+            let paused = routes.table.iter().filter(|r| r.paused).count();
+            metrics.paused_partitions.store(paused, Ordering::Relaxed);
         }
         if let Some(error) = error {
             self.poll_failed(error);
         }
+    }
+
+    /// Resumes the paused partitions whose in-flight work, and the system's, fell to the
+    /// low-water mark.
+    fn resume_drained(&mut self) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        if self.metrics.paused_partitions.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if !self
+            .flow
+            .total_limit
+            .is_drained_by(self.metrics.in_flight.load())
+        {
+            return;
+        }
+        let mut resumed = TopicPartitionList::new();
+        for route in &mut self.routes.table {
+            if route.paused && self.flow.partition_limit.is_drained_by(route.load()) {
+                route.paused = false;
+                let partition = &route.assigned.partition;
+                resumed.add_partition(partition.topic(), partition.partition());
+            }
+        }
+        if resumed.count() == 0 {
+            return;
+        }
+        match consumer.resume(&resumed) {
+            Ok(()) => log::debug!("resumed {}", names(&resumed)),
+            Err(error) => log::warn!("could not resume {}: {error}", names(&resumed)),
+        }
+        self.metrics
+            .paused_partitions
+            .fetch_sub(resumed.count(), Ordering::Relaxed);
     }
 
     /// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself;
@@ -309,6 +439,66 @@ impl Fetcher {
             );
         }
     }
+}
+
+/// Copies each processor's messages into one buffer and sends them, after telling the tracker.
+fn dispatch(
+    polled: Vec<(BorrowedMessage<'_>, Arc<AssignedPartition>, usize)>,
+    buffer_sizes: Vec<usize>,
+    tracker: &Addr<OffsetTracker>,
+    processors: &[Recipient<Process>],
+) {
+    let mut buffers: Vec<BytesMut> = buffer_sizes
+        .into_iter()
+        .map(BytesMut::with_capacity)
+        .collect();
+    for (message, _, processor) in &polled {
+        Message::copy_into(message, &mut buffers[*processor]);
+    }
+    let mut buffers: Vec<Bytes> = buffers.into_iter().map(BytesMut::freeze).collect();
+    let mut starts = vec![0; buffers.len()];
+    let mut batches: Vec<Vec<Message>> = Vec::new();
+    batches.resize_with(processors.len(), Vec::new);
+    let mut dispatched = Vec::with_capacity(polled.len());
+    for (message, assigned, processor) in polled {
+        let (start, length) = (starts[processor], Message::buffer_len(&message));
+        starts[processor] += length;
+        let bytes = buffers[processor].slice(start..start + length);
+        let message = Message::from_kafka(&message, assigned, bytes);
+        dispatched.push(message.position());
+        batches[processor].push(message);
+    }
+    buffers.clear();
+    tracker.do_send(Dispatched(dispatched));
+    for (processor, batch) in processors.iter().zip(batches) {
+        if !batch.is_empty() {
+            processor.do_send(Process(batch));
+        }
+    }
+}
+
+/// Pauses the routes not paused yet. librdkafka drops what it had fetched for them and fetches
+/// it again after the resume, so nothing more of theirs is polled meanwhile.
+fn pause(consumer: &BaseConsumer<FetchContext>, routes: &mut [Route], metrics: &SystemMetrics) {
+    let mut paused = TopicPartitionList::new();
+    for route in routes.iter_mut().filter(|r| !r.paused) {
+        route.paused = true;
+        let partition = &route.assigned.partition;
+        paused.add_partition(partition.topic(), partition.partition());
+    }
+    if paused.count() == 0 {
+        return;
+    }
+    match consumer.pause(&paused) {
+        Ok(()) => log::debug!("paused {}: in-flight limit reached", names(&paused)),
+        Err(error) => log::warn!("could not pause {}: {error}", names(&paused)),
+    }
+    metrics
+        .pauses
+        .fetch_add(paused.count() as u64, Ordering::Relaxed);
+    metrics
+        .paused_partitions
+        .fetch_add(paused.count(), Ordering::Relaxed);
 }
 
 impl Actor for Fetcher {
@@ -381,7 +571,11 @@ impl Handler<Commit> for Fetcher {
             let assignment = consumer.context().assignment();
             points
                 .into_iter()
-                .filter(|p| assignment.get(&p.partition) == Some(&p.assignment))
+                .filter(|p| {
+                    assignment
+                        .get(&p.partition)
+                        .is_some_and(|a| a.assignment == p.assignment)
+                })
                 .collect()
         };
         if held.is_empty() {
@@ -426,6 +620,7 @@ impl Handler<StopFetching> for Fetcher {
         let Some(consumer) = &self.consumer else {
             return;
         };
+        consumer.context().stopping.store(true, Ordering::Release);
         match consumer.assignment() {
             Ok(assignment) => {
                 if let Err(error) = consumer.pause(&assignment) {

@@ -6,11 +6,14 @@
 //! the Fetcher, the only owner of the consumer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::actors::fetcher::{Commit, Fetcher};
+use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
 
@@ -22,10 +25,11 @@ pub(crate) struct OffsetTracker {
     committing: bool,
     processed: u64,
     committed: BTreeMap<TopicPartition, i64>,
+    metrics: Arc<SystemMetrics>,
 }
 
 impl OffsetTracker {
-    pub(crate) fn new(commit_interval: Duration) -> Self {
+    pub(crate) fn new(commit_interval: Duration, metrics: Arc<SystemMetrics>) -> Self {
         OffsetTracker {
             book: OffsetBook::default(),
             fetcher: None,
@@ -33,6 +37,7 @@ impl OffsetTracker {
             committing: false,
             processed: 0,
             committed: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -157,6 +162,9 @@ impl Handler<Finished> for OffsetTracker {
 
     fn handle(&mut self, Finished(positions): Finished, _: &mut Self::Context) {
         self.processed += positions.len() as u64;
+        self.metrics
+            .processed
+            .fetch_add(positions.len() as u64, Ordering::Relaxed);
         self.book
             .finished(&positions, |position, completion| match completion {
                 Completion::Recorded => {}

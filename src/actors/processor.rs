@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Processor;
 use crate::actors::offset_tracker::{Finished, OffsetTracker};
+use crate::flow::{InFlight, Releases};
 use crate::message::Message;
 use crate::offsets::Position;
 use crate::report::StopReason;
@@ -35,6 +37,8 @@ pub(crate) struct ProcessorActor<P: Processor> {
     /// Set after a failure: nothing more is processed, so that no later message of the failed
     /// message's partition is processed before it.
     failed: bool,
+    /// The system's in-flight count, released as messages are done with.
+    in_flight: Arc<InFlight>,
 }
 
 impl<P: Processor> ProcessorActor<P> {
@@ -44,6 +48,7 @@ impl<P: Processor> ProcessorActor<P> {
         tracker: Addr<OffsetTracker>,
         stop: StopHandle,
         abandon: CancellationToken,
+        in_flight: Arc<InFlight>,
     ) -> Self {
         ProcessorActor {
             index,
@@ -52,6 +57,7 @@ impl<P: Processor> ProcessorActor<P> {
             stop,
             abandon,
             failed: false,
+            in_flight,
         }
     }
 
@@ -105,14 +111,18 @@ impl<P: Processor> Handler<Process> for ProcessorActor<P> {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, Process(messages): Process, _: &mut Self::Context) -> Self::Result {
+        let mut releases = Releases::new(self.in_flight.clone());
         if self.failed || self.abandon.is_cancelled() {
+            for message in &messages {
+                releases.add(message.assigned(), message.in_flight_bytes());
+            }
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
         let processor = self.lend_processor();
         let tracker = self.tracker.clone();
         let abandon = self.abandon.clone();
         AtomicResponse::new(Box::pin(
-            process_batch(processor, messages, tracker, abandon)
+            process_batch(processor, messages, tracker, releases, abandon)
                 .into_actor(self)
                 .map(|(processor, interruption), actor, _| {
                     actor.processor = Some(processor);
@@ -130,11 +140,13 @@ impl<P: Processor> Handler<Process> for ProcessorActor<P> {
 }
 
 /// Processes messages one by one until done, abandoned or failed, reporting successes to the
-/// tracker at least every [`REPORT_INTERVAL`] and always before returning.
+/// tracker at least every [`REPORT_INTERVAL`] and always before returning. Every message is
+/// released from the in-flight count as it is done with, and the unprocessed rest at the end.
 async fn process_batch<P: Processor>(
     mut processor: Box<P>,
     messages: Vec<Message>,
     tracker: Addr<OffsetTracker>,
+    mut releases: Releases,
     abandon: CancellationToken,
 ) -> (Box<P>, Option<Interruption>) {
     let mut finished: Vec<Position> = Vec::with_capacity(messages.len());
@@ -143,6 +155,7 @@ async fn process_batch<P: Processor>(
     let mut abandoned = pin!(abandon.cancelled());
     let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
     let mut interruption = None;
+    let mut done = 0;
     for message in &messages {
         if abandon.is_cancelled() {
             interruption = Some(Interruption::Abandoned);
@@ -160,6 +173,7 @@ async fn process_batch<P: Processor>(
                         outcome = &mut processing => break Some(outcome),
                         () = &mut report_timer, if !finished.is_empty() => {
                             tracker.do_send(Finished(std::mem::take(&mut finished)));
+                            releases.flush();
                             report_timer.as_mut().reset(Instant::now() + REPORT_INTERVAL);
                         }
                     }
@@ -173,6 +187,8 @@ async fn process_batch<P: Processor>(
                 }
             }
         };
+        done += 1;
+        releases.add(message.assigned(), message.in_flight_bytes());
         let failure = match outcome {
             Ok(Ok(())) => {
                 finished.push(message.position());
@@ -191,6 +207,10 @@ async fn process_batch<P: Processor>(
     if !finished.is_empty() {
         tracker.do_send(Finished(finished));
     }
+    for message in &messages[done..] {
+        releases.add(message.assigned(), message.in_flight_bytes());
+    }
+    drop(releases);
     (processor, interruption)
 }
 

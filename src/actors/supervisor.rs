@@ -16,10 +16,11 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::fetcher::{Close, FetchContext, Fetcher, StopFetching};
+use crate::actors::fetcher::{Close, FetchContext, Fetcher, FlowSettings, StopFetching};
 use crate::actors::offset_tracker::{AttachFetcher, CommitNow, OffsetTracker, Report};
 use crate::actors::processor::{Drain, ProcessorActor, StartProcessor, StopProcessor};
 use crate::config::ConsumerConfig;
+use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::{Error, Processor, Result};
@@ -34,6 +35,7 @@ const MAX_RESERVE: Duration = Duration::from_secs(5);
 pub(crate) struct Started {
     pub(crate) report: oneshot::Receiver<ShutdownReport>,
     pub(crate) arbiters: Vec<Arbiter>,
+    pub(crate) metrics: Arc<SystemMetrics>,
 }
 
 pub(crate) struct Supervisor<P: Processor> {
@@ -53,10 +55,11 @@ impl<P: Processor> Supervisor<P> {
     where
         F: Fn() -> P + Send + Sync + 'static,
     {
-        let tracker = OffsetTracker::new(config.commit_interval).start();
+        let metrics = Arc::new(SystemMetrics::default());
+        let tracker = OffsetTracker::new(config.commit_interval, metrics.clone()).start();
         let consumer: BaseConsumer<FetchContext> = config
             .client_config()
-            .create_with_context(FetchContext::new(tracker.clone()))?;
+            .create_with_context(FetchContext::new(tracker.clone(), metrics.clone()))?;
         let consumer = check_cluster(consumer, &config).await?;
 
         let mut arbiters = Vec::new();
@@ -67,15 +70,18 @@ impl<P: Processor> Supervisor<P> {
         let factory = Arc::new(factory);
         let processors: Vec<Addr<ProcessorActor<P>>> = (0..config.processors)
             .map(|index| {
-                let (factory, tracker, stop, abandon) = (
+                let (factory, tracker, stop, abandon, in_flight) = (
                     factory.clone(),
                     tracker.clone(),
                     stop.clone(),
                     abandon.clone(),
+                    metrics.in_flight.clone(),
                 );
                 ProcessorActor::start_in_arbiter(
                     &workers[index % workers.len()].handle(),
-                    move |_| ProcessorActor::new(index, factory(), tracker, stop, abandon),
+                    move |_| {
+                        ProcessorActor::new(index, factory(), tracker, stop, abandon, in_flight)
+                    },
                 )
             })
             .collect();
@@ -116,8 +122,13 @@ impl<P: Processor> Supervisor<P> {
         let recipients = processors.iter().map(|p| p.clone().recipient()).collect();
         let fetcher_stop = stop.clone();
         let fetcher_tracker = tracker.clone();
+        let flow = FlowSettings {
+            ordering: config.ordering,
+            partition_limit: config.partition_limit,
+            total_limit: config.total_limit,
+        };
         let fetcher = Fetcher::start_in_arbiter(&fetch_arbiter.handle(), move |_| {
-            Fetcher::new(consumer, fetcher_tracker, recipients, fetcher_stop)
+            Fetcher::new(consumer, fetcher_tracker, recipients, flow, fetcher_stop)
         });
         arbiters.push(fetch_arbiter);
         tracker.do_send(AttachFetcher(fetcher.clone()));
@@ -144,7 +155,11 @@ impl<P: Processor> Supervisor<P> {
             report_to: Some(report_to),
         }
         .start();
-        Ok(Started { report, arbiters })
+        Ok(Started {
+            report,
+            arbiters,
+            metrics,
+        })
     }
 }
 

@@ -42,7 +42,10 @@ impl Cluster {
     /// Starts an embedded cluster, or connects to `KAFKA_BROKERS`. A broker that is named but
     /// does not answer fails the test: no test passes because a broker is missing.
     pub fn start() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
+        let _ = env_logger::builder()
+            .is_test(true)
+            .format_timestamp_millis()
+            .try_init();
         let backend = match std::env::var("KAFKA_BROKERS") {
             Ok(brokers) if !brokers.is_empty() => {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -119,6 +122,18 @@ impl Cluster {
     pub fn produce(&self, topic: &str, count: usize) -> BTreeMap<i32, i64> {
         let before: i64 = self.end_offsets(topic).values().sum();
         let records = (0..count).map(|i| (format!("key-{before}-{i}"), format!("message {i}")));
+        self.produce_records(topic, records)
+    }
+
+    /// Produces the given `(key, payload)` records and returns the topic's end offsets.
+    pub fn produce_records(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (String, String)>,
+    ) -> BTreeMap<i32, i64> {
+        let before: i64 = self.end_offsets(topic).values().sum();
+        let records: Vec<(String, String)> = records.into_iter().collect();
+        let count = records.len();
         let produced = testkit::produce(&self.brokers(), topic, records).expect("produce");
         assert_eq!(produced, count);
         let ends = self.end_offsets(topic);

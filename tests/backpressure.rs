@@ -1,0 +1,122 @@
+//! Processing much slower than fetching: in-flight work stays under its limits (the fetcher
+//! pauses and resumes partitions), polling goes on, so the member keeps its partitions past
+//! `max.poll.interval.ms`, and nothing is lost.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kafka_actors::{ConsumerConfigBuilder, ConsumerSystem, Metrics};
+use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
+
+/// Runs slow processors over `end_offsets` worth of messages until all are processed, and
+/// returns the metrics seen at the end, having checked that nothing was lost or duplicated,
+/// that the member was never rebalanced and that everything was committed.
+fn run_slowly(
+    cluster: &Cluster,
+    config: ConsumerConfigBuilder,
+    topic: &str,
+    group: &str,
+    end_offsets: &BTreeMap<i32, i64>,
+) -> Metrics {
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let max_poll_interval = Duration::from_millis(support::SESSION_TIMEOUT_MS.parse().unwrap());
+    let config = config
+        .processors(1)
+        .kafka_option(
+            "max.poll.interval.ms",
+            max_poll_interval.as_millis().to_string(),
+        )
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let system = ConsumerSystem::spawn(config, move || {
+        let mut recorder = Recorder::new(&recorder);
+        // At least 4 ms a message, and there are at least 1500 messages on one processor:
+        // longer than max.poll.interval.ms in all.
+        recorder.delay_ms = Some(4..6);
+        recorder
+    })
+    .unwrap();
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), end_offsets).lost == 0
+    });
+    wait_until(
+        "the in-flight counts returned to zero",
+        SCENARIO_TIMEOUT,
+        || system.metrics().in_flight_messages == 0,
+    );
+    let metrics = system.metrics();
+    // Only polling throughout the run kept the member in its group this long.
+    assert!(
+        started.elapsed() > max_poll_interval,
+        "the run was too short to prove anything about max.poll.interval.ms"
+    );
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        audit(&ledger.entries(), end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(&cluster.committed_offsets(group, topic), end_offsets);
+    assert_eq!(metrics.in_flight_bytes, 0, "{metrics:?}");
+    assert_eq!(
+        (metrics.assignments, metrics.revocations),
+        (1, 0),
+        "the member was rebalanced while it processed slowly: {metrics:?}"
+    );
+    assert!(
+        metrics.pauses > 0,
+        "no partition was ever paused: {metrics:?}"
+    );
+    metrics
+}
+
+#[test]
+fn message_limits_bound_in_flight_work_per_partition_and_in_total() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("backpressure-messages", 4);
+    let end_offsets = cluster.produce(&topic, 2000);
+    let group = group("backpressure-messages");
+    let config = cluster
+        .config(&topic, &group)
+        .max_in_flight_per_partition(200, 1 << 20)
+        .max_in_flight(400, 1 << 20);
+
+    let metrics = run_slowly(&cluster, config, &topic, &group, &end_offsets);
+
+    assert!(
+        metrics.peak_partition_in_flight_messages <= 200,
+        "{metrics:?}"
+    );
+    assert!(metrics.peak_in_flight_messages <= 400, "{metrics:?}");
+    // The limits were reached, not merely respected by a trickle.
+    assert!(metrics.peak_in_flight_messages >= 200, "{metrics:?}");
+}
+
+#[test]
+fn a_byte_limit_bounds_in_flight_work_to_within_one_message() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("backpressure-bytes", 2);
+    let payload = "x".repeat(1000);
+    let records = (0..1500).map(|i| (format!("key-{i:05}"), payload.clone()));
+    let end_offsets = cluster.produce_records(&topic, records);
+    let group = group("backpressure-bytes");
+    let limit = 256 * 1024;
+    let config = cluster.config(&topic, &group).max_in_flight(10_000, limit);
+
+    let metrics = run_slowly(&cluster, config, &topic, &group, &end_offsets);
+
+    let largest_message = 1000 + "key-00000".len();
+    assert!(
+        metrics.peak_in_flight_bytes < limit + largest_message,
+        "{metrics:?}"
+    );
+    assert!(metrics.peak_in_flight_bytes >= limit / 2, "{metrics:?}");
+}
