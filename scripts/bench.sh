@@ -4,24 +4,37 @@
 # cluster, stops the broker (also on failure), and replaces the results section of
 # BENCHMARKS.md with the report the run produced. Extra arguments go to the benchmark, e.g.
 # `scripts/bench.sh --runs 5` or `scripts/bench.sh --scale 0.1` for a quick look.
+#
+# `scripts/bench.sh ordering` runs only the ordering-mode table, on the embedded cluster (no
+# broker), and replaces its section of BENCHMARKS.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+# Replaces the text between <!-- $1:begin --> and <!-- $1:end --> in BENCHMARKS.md with file $2.
+replace_section() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+section, report = sys.argv[1], open(sys.argv[2]).read().strip()
+path = "BENCHMARKS.md"
+text = open(path).read()
+begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+head, rest = text.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(path, "w").write(f"{head}{begin}\n{report}\n{end}{tail}")
+PY
+    echo "bench.sh: BENCHMARKS.md ($1) updated from $2"
+}
+
+if [ "${1:-}" = ordering ]; then
+    shift
+    cargo bench --bench benchmark -- ordering "$@"
+    replace_section ordering target/bench/ordering.md
+    exit 0
+fi
 
 trap 'bash scripts/kafka.sh stop' EXIT
 bash scripts/kafka.sh start
 port="${KAFKA_PORT:-9092}"
 cargo bench --bench benchmark -- --brokers "127.0.0.1:$port" "$@"
-
-report="target/bench/report.md"
-python3 - "$report" <<'PY'
-import sys
-report = open(sys.argv[1]).read().strip()
-path = "BENCHMARKS.md"
-text = open(path).read()
-begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-open(path, "w").write(f"{head}{begin}\n{report}\n{end}{tail}")
-PY
-echo "bench.sh: BENCHMARKS.md updated from $report"
+replace_section results target/bench/report.md

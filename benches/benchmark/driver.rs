@@ -60,7 +60,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn out_dir() -> PathBuf {
+pub fn out_dir() -> PathBuf {
     repo_root().join("target").join("bench")
 }
 
@@ -73,21 +73,25 @@ struct Backend {
 
 impl Backend {
     fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        if let Some(embedded) = &self._embedded {
-            return Ok(embedded.create_topic(topic, partitions)?);
+        match &self._embedded {
+            Some(embedded) => Ok(embedded.create_topic(topic, partitions)?),
+            None => create_topic(&self.brokers, topic, partitions),
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()?;
-        let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results =
-            futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
-        for result in results {
-            result.map_err(|(name, code)| anyhow::anyhow!("create {name}: {code}"))?;
-        }
-        std::thread::sleep(Duration::from_secs(1)); // Leaders are elected right after creation.
-        Ok(())
     }
+}
+
+/// Creates a topic on a real broker.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
+    for result in results {
+        result.map_err(|(name, code)| anyhow::anyhow!("create {name}: {code}"))?;
+    }
+    std::thread::sleep(Duration::from_secs(1)); // Leaders are elected right after creation.
+    Ok(())
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {

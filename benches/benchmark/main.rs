@@ -5,6 +5,8 @@
 //! scripts/bench.sh                                      # everything, writes BENCHMARKS.md
 //! cargo bench --bench benchmark -- --brokers 127.0.0.1:9092 [--runs 3] [--scale 0.1]
 //!     [--backends real,mock] [--no-peers]
+//! scripts/bench.sh ordering                             # the ordering-mode table only
+//! cargo bench --bench benchmark -- ordering [--processors 1000] [--brokers B]
 //! ```
 //!
 //! The driver preloads the topics, then runs each contender in a child process of its own
@@ -21,6 +23,7 @@
 
 mod contenders;
 mod driver;
+mod ordering;
 
 use std::time::Duration;
 
@@ -57,6 +60,17 @@ fn main() -> anyhow::Result<()> {
             ),
             other => anyhow::bail!("unknown contender {other}"),
         };
+    }
+
+    if args.first().map(String::as_str) == Some("ordering") {
+        let processors = value("--processors").map_or(Ok(1000), |n| n.parse())?;
+        let table = ordering::run(value("--brokers"), processors)?;
+        let path = driver::out_dir().join("ordering.md");
+        std::fs::create_dir_all(driver::out_dir())?;
+        std::fs::write(&path, &table)?;
+        println!("{table}");
+        eprintln!("table written to {}", path.display());
+        return Ok(());
     }
 
     let options = driver::Options {
