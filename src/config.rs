@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
-use crate::{Error, InFlightLimit, OrderingMode, Result};
+use crate::{Error, FailurePolicy, InFlightLimit, OrderingMode, Result};
 
 /// librdkafka properties the framework sets itself; a user value would break its guarantees
 /// or duplicate a builder method.
@@ -51,6 +51,8 @@ pub struct ConsumerConfig {
     pub(crate) ordering: OrderingMode,
     pub(crate) partition_limit: InFlightLimit,
     pub(crate) total_limit: InFlightLimit,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) dead_letter_options: BTreeMap<String, String>,
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) startup_timeout: Duration,
@@ -139,6 +141,8 @@ pub struct ConsumerConfigBuilder {
     ordering: OrderingMode,
     partition_limit: InFlightLimit,
     total_limit: InFlightLimit,
+    failure_policy: FailurePolicy,
+    dead_letter_options: BTreeMap<String, String>,
     commit_interval: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
@@ -157,6 +161,8 @@ impl Default for ConsumerConfigBuilder {
             ordering: OrderingMode::PerPartition,
             partition_limit: DEFAULT_PARTITION_LIMIT,
             total_limit: DEFAULT_TOTAL_LIMIT,
+            failure_policy: FailurePolicy::default(),
+            dead_letter_options: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
@@ -225,6 +231,21 @@ impl ConsumerConfigBuilder {
     /// the number of processors). Processors are async, so I/O-bound work needs few threads.
     pub fn worker_threads(mut self, threads: usize) -> Self {
         self.worker_threads = Some(threads);
+        self
+    }
+
+    /// What happens when `process` fails (default: 3 attempts, 100 ms and 200 ms apart, then
+    /// stop). See [`FailurePolicy`].
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// Sets a librdkafka producer property of the dead-letter producer, such as
+    /// `message.timeout.ms` (default here 30 000: how long a dead letter may take to be
+    /// acknowledged before the system gives up and stops) or security settings.
+    pub fn dead_letter_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.dead_letter_options.insert(key.into(), value.into());
         self
     }
 
@@ -319,6 +340,9 @@ impl ConsumerConfigBuilder {
                 return Err(Error::config(setting, "must be longer than zero"));
             }
         }
+        self.failure_policy
+            .validate()
+            .map_err(|reason| Error::config("failure_policy", reason))?;
         for (key, reason) in RESERVED_PROPERTIES {
             if self.kafka_options.contains_key(*key) {
                 return Err(Error::config(*key, *reason));
@@ -335,6 +359,8 @@ impl ConsumerConfigBuilder {
             ordering: self.ordering,
             partition_limit: self.partition_limit,
             total_limit: self.total_limit,
+            failure_policy: self.failure_policy,
+            dead_letter_options: self.dead_letter_options,
             commit_interval: self.commit_interval,
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
@@ -442,6 +468,10 @@ mod tests {
             "worker_threads"
         );
         assert_eq!(setting_at_fault(valid().topic("no spaces")), "topics");
+        assert_eq!(
+            setting_at_fault(valid().failure_policy(FailurePolicy::retry(0))),
+            "failure_policy"
+        );
         assert_eq!(
             setting_at_fault(valid().max_in_flight(0, 1024)),
             "max_in_flight"

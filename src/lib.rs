@@ -3,7 +3,9 @@
 
 mod actors;
 mod config;
+mod dead_letter;
 mod error;
+mod failure;
 mod flow;
 mod message;
 mod metrics;
@@ -16,7 +18,9 @@ mod system;
 pub mod testkit;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
+pub use dead_letter::headers as dead_letter_headers;
 pub use error::{Error, Result};
+pub use failure::{Exhausted, FailurePolicy, Permanent};
 pub use flow::InFlightLimit;
 pub use message::Message;
 pub use metrics::Metrics;

@@ -7,6 +7,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message as _, OwnedHeaders};
 
 use crate::flow::AssignedPartition;
 use crate::offsets::{Position, TopicPartition};
+use crate::routing::{Lane, OrderingMode};
 
 /// One Kafka record, owned, as fetched from its partition.
 #[derive(Debug)]
@@ -112,6 +113,18 @@ impl Message {
 
     pub(crate) fn assigned(&self) -> &Arc<AssignedPartition> {
         &self.assigned
+    }
+
+    /// The lane the message belongs to under `ordering`.
+    pub(crate) fn lane(&self, ordering: OrderingMode) -> Lane {
+        let assignment = self.assigned.assignment;
+        match (ordering, self.key_len) {
+            (OrderingMode::PerKey, Some(length)) => {
+                Lane::Key(assignment, self.bytes.slice(..length))
+            }
+            (OrderingMode::PerPartition | OrderingMode::PerKey, _) => Lane::Partition(assignment),
+            (OrderingMode::Unordered, _) => Lane::Message(assignment, self.offset),
+        }
     }
 
     /// The bytes the message counts for in flight: its key and payload.

@@ -34,6 +34,14 @@ pub struct Metrics {
     pub revocations: u64,
     /// Messages processed successfully.
     pub processed: u64,
+    /// Failed attempts followed by a retry.
+    pub retries: u64,
+    /// Messages skipped after their attempts were used up.
+    pub skipped: u64,
+    /// Messages produced to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Processors replaced with a fresh instance after a panic.
+    pub processor_restarts: u64,
 }
 
 /// The counters behind [`Metrics`], shared by the actors.
@@ -49,6 +57,10 @@ pub(crate) struct SystemMetrics {
     pub(crate) assignments: AtomicU64,
     pub(crate) revocations: AtomicU64,
     pub(crate) processed: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) processor_restarts: AtomicU64,
 }
 
 impl SystemMetrics {
@@ -77,6 +89,10 @@ impl SystemMetrics {
             assignments: self.assignments.load(Ordering::Relaxed),
             revocations: self.revocations.load(Ordering::Relaxed),
             processed: self.processed.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            processor_restarts: self.processor_restarts.load(Ordering::Relaxed),
         }
     }
 }

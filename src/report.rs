@@ -27,6 +27,23 @@ pub enum StopReason {
     },
     /// The Kafka consumer failed in a way it cannot recover from.
     ConsumerFailed(String),
+    /// A message's attempts were used up and its dead-letter produce was not acknowledged; the
+    /// message is not committed and is delivered again on the next start.
+    DeadLetterFailed {
+        /// The message's partition.
+        partition: TopicPartition,
+        /// The message's offset.
+        offset: i64,
+        /// Why the dead-letter topic did not take it.
+        error: String,
+    },
+    /// A processor that panicked was replaced, and the new one's `on_start` failed.
+    ProcessorRestartFailed {
+        /// The processor's index in the pool.
+        processor: usize,
+        /// The error `on_start` returned.
+        error: String,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -40,6 +57,18 @@ impl fmt::Display for StopReason {
                 error,
             } => write!(f, "processing failed at {partition}@{offset}: {error}"),
             StopReason::ConsumerFailed(error) => write!(f, "consumer failed: {error}"),
+            StopReason::DeadLetterFailed {
+                partition,
+                offset,
+                error,
+            } => write!(
+                f,
+                "dead-lettering {partition}@{offset} failed (not committed): {error}"
+            ),
+            StopReason::ProcessorRestartFailed { processor, error } => write!(
+                f,
+                "processor {processor} could not be restarted after a panic: {error}"
+            ),
         }
     }
 }
@@ -92,6 +121,14 @@ pub struct ShutdownReport {
     pub reason: StopReason,
     /// How many messages were processed successfully.
     pub processed: u64,
+    /// How many failed attempts were followed by a retry.
+    pub retries: u64,
+    /// How many messages were skipped after their attempts were used up.
+    pub skipped: u64,
+    /// How many messages were produced to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// How many times a processor was replaced with a fresh one after a panic.
+    pub processor_restarts: u64,
     /// The last offset this system committed for each partition it committed for: the next
     /// offset a consumer of the group will read.
     pub committed: BTreeMap<TopicPartition, i64>,
@@ -124,6 +161,13 @@ impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "stopped: {}", self.reason)?;
         writeln!(f, "processed: {} messages", self.processed)?;
+        if self.retries + self.skipped + self.dead_lettered + self.processor_restarts > 0 {
+            writeln!(
+                f,
+                "failures: {} retries, {} skipped, {} dead-lettered, {} processor restarts",
+                self.retries, self.skipped, self.dead_lettered, self.processor_restarts
+            )?;
+        }
         writeln!(f, "committed offsets:")?;
         if self.committed.is_empty() {
             writeln!(f, "  (none)")?;

@@ -7,6 +7,10 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use bytes::Bytes;
+
+use crate::offsets::AssignmentId;
+
 /// Which messages must be processed one after another, in offset order; the rest may run in
 /// parallel across the processor pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +26,18 @@ pub enum OrderingMode {
     PerKey,
     /// No order: messages are spread over the pool as they come.
     Unordered,
+}
+
+/// The messages that must be processed one after another: a failed message holds back its
+/// lane, and only its lane, until it is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// A partition under one assignment (per-partition mode, and keyless messages per key).
+    Partition(AssignmentId),
+    /// A key within a partition under one assignment (per-key mode).
+    Key(AssignmentId, Bytes),
+    /// One message alone (unordered mode).
+    Message(AssignmentId, i64),
 }
 
 /// Maps partitions onto a pool of processors.

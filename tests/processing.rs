@@ -108,14 +108,14 @@ fn out_of_order_completions_commit_exactly_the_finished_prefix() {
     support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
 }
 
-/// Fails (or panics) once on one message, then behaves.
-struct FailsOnce {
+/// Fails (or panics) on every attempt at one message; processes the others.
+struct FailsAt {
     ledger: Ledger,
     at: (i32, i64),
     panic: bool,
 }
 
-impl Processor for FailsOnce {
+impl Processor for FailsAt {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
         if (message.partition(), message.offset()) == self.at {
             if self.panic {
@@ -141,7 +141,7 @@ fn a_failure_stops_the_system_and_is_never_committed(panic: bool) {
         .processors(2)
         .build()
         .unwrap();
-    let system = ConsumerSystem::spawn(config, move || FailsOnce {
+    let system = ConsumerSystem::spawn(config, move || FailsAt {
         ledger: recorder.clone(),
         at: (0, 50),
         panic,
@@ -159,15 +159,23 @@ fn a_failure_stops_the_system_and_is_never_committed(panic: bool) {
             error,
         } => {
             assert_eq!((partition.partition(), *offset), (0, 50));
+            // The default policy: three attempts, then stop.
             let expected = if panic {
-                "panicked: bug on offset 50"
+                "panicked: bug on offset 50 (after 3 attempts)"
             } else {
-                "cannot process offset 50"
+                "cannot process offset 50 (after 3 attempts)"
             };
             assert_eq!(error, expected);
         }
         other => panic!("stopped for another reason: {other}"),
     }
+    assert_eq!(report.retries, 2, "{report}");
+    // Each panic replaced the processor with a fresh one.
+    assert_eq!(
+        report.processor_restarts,
+        if panic { 3 } else { 0 },
+        "{report}"
+    );
     assert!(!report.is_clean());
     assert_eq!(cluster.committed_offsets(&group, &topic).get(&0), Some(&50));
     assert!(
@@ -181,12 +189,12 @@ fn a_failure_stops_the_system_and_is_never_committed(panic: bool) {
 }
 
 #[test]
-fn a_processing_error_stops_the_system_and_is_never_committed() {
+fn a_processing_error_is_retried_then_stops_the_system_and_is_never_committed() {
     a_failure_stops_the_system_and_is_never_committed(false);
 }
 
 #[test]
-fn a_panic_in_a_processor_stops_the_system_and_is_never_committed() {
+fn a_panicking_processor_is_restarted_then_stops_the_system_and_is_never_committed() {
     a_failure_stops_the_system_and_is_never_committed(true);
 }
 

@@ -1,9 +1,17 @@
 //! A processor actor: runs the user's [`Processor`] on the messages routed to it, one at a
-//! time, and reports each success to the OffsetTracker.
+//! time, applies the failure policy, and reports each finished message to the OffsetTracker.
+//!
+//! A failed message is retried after a backoff without holding up anything but its *lane*:
+//! the messages that must stay behind it (its partition; its key in per-key mode; nothing in
+//! unordered mode). The lane is parked with its messages while the rest flows, and a timer
+//! retries it. A panic also replaces the user's processor with a fresh one: the actor stops
+//! and its actix `Supervisor` restarts it, keeping its mailbox and its parked lanes.
 
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -14,50 +22,87 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Processor;
 use crate::actors::offset_tracker::{Finished, OffsetTracker};
-use crate::flow::{InFlight, Releases};
+use crate::dead_letter::DeadLetters;
+use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
+use crate::flow::Releases;
 use crate::message::Message;
+use crate::metrics::SystemMetrics;
 use crate::offsets::Position;
 use crate::report::StopReason;
+use crate::routing::{Lane, OrderingMode};
 use crate::stop::StopHandle;
 
 /// The longest a finished message waits before the tracker hears of it. Completions are
 /// reported in batches to keep the hot path cheap; this bounds how stale a periodic commit is.
 const REPORT_INTERVAL: Duration = Duration::from_millis(50);
 
+/// What every processor of a system shares.
+pub(crate) struct ProcessorShared<P> {
+    pub(crate) factory: Arc<dyn Fn() -> P + Send + Sync>,
+    pub(crate) tracker: Addr<OffsetTracker>,
+    pub(crate) stop: StopHandle,
+    /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
+    /// and the queued ones are skipped.
+    pub(crate) abandon: CancellationToken,
+    pub(crate) metrics: Arc<SystemMetrics>,
+    pub(crate) policy: FailurePolicy,
+    pub(crate) dead_letters: Option<DeadLetters>,
+    pub(crate) ordering: OrderingMode,
+}
+
+impl<P> Clone for ProcessorShared<P> {
+    fn clone(&self) -> Self {
+        ProcessorShared {
+            factory: self.factory.clone(),
+            tracker: self.tracker.clone(),
+            stop: self.stop.clone(),
+            abandon: self.abandon.clone(),
+            metrics: self.metrics.clone(),
+            policy: self.policy.clone(),
+            dead_letters: self.dead_letters.clone(),
+            ordering: self.ordering,
+        }
+    }
+}
+
+/// A lane waiting: its first message failed and waits for a retry (or for nothing, once its
+/// attempts are used up and the system stops), and the lane's later messages wait behind it.
+struct ParkedLane {
+    /// The failed attempts of the first message.
+    attempts: u32,
+    /// When the first message is retried; `None` when it is not retried.
+    retry_at: Option<Instant>,
+    messages: VecDeque<Message>,
+}
+
 pub(crate) struct ProcessorActor<P: Processor> {
     index: usize,
     /// Lent to the future that runs a batch, and back between batches. Boxed because an actor
     /// must be `Unpin` and user processors need not be.
     processor: Option<Box<P>>,
-    tracker: Addr<OffsetTracker>,
-    stop: StopHandle,
-    /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
-    /// and the queued ones are skipped.
-    abandon: CancellationToken,
-    /// Set after a failure: nothing more is processed, so that no later message of the failed
-    /// message's partition is processed before it.
-    failed: bool,
-    /// The system's in-flight count, released as messages are done with.
-    in_flight: Arc<InFlight>,
+    shared: ProcessorShared<P>,
+    /// Messages not yet processed when the processor panicked, processed first after the
+    /// restart.
+    backlog: Vec<Message>,
+    parked: HashMap<Lane, ParkedLane>,
+    /// Set once the drain started: parked lanes are given up and nothing is retried.
+    draining: bool,
+    /// Set when a restarted processor's `on_start` failed: nothing more is processed.
+    broken: bool,
+    restarts: u64,
 }
 
 impl<P: Processor> ProcessorActor<P> {
-    pub(crate) fn new(
-        index: usize,
-        processor: P,
-        tracker: Addr<OffsetTracker>,
-        stop: StopHandle,
-        abandon: CancellationToken,
-        in_flight: Arc<InFlight>,
-    ) -> Self {
+    pub(crate) fn new(index: usize, shared: ProcessorShared<P>) -> Self {
         ProcessorActor {
             index,
-            processor: Some(Box::new(processor)),
-            tracker,
-            stop,
-            abandon,
-            failed: false,
-            in_flight,
+            processor: Some(Box::new((shared.factory)())),
+            shared,
+            backlog: Vec::new(),
+            parked: HashMap::new(),
+            draining: false,
+            broken: false,
+            restarts: 0,
         }
     }
 
@@ -66,10 +111,140 @@ impl<P: Processor> ProcessorActor<P> {
             .take()
             .expect("a processor actor handles one message at a time")
     }
+
+    /// Processes `messages` (after `first_attempts` failed attempts of the first one) and
+    /// then files what the batch left: parked lanes, a backlog after a panic, a stop.
+    fn run(&mut self, messages: Vec<Message>, first_attempts: u32) -> AtomicResponse<Self, ()> {
+        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
+        if self.broken || self.shared.abandon.is_cancelled() || messages.is_empty() {
+            for message in &messages {
+                releases.add(message.assigned(), message.in_flight_bytes());
+            }
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let batch = Batch {
+            processor: self.lend_processor(),
+            shared: self.shared.clone(),
+            releases,
+            parked: self.parked.keys().cloned().collect(),
+            outcome: BatchOutcome::default(),
+        };
+        AtomicResponse::new(Box::pin(
+            batch.run(messages, first_attempts).into_actor(self).map(
+                |(processor, outcome), actor, ctx| {
+                    actor.processor = Some(processor);
+                    actor.file(outcome, ctx);
+                },
+            ),
+        ))
+    }
+
+    fn file(&mut self, outcome: BatchOutcome, ctx: &mut Context<Self>) {
+        for (lane, message) in outcome.held {
+            match self.parked.get_mut(&lane) {
+                Some(parked) => parked.messages.push_back(message),
+                None => unreachable!("messages are held only behind a parked lane"),
+            }
+        }
+        for (lane, parked) in outcome.parked {
+            if let Some(retry_at) = parked.retry_at {
+                ctx.notify_later(RetryLane(lane.clone()), retry_at - Instant::now());
+            }
+            self.parked.insert(lane, parked);
+        }
+        if let Some(reason) = outcome.stop {
+            log::error!("processor {}: {reason}; stopping", self.index);
+            self.shared.stop.request_graceful(reason);
+        }
+        if let Some(remaining) = outcome.panicked {
+            self.backlog = remaining;
+            // The processor may be left inconsistent by the panic: the supervisor restarts
+            // this actor (see `restarting`) with a fresh one.
+            ctx.stop();
+        }
+    }
+
+    /// Gives up every parked lane: its messages stay unfinished, so they are not committed
+    /// and are delivered again after the restart.
+    fn give_up_parked(&mut self) {
+        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
+        let mut given_up = 0;
+        for (_, parked) in self.parked.drain() {
+            for message in &parked.messages {
+                releases.add(message.assigned(), message.in_flight_bytes());
+            }
+            given_up += parked.messages.len();
+        }
+        if given_up > 0 {
+            log::warn!(
+                "processor {}: stopping with {given_up} messages waiting for a retry; they \
+                 are not committed and are delivered again after the restart",
+                self.index
+            );
+        }
+    }
 }
 
 impl<P: Processor> Actor for ProcessorActor<P> {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.restarts == 0 {
+            // The first `on_start` runs on the Supervisor's request, so a failure fails the
+            // start of the system.
+            return;
+        }
+        let mut processor = self.lend_processor();
+        ctx.wait(
+            async move {
+                let result = processor.on_start().await;
+                (processor, result)
+            }
+            .into_actor(self)
+            .map(|(processor, result), actor, ctx| {
+                actor.processor = Some(processor);
+                if let Err(error) = result {
+                    actor.broken = true;
+                    actor
+                        .shared
+                        .stop
+                        .request_graceful(StopReason::ProcessorRestartFailed {
+                            processor: actor.index,
+                            error: format!("{error:#}"),
+                        });
+                    return;
+                }
+                // Timers do not survive a restart: arm them again.
+                let now = Instant::now();
+                for (lane, parked) in &actor.parked {
+                    if let Some(retry_at) = parked.retry_at {
+                        ctx.notify_later(
+                            RetryLane(lane.clone()),
+                            retry_at.saturating_duration_since(now),
+                        );
+                    }
+                }
+                if !actor.backlog.is_empty() {
+                    ctx.notify(Process(Vec::new()));
+                }
+            }),
+        );
+    }
+}
+
+impl<P: Processor> actix::Supervised for ProcessorActor<P> {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.restarts += 1;
+        self.shared
+            .metrics
+            .processor_restarts
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "processor {} panicked: restarting it with a fresh processor",
+            self.index
+        );
+        self.processor = Some(Box::new((self.shared.factory)()));
+    }
 }
 
 /// Runs the processor's [`on_start`](Processor::on_start) hook.
@@ -101,117 +276,273 @@ impl<P: Processor> Handler<StartProcessor> for ProcessorActor<P> {
 #[rtype(result = "()")]
 pub(crate) struct Process(pub(crate) Vec<Message>);
 
-/// Why a batch ended early.
-enum Interruption {
-    Abandoned,
-    Failed(StopReason),
-}
-
 impl<P: Processor> Handler<Process> for ProcessorActor<P> {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, Process(messages): Process, _: &mut Self::Context) -> Self::Result {
-        let mut releases = Releases::new(self.in_flight.clone());
-        if self.failed || self.abandon.is_cancelled() {
-            for message in &messages {
-                releases.add(message.assigned(), message.in_flight_bytes());
-            }
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        }
-        let processor = self.lend_processor();
-        let tracker = self.tracker.clone();
-        let abandon = self.abandon.clone();
-        AtomicResponse::new(Box::pin(
-            process_batch(processor, messages, tracker, releases, abandon)
-                .into_actor(self)
-                .map(|(processor, interruption), actor, _| {
-                    actor.processor = Some(processor);
-                    match interruption {
-                        None | Some(Interruption::Abandoned) => {}
-                        Some(Interruption::Failed(reason)) => {
-                            log::error!("processor {}: {reason}; stopping", actor.index);
-                            actor.failed = true;
-                            actor.stop.request_graceful(reason);
-                        }
-                    }
-                }),
-        ))
+        let messages = if self.backlog.is_empty() {
+            messages
+        } else {
+            let mut backlog = std::mem::take(&mut self.backlog);
+            backlog.extend(messages);
+            backlog
+        };
+        self.run(messages, 0)
     }
 }
 
-/// Processes messages one by one until done, abandoned or failed, reporting successes to the
-/// tracker at least every [`REPORT_INTERVAL`] and always before returning. Every message is
-/// released from the in-flight count as it is done with, and the unprocessed rest at the end.
-async fn process_batch<P: Processor>(
-    mut processor: Box<P>,
-    messages: Vec<Message>,
-    tracker: Addr<OffsetTracker>,
-    mut releases: Releases,
-    abandon: CancellationToken,
-) -> (Box<P>, Option<Interruption>) {
-    let mut finished: Vec<Position> = Vec::with_capacity(messages.len());
-    // Made once per batch: registering a timer or a cancellation waiter per message would
-    // cost more than a fast processor's whole work.
-    let mut abandoned = pin!(abandon.cancelled());
-    let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
-    let mut interruption = None;
-    let mut done = 0;
-    for message in &messages {
-        if abandon.is_cancelled() {
-            interruption = Some(Interruption::Abandoned);
-            break;
-        }
-        let mut processing = pin!(AssertUnwindSafe(processor.process(message)).catch_unwind());
-        // Most processors finish at the first poll; only those that wait need the select.
-        let outcome = match futures::poll!(processing.as_mut()) {
-            Poll::Ready(outcome) => outcome,
-            Poll::Pending => {
-                let outcome = loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut abandoned => break None,
-                        outcome = &mut processing => break Some(outcome),
-                        () = &mut report_timer, if !finished.is_empty() => {
-                            tracker.do_send(Finished(std::mem::take(&mut finished)));
-                            releases.flush();
-                            report_timer.as_mut().reset(Instant::now() + REPORT_INTERVAL);
+/// Retries a parked lane: its first message, then the messages behind it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RetryLane(Lane);
+
+impl<P: Processor> Handler<RetryLane> for ProcessorActor<P> {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, RetryLane(lane): RetryLane, _: &mut Self::Context) -> Self::Result {
+        let parked = match self.parked.remove(&lane) {
+            Some(parked) if !self.draining && parked.retry_at.is_some() => parked,
+            Some(parked) => {
+                self.parked.insert(lane, parked);
+                return AtomicResponse::new(Box::pin(fut::ready(())));
+            }
+            None => return AtomicResponse::new(Box::pin(fut::ready(()))),
+        };
+        self.run(parked.messages.into(), parked.attempts)
+    }
+}
+
+/// What a batch left to file.
+#[derive(Default)]
+struct BatchOutcome {
+    /// Lanes whose first message failed, to park.
+    parked: Vec<(Lane, ParkedLane)>,
+    /// Messages of lanes parked before the batch, to queue behind them.
+    held: Vec<(Lane, Message)>,
+    /// Set when the processor panicked: the messages it did not get to.
+    panicked: Option<Vec<Message>>,
+    stop: Option<StopReason>,
+}
+
+/// One run of the processor over a batch of messages.
+struct Batch<P> {
+    processor: Box<P>,
+    shared: ProcessorShared<P>,
+    releases: Releases,
+    /// The lanes parked when the batch started.
+    parked: Vec<Lane>,
+    outcome: BatchOutcome,
+}
+
+/// How one message's processing ended.
+enum Attempt {
+    Finished,
+    Failed {
+        error: String,
+        permanent: bool,
+        panicked: bool,
+    },
+    Abandoned,
+}
+
+impl<P: Processor> Batch<P> {
+    /// Processes messages one by one until done or abandoned, reporting finished ones to the
+    /// tracker at least every [`REPORT_INTERVAL`] and always before returning. Every message
+    /// is released from the in-flight counts once done with; parked ones stay in flight.
+    async fn run(mut self, messages: Vec<Message>, first_attempts: u32) -> (Box<P>, BatchOutcome) {
+        let abandon = self.shared.abandon.clone();
+        let mut finished: Vec<Position> = Vec::with_capacity(messages.len());
+        // Made once per batch: registering a timer or a cancellation waiter per message would
+        // cost more than a fast processor's whole work.
+        let mut abandoned = pin!(abandon.cancelled());
+        let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
+        let mut attempts = first_attempts;
+        let mut messages = messages.into_iter();
+        while let Some(message) = messages.next() {
+            if !self.parked.is_empty() || !self.outcome.parked.is_empty() {
+                let lane = message.lane(self.shared.ordering);
+                if self.parked.contains(&lane) {
+                    self.outcome.held.push((lane, message));
+                    continue;
+                }
+                if let Some((_, parked)) = self.outcome.parked.iter_mut().find(|(l, _)| *l == lane)
+                {
+                    parked.messages.push_back(message);
+                    continue;
+                }
+            }
+            if abandon.is_cancelled() {
+                self.release(&message);
+                break;
+            }
+            let attempt = {
+                let mut processing =
+                    pin!(AssertUnwindSafe(self.processor.process(&message)).catch_unwind());
+                // Most processors finish at the first poll; only those that wait need the
+                // select.
+                let outcome = match futures::poll!(processing.as_mut()) {
+                    Poll::Ready(outcome) => Some(outcome),
+                    Poll::Pending => loop {
+                        tokio::select! {
+                            biased;
+                            () = &mut abandoned => break None,
+                            outcome = &mut processing => break Some(outcome),
+                            () = &mut report_timer, if !finished.is_empty() => {
+                                report(&self.shared.tracker, &mut self.releases, &mut finished);
+                                report_timer.as_mut().reset(Instant::now() + REPORT_INTERVAL);
+                            }
                         }
-                    }
+                    },
                 };
                 match outcome {
-                    Some(outcome) => outcome,
-                    None => {
-                        interruption = Some(Interruption::Abandoned);
+                    None => Attempt::Abandoned,
+                    Some(Ok(Ok(()))) => Attempt::Finished,
+                    Some(Ok(Err(error))) => Attempt::Failed {
+                        permanent: is_permanent(&error),
+                        error: format!("{error:#}"),
+                        panicked: false,
+                    },
+                    Some(Err(panic)) => Attempt::Failed {
+                        error: format!("panicked: {}", panic_message(panic.as_ref())),
+                        permanent: false,
+                        panicked: true,
+                    },
+                }
+            };
+            let failed_attempts = std::mem::take(&mut attempts) + 1;
+            match attempt {
+                Attempt::Finished => {
+                    finished.push(message.position());
+                    self.release(&message);
+                }
+                Attempt::Abandoned => {
+                    self.release(&message);
+                    break;
+                }
+                Attempt::Failed {
+                    error,
+                    permanent,
+                    panicked,
+                } => {
+                    let done = self
+                        .failed(message, failed_attempts, error, permanent, &mut abandoned)
+                        .await;
+                    if let Some(message) = done {
+                        finished.push(message.position());
+                        self.release(&message);
+                    }
+                    if panicked {
+                        self.outcome.panicked = Some(messages.by_ref().collect());
                         break;
                     }
                 }
             }
-        };
-        done += 1;
-        releases.add(message.assigned(), message.in_flight_bytes());
-        let failure = match outcome {
-            Ok(Ok(())) => {
-                finished.push(message.position());
-                continue;
+        }
+        // Whatever is left was abandoned.
+        for message in messages {
+            self.release(&message);
+        }
+        report(&self.shared.tracker, &mut self.releases, &mut finished);
+        (self.processor, self.outcome)
+    }
+
+    fn release(&mut self, message: &Message) {
+        self.releases
+            .add(message.assigned(), message.in_flight_bytes());
+    }
+
+    /// Applies the failure policy to a message whose `attempts`-th attempt failed. Returns the
+    /// message when it counts as finished (skipped or dead-lettered); otherwise its lane is
+    /// parked, for a retry or for good.
+    async fn failed(
+        &mut self,
+        message: Message,
+        attempts: u32,
+        error: String,
+        permanent: bool,
+        abandoned: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Option<Message> {
+        let metrics = &self.shared.metrics;
+        let lane = message.lane(self.shared.ordering);
+        let place = format!("{}@{}", message.topic_partition(), message.offset());
+        match self.shared.policy.after_failure(attempts, permanent) {
+            AfterFailure::RetryAfter(backoff) => {
+                log::warn!("{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}");
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                self.park(lane, message, attempts, Some(Instant::now() + backoff));
+                None
             }
-            Ok(Err(error)) => format!("{error:#}"),
-            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
-        };
-        interruption = Some(Interruption::Failed(StopReason::ProcessingFailed {
-            partition: message.topic_partition().clone(),
-            offset: message.offset(),
-            error: failure,
-        }));
-        break;
+            AfterFailure::GiveUp => match self.shared.policy.exhausted() {
+                Exhausted::Stop => {
+                    self.outcome
+                        .stop
+                        .get_or_insert(StopReason::ProcessingFailed {
+                            partition: message.topic_partition().clone(),
+                            offset: message.offset(),
+                            error: format!("{error} (after {attempts} attempts)"),
+                        });
+                    self.park(lane, message, attempts, None);
+                    None
+                }
+                Exhausted::Skip => {
+                    log::warn!("{place}: skipped after {attempts} attempts: {error}");
+                    metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                    Some(message)
+                }
+                Exhausted::DeadLetter { .. } => {
+                    let dead_letters = self
+                        .shared
+                        .dead_letters
+                        .clone()
+                        .expect("a dead-letter policy has a producer");
+                    let produced = tokio::select! {
+                        biased;
+                        () = abandoned.as_mut() => Err("abandoned by the shutdown".to_owned()),
+                        produced = dead_letters.send(&message, &error, attempts) => produced,
+                    };
+                    match produced {
+                        Ok(topic) => {
+                            log::warn!(
+                                "{place}: sent to {topic} after {attempts} attempts: {error}"
+                            );
+                            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            Some(message)
+                        }
+                        Err(dlq_error) => {
+                            self.outcome
+                                .stop
+                                .get_or_insert(StopReason::DeadLetterFailed {
+                                    partition: message.topic_partition().clone(),
+                                    offset: message.offset(),
+                                    error: dlq_error,
+                                });
+                            self.park(lane, message, attempts, None);
+                            None
+                        }
+                    }
+                }
+            },
+        }
     }
+
+    fn park(&mut self, lane: Lane, message: Message, attempts: u32, retry_at: Option<Instant>) {
+        self.outcome.parked.push((
+            lane,
+            ParkedLane {
+                attempts,
+                retry_at,
+                messages: VecDeque::from([message]),
+            },
+        ));
+    }
+}
+
+/// Tells the tracker what finished and releases what is done with.
+fn report(tracker: &Addr<OffsetTracker>, releases: &mut Releases, finished: &mut Vec<Position>) {
     if !finished.is_empty() {
-        tracker.do_send(Finished(finished));
+        tracker.do_send(Finished(std::mem::take(finished)));
     }
-    for message in &messages[done..] {
-        releases.add(message.assigned(), message.in_flight_bytes());
-    }
-    drop(releases);
-    (processor, interruption)
+    releases.flush();
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -223,7 +554,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Answers once every message queued before it was handled: the drain barrier. The Fetcher
-/// stops dispatching before the barrier is sent, so nothing can queue up behind it.
+/// stops dispatching before the barrier is sent, so nothing can queue up behind it. Lanes
+/// waiting for a retry are given up: a shutdown does not wait out a backoff.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Drain;
@@ -231,7 +563,10 @@ pub(crate) struct Drain;
 impl<P: Processor> Handler<Drain> for ProcessorActor<P> {
     type Result = ();
 
-    fn handle(&mut self, _: Drain, _: &mut Self::Context) {}
+    fn handle(&mut self, _: Drain, _: &mut Self::Context) {
+        self.draining = true;
+        self.give_up_parked();
+    }
 }
 
 /// Runs the processor's [`on_stop`](Processor::on_stop) hook within `budget`, then stops the
@@ -250,6 +585,8 @@ impl<P: Processor> Handler<StopProcessor> for ProcessorActor<P> {
         StopProcessor { budget }: StopProcessor,
         _: &mut Self::Context,
     ) -> Self::Result {
+        self.draining = true;
+        self.give_up_parked();
         let mut processor = self.lend_processor();
         let index = self.index;
         AtomicResponse::new(Box::pin(
@@ -264,9 +601,10 @@ impl<P: Processor> Handler<StopProcessor> for ProcessorActor<P> {
                 (processor, result)
             }
             .into_actor(self)
-            .map(|(processor, result), actor, ctx| {
+            .map(|(processor, result), actor, _| {
                 actor.processor = Some(processor);
-                ctx.stop();
+                // Stopped for good: the supervisor restarts an actor only when it stops
+                // itself, and this one's mailbox is about to close with the system.
                 result
             }),
         ))

@@ -18,8 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::fetcher::{Close, FetchContext, Fetcher, FlowSettings, StopFetching};
 use crate::actors::offset_tracker::{AttachFetcher, CommitNow, OffsetTracker, Report};
-use crate::actors::processor::{Drain, ProcessorActor, StartProcessor, StopProcessor};
+use crate::actors::processor::{
+    Drain, ProcessorActor, ProcessorShared, StartProcessor, StopProcessor,
+};
 use crate::config::ConsumerConfig;
+use crate::dead_letter::DeadLetters;
+use crate::failure::Exhausted;
 use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
@@ -67,21 +71,31 @@ impl<P: Processor> Supervisor<P> {
             .map(|_| Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string())))
             .collect::<Result<Vec<_>>>()?;
         let abandon = CancellationToken::new();
-        let factory = Arc::new(factory);
+        let dead_letters = match config.failure_policy.exhausted() {
+            Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
+                &config.brokers,
+                topic.clone(),
+                &config.dead_letter_options,
+            )?),
+            _ => None,
+        };
+        let shared = ProcessorShared {
+            factory: Arc::new(factory),
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+            abandon: abandon.clone(),
+            metrics: metrics.clone(),
+            policy: config.failure_policy.clone(),
+            dead_letters,
+            ordering: config.ordering,
+        };
+        // Supervised, so that a processor that panicked is restarted with a fresh instance.
         let processors: Vec<Addr<ProcessorActor<P>>> = (0..config.processors)
             .map(|index| {
-                let (factory, tracker, stop, abandon, in_flight) = (
-                    factory.clone(),
-                    tracker.clone(),
-                    stop.clone(),
-                    abandon.clone(),
-                    metrics.in_flight.clone(),
-                );
-                ProcessorActor::start_in_arbiter(
+                let shared = shared.clone();
+                actix::Supervisor::start_in_arbiter(
                     &workers[index % workers.len()].handle(),
-                    move |_| {
-                        ProcessorActor::new(index, factory(), tracker, stop, abandon, in_flight)
-                    },
+                    move |_| ProcessorActor::new(index, shared),
                 )
             })
             .collect();
@@ -143,6 +157,7 @@ impl<P: Processor> Supervisor<P> {
             config.worker_threads
         );
         let shutdown = ShutdownPlan {
+            metrics: metrics.clone(),
             timeout: config.shutdown_timeout,
             requests: stop.subscribe(),
             abandon,
@@ -173,6 +188,13 @@ async fn check_cluster(
         config.topics.clone(),
         config.startup_timeout,
     );
+    let dead_letter_topics: Vec<String> = match config.failure_policy.exhausted() {
+        Exhausted::DeadLetter { topic: Some(topic) } => vec![topic.clone()],
+        Exhausted::DeadLetter { topic: None } => {
+            topics.iter().map(|topic| format!("{topic}.dlq")).collect()
+        }
+        _ => Vec::new(),
+    };
     // Fetching metadata blocks; keep it off the system's thread.
     tokio::task::spawn_blocking(move || {
         let metadata =
@@ -193,6 +215,14 @@ async fn check_cluster(
                     topic: topic.clone(),
                     brokers,
                 });
+            }
+        }
+        for topic in &dead_letter_topics {
+            if !metadata.topics().iter().any(|t| t.name() == topic) {
+                log::warn!(
+                    "the dead-letter topic {topic} does not exist: unless the brokers create \
+                     topics on demand, dead letters will fail and stop the system"
+                );
             }
         }
         drop(metadata);
@@ -235,6 +265,7 @@ impl<P: Processor> Actor for Supervisor<P> {
 
 /// The shutdown phases and what they act on.
 struct ShutdownPlan<P: Processor> {
+    metrics: Arc<SystemMetrics>,
     timeout: Duration,
     requests: watch::Receiver<StopRequest>,
     abandon: CancellationToken,
@@ -373,9 +404,14 @@ impl<P: Processor> ShutdownPlan<P> {
             "stopped in {:?}: {processed} messages processed",
             begun.elapsed()
         );
+        let failures = self.metrics.snapshot();
         ShutdownReport {
             reason,
             processed,
+            retries: failures.retries,
+            skipped: failures.skipped,
+            dead_lettered: failures.dead_lettered,
+            processor_restarts: failures.processor_restarts,
             committed,
             abandoned,
             phases: log.phases,

@@ -15,6 +15,8 @@ use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The group session timeout for tests. The embedded cluster forgets a member that left only
@@ -84,12 +86,18 @@ impl Cluster {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        self.create_topic(&topic, partitions);
+        topic
+    }
+
+    /// Creates a topic with exactly this name.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
         match &self.backend {
             Backend::Embedded(embedded) => embedded
-                .create_topic(&topic, partitions)
+                .create_topic(topic, partitions)
                 .expect("create topic"),
             Backend::Broker { admin, .. } => {
-                let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+                let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
                 let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
                 let results =
                     futures::executor::block_on(admin.create_topics([&new_topic], &options))
@@ -103,7 +111,7 @@ impl Cluster {
                     || {
                         admin
                             .inner()
-                            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                            .fetch_metadata(Some(topic), Duration::from_secs(5))
                             .is_ok_and(|metadata| {
                                 metadata.topics().first().is_some_and(|t| {
                                     t.error().is_none()
@@ -115,7 +123,68 @@ impl Cluster {
                 );
             }
         }
+    }
+
+    /// A topic no produce reaches: on the real broker, one that does not exist (the test
+    /// broker creates none on demand); on the embedded cluster, one that refuses every
+    /// request with an authorization error.
+    pub fn unwritable_topic(&self, name: &str) -> String {
+        let topic = format!("{name}-{}", std::process::id());
+        if let Backend::Embedded(embedded) = &self.backend {
+            embedded.create_topic(&topic, 1).expect("create topic");
+            embedded
+                .mock()
+                .topic_error(
+                    &topic,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+                )
+                .expect("inject a topic error");
+        }
         topic
+    }
+
+    /// Reads `count` records of a topic from its start: key, payload and headers each. Fails
+    /// the test if fewer arrive within the scenario timeout.
+    pub fn read(&self, topic: &str, count: usize) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("reader-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("create a reader");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut records = Vec::new();
+        let deadline = Instant::now() + SCENARIO_TIMEOUT;
+        while records.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {count} records of {topic}",
+                records.len()
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("read a record");
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        records
     }
 
     /// Produces `count` more keyed messages and returns the topic's end offsets.
@@ -216,6 +285,14 @@ impl Cluster {
             .kafka_option("session.timeout.ms", SESSION_TIMEOUT_MS)
             .kafka_option("heartbeat.interval.ms", "500")
     }
+}
+
+/// A record as read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// A group name unique to this process and test.

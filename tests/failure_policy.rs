@@ -1,0 +1,350 @@
+//! The failure policy: transient failures are retried without holding up other partitions,
+//! permanent ones go to the dead-letter topic with their provenance, panics replace the
+//! processor and are retried, a dead-letter topic that does not take messages keeps their
+//! offsets uncommitted, and a shutdown does not wait out a backoff.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_actors::{
+    ConsumerSystem, FailurePolicy, Message, Permanent, Processor, StopReason, dead_letter_headers,
+};
+use support::{Audit, Cluster, Ledger, SCENARIO_TIMEOUT, audit, group, wait_until};
+
+/// How a message misbehaves, by its offset in partition 0.
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// Fails this many attempts, then succeeds.
+    FailsTimes(usize),
+    /// Panics this many attempts, then succeeds.
+    PanicsTimes(usize),
+    /// Fails every attempt, marked permanent.
+    Poison,
+    /// Fails every attempt, not marked permanent.
+    AlwaysFails,
+}
+
+/// Records what it processed; misbehaves on the messages of partition 0 named in `plan`,
+/// counting attempts across restarts.
+#[derive(Clone)]
+struct Flaky {
+    ledger: Ledger,
+    plan: Arc<HashMap<i64, Misbehaviour>>,
+    attempts: Arc<Mutex<HashMap<(i32, i64), usize>>>,
+    instances: Arc<AtomicUsize>,
+}
+
+impl Flaky {
+    fn new(plan: impl IntoIterator<Item = (i64, Misbehaviour)>) -> Self {
+        Flaky {
+            ledger: Ledger::default(),
+            plan: Arc::new(plan.into_iter().collect()),
+            attempts: Arc::default(),
+            instances: Arc::default(),
+        }
+    }
+
+    /// A fresh processor sharing the records, as the factory makes one.
+    fn instance(&self) -> Self {
+        self.instances.fetch_add(1, Ordering::SeqCst);
+        self.clone()
+    }
+}
+
+impl Processor for Flaky {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let at = (message.partition(), message.offset());
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let attempt = attempts.entry(at).or_default();
+            *attempt += 1;
+            *attempt
+        };
+        let misbehaviour = match at.0 {
+            0 => self.plan.get(&at.1).copied(),
+            _ => None,
+        };
+        match misbehaviour {
+            Some(Misbehaviour::FailsTimes(times)) if attempt <= times => {
+                anyhow::bail!("database unavailable (attempt {attempt})")
+            }
+            Some(Misbehaviour::PanicsTimes(times)) if attempt <= times => {
+                panic!("bug on attempt {attempt}")
+            }
+            Some(Misbehaviour::Poison) => {
+                return Err(anyhow::anyhow!("malformed payload").context(Permanent));
+            }
+            Some(Misbehaviour::AlwaysFails) => anyhow::bail!("still failing"),
+            _ => {}
+        }
+        self.ledger.record(at.0, at.1);
+        Ok(())
+    }
+}
+
+#[test]
+fn transient_failures_succeed_after_retries_without_holding_up_other_partitions() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("transient", 2);
+    let end_offsets = cluster.produce(&topic, 200);
+    let group = group("transient");
+    let flaky = Flaky::new([
+        (5, Misbehaviour::FailsTimes(2)),
+        (6, Misbehaviour::FailsTimes(1)),
+    ]);
+    let config = cluster
+        .config(&topic, &group)
+        // One processor for both partitions: a partition waiting for a retry must not hold
+        // up the other one.
+        .processors(1)
+        .failure_policy(
+            FailurePolicy::retry(3)
+                .backoff(Duration::from_millis(300), Duration::from_secs(1))
+                .then_dead_letter(),
+        )
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&flaky.ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.retries, report.dead_lettered), (3, 0), "{report}");
+    let entries = flaky.ledger.entries();
+    assert_eq!(
+        audit(&entries, &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    // Partition 0 stayed in offset order through the retries...
+    let partition_0: Vec<i64> = entries
+        .iter()
+        .filter(|(p, _)| *p == 0)
+        .map(|&(_, o)| o)
+        .collect();
+    assert!(partition_0.windows(2).all(|pair| pair[0] < pair[1]));
+    // ...while partition 1 went on: all of it was processed before the retried message.
+    let retried_at = entries.iter().position(|&e| e == (0, 5)).unwrap();
+    let last_of_1 = entries.iter().rposition(|&(p, _)| p == 1).unwrap();
+    assert!(
+        last_of_1 < retried_at,
+        "partition 1 waited for partition 0's retries"
+    );
+}
+
+#[test]
+fn permanent_failures_go_to_the_dead_letter_topic_with_provenance_and_are_committed() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("poison", 2);
+    let dead_letter_topic = format!("{topic}.dlq");
+    cluster.create_topic(&dead_letter_topic, 1);
+    let end_offsets = cluster.produce(&topic, 200);
+    let group = group("poison");
+    let flaky = Flaky::new([
+        (10, Misbehaviour::Poison),
+        (20, Misbehaviour::Poison),
+        (30, Misbehaviour::AlwaysFails),
+    ]);
+    let config = cluster
+        .config(&topic, &group)
+        .failure_policy(
+            FailurePolicy::retry(3)
+                .backoff(Duration::from_millis(50), Duration::from_millis(100))
+                .then_dead_letter(),
+        )
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("every good message was processed", SCENARIO_TIMEOUT, || {
+        flaky.ledger.len() == 197
+    });
+    wait_until("the bad ones were dead-lettered", SCENARIO_TIMEOUT, || {
+        system.metrics().dead_lettered == 3
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    // Permanent failures skip their retries; the other one used all three attempts.
+    assert_eq!((report.dead_lettered, report.retries), (3, 2), "{report}");
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    let mut dead_letters = cluster.read(&dead_letter_topic, 3);
+    dead_letters.sort_by_key(|r| r.headers[dead_letter_headers::ORIGINAL_OFFSET].clone());
+    for (record, (offset, attempts, error)) in dead_letters.iter().zip([
+        (10, "1", "permanent failure: malformed payload"),
+        (20, "1", "permanent failure: malformed payload"),
+        (30, "3", "still failing"),
+    ]) {
+        let headers = &record.headers;
+        assert_eq!(headers[dead_letter_headers::ORIGINAL_TOPIC], topic);
+        assert_eq!(headers[dead_letter_headers::ORIGINAL_PARTITION], "0");
+        assert_eq!(
+            headers[dead_letter_headers::ORIGINAL_OFFSET],
+            offset.to_string()
+        );
+        assert_eq!(headers[dead_letter_headers::ATTEMPTS], attempts);
+        assert_eq!(headers[dead_letter_headers::ERROR], error);
+        assert!(
+            headers[dead_letter_headers::ORIGINAL_TIMESTAMP]
+                .parse::<i64>()
+                .is_ok()
+        );
+        // The original key and payload, as produced (cluster.produce writes "message <i>").
+        assert!(record.key.is_some());
+        let payload = String::from_utf8(record.payload.clone().unwrap()).unwrap();
+        assert!(payload.starts_with("message "), "{payload}");
+    }
+}
+
+#[test]
+fn panics_are_retried_on_a_fresh_processor_and_never_count_as_completions() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("panics", 2);
+    let end_offsets = cluster.produce(&topic, 200);
+    let group = group("panics");
+    let flaky = Flaky::new([
+        (7, Misbehaviour::PanicsTimes(1)),
+        (8, Misbehaviour::PanicsTimes(2)),
+    ]);
+    let config = cluster
+        .config(&topic, &group)
+        .processors(2)
+        .failure_policy(
+            FailurePolicy::retry(3).backoff(Duration::from_millis(50), Duration::from_millis(100)),
+        )
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&flaky.ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        (report.processor_restarts, report.retries),
+        (3, 3),
+        "{report}"
+    );
+    // Two processors to begin with, and one fresh one per panic.
+    assert_eq!(flaky.instances.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        audit(&flaky.ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+#[test]
+fn a_dead_letter_topic_that_takes_nothing_keeps_the_message_uncommitted() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("unacknowledged", 1);
+    let end_offsets = cluster.produce(&topic, 100);
+    let group = group("unacknowledged");
+    let flaky = Flaky::new([(40, Misbehaviour::Poison)]);
+    let config = cluster
+        .config(&topic, &group)
+        .failure_policy(
+            FailurePolicy::retry(3).then_dead_letter_to(cluster.unwritable_topic("unwritable")),
+        )
+        .dead_letter_option("message.timeout.ms", "2000")
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("the system stops by itself", SCENARIO_TIMEOUT, || {
+        system.is_finished()
+    });
+    let report = system.join().unwrap();
+
+    match &report.reason {
+        StopReason::DeadLetterFailed { offset, .. } => assert_eq!(*offset, 40),
+        other => panic!("stopped for another reason: {other}"),
+    }
+    assert_eq!(report.dead_lettered, 0);
+    assert_eq!(cluster.committed_offsets(&group, &topic).get(&0), Some(&40));
+
+    // The message comes back on the next start.
+    let config = cluster.config(&topic, &group);
+    support::restart_and_finish(
+        &cluster,
+        config,
+        &flaky.ledger,
+        &topic,
+        &group,
+        &end_offsets,
+    );
+}
+
+#[test]
+fn a_shutdown_does_not_wait_out_a_backoff_and_the_message_comes_back() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("backoff", 1);
+    let end_offsets = cluster.produce(&topic, 100);
+    let group = group("backoff");
+    let flaky = Flaky::new([(30, Misbehaviour::AlwaysFails)]);
+    let shutdown_timeout = Duration::from_secs(10);
+    let config = cluster
+        .config(&topic, &group)
+        .shutdown_timeout(shutdown_timeout)
+        .failure_policy(
+            FailurePolicy::retry(5).backoff(Duration::from_secs(60), Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until(
+        "the failed message waits for its retry",
+        SCENARIO_TIMEOUT,
+        || system.metrics().retries == 1 && flaky.ledger.len() == 30,
+    );
+    let stopping = Instant::now();
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(
+        stopping.elapsed() < shutdown_timeout,
+        "the shutdown waited out the backoff: {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(report.reason, StopReason::Requested);
+    assert!(report.errors.is_empty(), "{report}");
+    // The failed message and everything behind it were given up, not committed.
+    assert_eq!(report.abandoned.len(), 1, "{report}");
+    assert_eq!(
+        (
+            report.abandoned[0].first_offset,
+            report.abandoned[0].messages
+        ),
+        (30, 70)
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic).get(&0), Some(&30));
+
+    let config = cluster.config(&topic, &group);
+    support::restart_and_finish(
+        &cluster,
+        config,
+        &flaky.ledger,
+        &topic,
+        &group,
+        &end_offsets,
+    );
+}
