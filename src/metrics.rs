@@ -56,7 +56,8 @@ pub(crate) struct SystemMetrics {
     pub(crate) pauses: AtomicU64,
     pub(crate) assignments: AtomicU64,
     pub(crate) revocations: AtomicU64,
-    pub(crate) processed: AtomicU64,
+    /// Messages done with for good: processed, skipped or dead-lettered.
+    pub(crate) finished: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
@@ -77,6 +78,9 @@ impl SystemMetrics {
 
     pub(crate) fn snapshot(&self) -> Metrics {
         let in_flight = self.in_flight.load();
+        let skipped = self.skipped.load(Ordering::Relaxed);
+        let dead_lettered = self.dead_lettered.load(Ordering::Relaxed);
+        let finished = self.finished.load(Ordering::Relaxed);
         Metrics {
             in_flight_messages: in_flight.messages,
             in_flight_bytes: in_flight.bytes,
@@ -88,10 +92,12 @@ impl SystemMetrics {
             pauses: self.pauses.load(Ordering::Relaxed),
             assignments: self.assignments.load(Ordering::Relaxed),
             revocations: self.revocations.load(Ordering::Relaxed),
-            processed: self.processed.load(Ordering::Relaxed),
+            // Skipped and dead-lettered messages are finished too (their offsets may be
+            // committed), and counted before they are reported finished.
+            processed: finished.saturating_sub(skipped + dead_lettered),
             retries: self.retries.load(Ordering::Relaxed),
-            skipped: self.skipped.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            skipped,
+            dead_lettered,
             processor_restarts: self.processor_restarts.load(Ordering::Relaxed),
         }
     }

@@ -23,7 +23,6 @@ pub(crate) struct OffsetTracker {
     commit_interval: Duration,
     /// A periodic commit is waiting for the Fetcher; the next tick skips rather than piles up.
     committing: bool,
-    processed: u64,
     committed: BTreeMap<TopicPartition, i64>,
     metrics: Arc<SystemMetrics>,
 }
@@ -35,7 +34,6 @@ impl OffsetTracker {
             fetcher: None,
             commit_interval,
             committing: false,
-            processed: 0,
             committed: BTreeMap::new(),
             metrics,
         }
@@ -161,9 +159,8 @@ impl Handler<Finished> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Finished(positions): Finished, _: &mut Self::Context) {
-        self.processed += positions.len() as u64;
         self.metrics
-            .processed
+            .finished
             .fetch_add(positions.len() as u64, Ordering::Relaxed);
         self.book
             .finished(&positions, |position, completion| match completion {
@@ -196,7 +193,6 @@ impl Handler<CommitNow> for OffsetTracker {
 /// What the tracker knows, for the shutdown report.
 #[derive(Debug)]
 pub(crate) struct TrackerReport {
-    pub(crate) processed: u64,
     pub(crate) committed: BTreeMap<TopicPartition, i64>,
     pub(crate) abandoned: Vec<Abandoned>,
 }
@@ -222,7 +218,6 @@ impl Handler<Report> for OffsetTracker {
             })
             .collect();
         MessageResult(TrackerReport {
-            processed: self.processed,
             committed: self.committed.clone(),
             abandoned,
         })

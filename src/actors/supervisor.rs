@@ -392,8 +392,10 @@ impl<P: Processor> ShutdownPlan<P> {
         };
         log.record(Phase::Close, started, outcome);
 
-        let (processed, committed, abandoned) = match tracked {
-            Ok(tracked) => (tracked.processed, tracked.committed, tracked.abandoned),
+        let figures = self.metrics.snapshot();
+        let processed = figures.processed;
+        let (committed, abandoned) = match tracked {
+            Ok(tracked) => (tracked.committed, tracked.abandoned),
             Err(error) => {
                 log.errors
                     .push(format!("the offset tracker vanished: {error}"));
@@ -404,14 +406,13 @@ impl<P: Processor> ShutdownPlan<P> {
             "stopped in {:?}: {processed} messages processed",
             begun.elapsed()
         );
-        let failures = self.metrics.snapshot();
         ShutdownReport {
             reason,
             processed,
-            retries: failures.retries,
-            skipped: failures.skipped,
-            dead_lettered: failures.dead_lettered,
-            processor_restarts: failures.processor_restarts,
+            retries: figures.retries,
+            skipped: figures.skipped,
+            dead_lettered: figures.dead_lettered,
+            processor_restarts: figures.processor_restarts,
             committed,
             abandoned,
             phases: log.phases,
