@@ -1,7 +1,8 @@
 //! Ledger: proves the graceful-shutdown guarantee from outside the process.
 //!
-//! Every processed message's `topic partition offset` is appended to a ledger file, with one
-//! unbuffered write per message, so the file survives even a `kill -9`. Stop the program with
+//! Every processed message's `topic partition offset millis` (millis: when it finished, since
+//! the Unix epoch) is appended to a ledger file, with one unbuffered write per message, so
+//! the file survives even a `kill -9`. Stop the program with
 //! SIGTERM or Ctrl-C mid-stream, start it again, and the ledger holds every message of the
 //! topic exactly once: the graceful shutdown committed exactly what was finished (at-least-once
 //! with 0 duplicates after a graceful stop). It also shows the lifecycle hooks: each processor
@@ -18,7 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use kafka_actors::{ConsumerConfig, ConsumerSystem, Message, Processor};
@@ -44,8 +45,12 @@ impl Processor for LedgerWriter {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let finished = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         let line = format!(
-            "{} {} {}\n",
+            "{} {} {} {finished}\n",
             message.topic(),
             message.partition(),
             message.offset()

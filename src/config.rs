@@ -54,6 +54,7 @@ pub struct ConsumerConfig {
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) dead_letter_options: BTreeMap<String, String>,
     pub(crate) commit_interval: Duration,
+    pub(crate) rebalance_drain_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) handle_signals: bool,
@@ -144,6 +145,7 @@ pub struct ConsumerConfigBuilder {
     failure_policy: FailurePolicy,
     dead_letter_options: BTreeMap<String, String>,
     commit_interval: Duration,
+    rebalance_drain_timeout: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
     handle_signals: bool,
@@ -164,6 +166,7 @@ impl Default for ConsumerConfigBuilder {
             failure_policy: FailurePolicy::default(),
             dead_letter_options: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
+            rebalance_drain_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
             handle_signals: true,
@@ -256,6 +259,15 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// How long a revocation waits for the revoked partitions' in-flight messages before it
+    /// commits what finished and lets the rebalance go on (default 10 s). The whole group waits
+    /// for the slowest member's revocation, so keep it well under `max.poll.interval.ms`;
+    /// what is still in flight at the timeout is processed again by the next owner.
+    pub fn rebalance_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.rebalance_drain_timeout = timeout;
+        self
+    }
+
     /// The one deadline for a graceful shutdown (default 30 s), from the stop request to the
     /// return of [`ConsumerSystem::start`](crate::ConsumerSystem::start): draining in-flight
     /// messages, the processors' stop hooks, the final commit and leaving the group.
@@ -333,6 +345,7 @@ impl ConsumerConfigBuilder {
         }
         for (setting, value) in [
             ("commit_interval", self.commit_interval),
+            ("rebalance_drain_timeout", self.rebalance_drain_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("startup_timeout", self.startup_timeout),
         ] {
@@ -362,6 +375,7 @@ impl ConsumerConfigBuilder {
             failure_policy: self.failure_policy,
             dead_letter_options: self.dead_letter_options,
             commit_interval: self.commit_interval,
+            rebalance_drain_timeout: self.rebalance_drain_timeout,
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
             handle_signals: self.handle_signals,
@@ -405,6 +419,14 @@ fn contradictions(config: &ConsumerConfig) -> Result<Vec<String>> {
             "shutdown_timeout ({shutdown:?}) is longer than session.timeout.ms \
              ({session_timeout:?}) with static membership (group.instance.id): the broker may \
              hand this member's partitions to another member while it still drains them"
+        ));
+    }
+    if config.rebalance_drain_timeout >= max_poll_interval {
+        warnings.push(format!(
+            "rebalance_drain_timeout ({:?}) is not shorter than max.poll.interval.ms \
+             ({max_poll_interval:?}): a slow revocation could get this member thrown out of \
+             the group",
+            config.rebalance_drain_timeout
         ));
     }
     if config.commit_interval > shutdown.max(session_timeout) {

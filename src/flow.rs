@@ -8,7 +8,7 @@
 //! for a partition when it is paused and fetches it again after the resume.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::offsets::{AssignmentId, TopicPartition};
 
@@ -67,10 +67,12 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// Acquire pairs with the release in [`release`](Self::release): whoever sees a count
+    /// drop also sees what the processor did before (its completions sent to the tracker).
     pub(crate) fn load(&self) -> Load {
         Load {
-            messages: self.messages.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Acquire),
+            bytes: self.bytes.load(Ordering::Acquire),
         }
     }
 
@@ -80,18 +82,21 @@ impl InFlight {
     }
 
     pub(crate) fn release(&self, load: Load) {
-        self.messages.fetch_sub(load.messages, Ordering::Relaxed);
-        self.bytes.fetch_sub(load.bytes, Ordering::Relaxed);
+        self.bytes.fetch_sub(load.bytes, Ordering::Release);
+        self.messages.fetch_sub(load.messages, Ordering::Release);
     }
 }
 
 /// A partition under one assignment, as the messages fetched under it carry it: its name, its
-/// assignment id, and what it has in flight.
+/// assignment id, what it has in flight, and whether it was revoked.
 #[derive(Debug)]
 pub(crate) struct AssignedPartition {
     pub(crate) partition: TopicPartition,
     pub(crate) assignment: AssignmentId,
     pub(crate) in_flight: InFlight,
+    /// Set once the revocation drain is over: processors skip what is left of the partition,
+    /// since nothing of it can be committed any more.
+    revoked: AtomicBool,
 }
 
 impl AssignedPartition {
@@ -100,7 +105,17 @@ impl AssignedPartition {
             partition,
             assignment,
             in_flight: InFlight::default(),
+            revoked: AtomicBool::new(false),
         })
+    }
+
+    /// Sequentially consistent, paired with the processors' check: see `revocation.rs`.
+    pub(crate) fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
     }
 }
 

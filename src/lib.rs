@@ -12,6 +12,7 @@ mod metrics;
 mod offsets;
 mod processor;
 mod report;
+mod revocation;
 mod routing;
 mod stop;
 mod system;

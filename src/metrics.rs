@@ -32,6 +32,9 @@ pub struct Metrics {
     pub assignments: u64,
     /// How many times partitions were revoked from this member.
     pub revocations: u64,
+    /// How many of those revocations were losses (the session expired or the coordinator
+    /// fenced this member): nothing was committed for those partitions.
+    pub lost_assignments: u64,
     /// Messages processed successfully.
     pub processed: u64,
     /// Failed attempts followed by a retry.
@@ -56,6 +59,7 @@ pub(crate) struct SystemMetrics {
     pub(crate) pauses: AtomicU64,
     pub(crate) assignments: AtomicU64,
     pub(crate) revocations: AtomicU64,
+    pub(crate) lost_assignments: AtomicU64,
     /// Messages done with for good: processed, skipped or dead-lettered.
     pub(crate) finished: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -92,6 +96,7 @@ impl SystemMetrics {
             pauses: self.pauses.load(Ordering::Relaxed),
             assignments: self.assignments.load(Ordering::Relaxed),
             revocations: self.revocations.load(Ordering::Relaxed),
+            lost_assignments: self.lost_assignments.load(Ordering::Relaxed),
             // Skipped and dead-lettered messages are finished too (their offsets may be
             // committed), and counted before they are reported finished.
             processed: finished.saturating_sub(skipped + dead_lettered),

@@ -254,6 +254,16 @@ impl OffsetBook {
         points
     }
 
+    /// The commit point of one assignment, if it is ahead of what Kafka acknowledged.
+    pub(crate) fn uncommitted_of(&self, assignment: AssignmentId) -> Option<CommitPoint> {
+        let a = self.assignments.get(&assignment)?;
+        a.offsets.uncommitted().map(|offset| CommitPoint {
+            partition: a.partition.clone(),
+            assignment,
+            offset,
+        })
+    }
+
     /// Records Kafka's acknowledgement of a commit. Ignored when the assignment it was made
     /// for is over.
     pub(crate) fn committed(&mut self, point: &CommitPoint) {

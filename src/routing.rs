@@ -40,6 +40,17 @@ pub(crate) enum Lane {
     Message(AssignmentId, i64),
 }
 
+impl Lane {
+    /// The assignment of the partition the lane belongs to.
+    pub(crate) fn assignment(&self) -> AssignmentId {
+        match self {
+            Lane::Partition(assignment)
+            | Lane::Key(assignment, _)
+            | Lane::Message(assignment, _) => *assignment,
+        }
+    }
+}
+
 /// Maps partitions onto a pool of processors.
 #[derive(Debug, Clone)]
 pub(crate) struct Router {

@@ -40,8 +40,14 @@ impl std::fmt::Debug for EmbeddedCluster {
 impl EmbeddedCluster {
     /// Starts a cluster of one broker.
     pub fn start() -> Result<Self> {
+        Self::with_brokers(1)
+    }
+
+    /// Starts a cluster of `brokers` brokers (ids 1 to `brokers`), for fault injection that
+    /// takes one of them down.
+    pub fn with_brokers(brokers: i32) -> Result<Self> {
         Ok(EmbeddedCluster {
-            mock: MockCluster::new(1)?,
+            mock: MockCluster::new(brokers)?,
         })
     }
 

@@ -3,16 +3,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{ConsumerSystem, Message, Phase, Processor, StopReason};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
+use support::{
+    Audit, Cluster, Ledger, LedgerProcess, Recorder, SCENARIO_TIMEOUT, audit, group, read_ledger,
+    wait_until,
+};
 
 /// Produces `count` more messages in batches of 100, one batch every 50 ms.
 fn keep_producing(cluster: &Cluster, topic: &str, count: usize) -> std::thread::JoinHandle<()> {
@@ -275,65 +274,6 @@ fn a_processor_that_fails_to_start_fails_the_start_with_its_error() {
 }
 
 /// Runs the `ledger` example as a child process against the test's cluster.
-fn ledger_child(
-    cluster: &Cluster,
-    topic: &str,
-    group: &str,
-    ledger: &std::path::Path,
-    delay_ms: u64,
-) -> Child {
-    Command::new(support::example_binary("ledger"))
-        .env("KAFKA_BROKERS", cluster.brokers())
-        .env("KAFKA_TOPIC", topic)
-        .env("KAFKA_GROUP", group)
-        .env("LEDGER_FILE", ledger)
-        .env("PROCESS_DELAY_MS", delay_ms.to_string())
-        .env(
-            "KAFKA_OPTIONS",
-            format!(
-                "session.timeout.ms={},heartbeat.interval.ms=500",
-                support::SESSION_TIMEOUT_MS
-            ),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the ledger example")
-}
-
-fn read_ledger(path: &std::path::Path) -> Vec<(i32, i64)> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| {
-            let mut fields = line.split(' ').skip(1);
-            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sends SIGTERM and waits, bounded, for the child's exit; returns its status and output.
-fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
-    let pid = child.id();
-    let mut exited = None;
-    wait_until(
-        &format!("child {pid} exits after SIGTERM"),
-        SCENARIO_TIMEOUT,
-        || {
-            exited = child.try_wait().expect("wait for child");
-            exited.is_some()
-        },
-    );
-    let mut output = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut output).unwrap();
-    (exited.unwrap(), output)
-}
-
 #[test]
 fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
     let cluster = Cluster::start();
@@ -343,7 +283,7 @@ fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
     let directory = tempfile::tempdir().unwrap();
     let ledger = directory.path().join("ledger.txt");
 
-    let child = ledger_child(&cluster, &topic, &group, &ledger, 2);
+    let child = LedgerProcess::start(&cluster, &topic, &group, &ledger, 2, "");
     wait_until("the child processed 100 messages", SCENARIO_TIMEOUT, || {
         read_ledger(&ledger).len() >= 100
     });
@@ -352,7 +292,7 @@ fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
     wait_until("the child processed 600 messages", SCENARIO_TIMEOUT, || {
         read_ledger(&ledger).len() >= 600
     });
-    let (status, output) = terminate(child);
+    let (status, output) = child.terminate();
     assert!(status.success(), "exit status {status}\n{output}");
     assert!(output.contains("stopped: SIGTERM received"), "{output}");
     assert!(output.contains("abandoned: none"), "{output}");
@@ -370,13 +310,13 @@ fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
         support::commit_points(&first_run)
     );
 
-    let child = ledger_child(&cluster, &topic, &group, &ledger, 0);
+    let child = LedgerProcess::start(&cluster, &topic, &group, &ledger, 0, "");
     wait_until(
         "the restarted child processed the rest",
         SCENARIO_TIMEOUT,
         || audit(&read_ledger(&ledger), &end_offsets).lost == 0,
     );
-    let (status, output) = terminate(child);
+    let (status, output) = child.terminate();
     assert!(status.success(), "exit status {status}\n{output}");
     assert_eq!(
         audit(&read_ledger(&ledger), &end_offsets),

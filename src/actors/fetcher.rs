@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -19,13 +19,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::actors::offset_tracker::{Assigned, Dispatched, OffsetTracker, Revoked};
-use crate::actors::processor::Process;
-use crate::flow::{AssignedPartition, InFlightLimit, Load};
+use crate::actors::offset_tracker::{
+    Assigned, CommitPointsOf, Committed, Dispatched, OffsetTracker, Revoked,
+};
+use crate::actors::processor::{ForgetPartitions, Process};
+use crate::flow::{AssignedPartition, InFlightLimit, Load, Releases};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, CommitPoint, TopicPartition};
 use crate::report::StopReason;
+use crate::revocation::RevocationBarrier;
 use crate::routing::{OrderingMode, Router};
 use crate::stop::StopHandle;
 
@@ -34,6 +37,9 @@ use crate::stop::StopHandle;
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// The most messages dispatched per poll round.
 const MAX_BATCH: usize = 1024;
+/// The least a revocation's commit gets, even when the drain used up its timeout: skipping
+/// it would make the next owner repeat everything finished since the last periodic commit.
+const REVOCATION_COMMIT_FLOOR: Duration = Duration::from_secs(1);
 
 /// The consumer's callbacks. They run on the Fetcher's thread, inside `poll`.
 pub(crate) struct FetchContext {
@@ -46,6 +52,17 @@ pub(crate) struct FetchContext {
     next_assignment: AtomicU64,
     /// Set when the Fetcher stops dispatching: partitions assigned later stay paused.
     stopping: AtomicBool,
+    /// What a revocation drains and whom it tells; set once the processors exist.
+    revocation: OnceLock<Revocation>,
+}
+
+/// What the revocation callback needs besides the consumer.
+pub(crate) struct Revocation {
+    /// The processors, told to give up retries of revoked partitions.
+    pub(crate) processors: Vec<Recipient<ForgetPartitions>>,
+    /// The longest the callback waits for the revoked partitions' messages in progress.
+    pub(crate) drain_timeout: Duration,
+    pub(crate) barrier: Arc<RevocationBarrier>,
 }
 
 impl FetchContext {
@@ -57,7 +74,95 @@ impl FetchContext {
             generation: AtomicU64::new(0),
             next_assignment: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            revocation: OnceLock::new(),
         }
+    }
+
+    /// Completes the context once the processors exist (before the first poll).
+    pub(crate) fn set_revocation(&self, revocation: Revocation) {
+        if self.revocation.set(revocation).is_err() {
+            log::error!("the revocation settings were set twice; keeping the first");
+        }
+    }
+
+    /// Takes partitions out of the assignment: nothing more of them is dispatched, and what
+    /// the poll round in progress fetched of them is dropped. Returns them as they were held.
+    fn take_out(&self, partitions: &TopicPartitionList) -> Vec<Arc<AssignedPartition>> {
+        let mut assignment = self.assignment();
+        let taken: Vec<Arc<AssignedPartition>> = partitions
+            .elements()
+            .iter()
+            .filter_map(|p| assignment.remove(&TopicPartition::new(p.topic(), p.partition())))
+            .collect();
+        drop(assignment);
+        self.generation.fetch_add(1, Ordering::Release);
+        taken
+    }
+
+    /// Lets the revoked partitions' messages in progress finish (bounded by the drain timeout)
+    /// and commits their commit points synchronously, before the rebalance goes on. Messages
+    /// queued but not started are skipped: nothing of them was done, so the next owner reads
+    /// them without repeating anything. Runs on the Fetcher's thread, inside `poll`; what it
+    /// waits for (processors, the tracker) runs on other threads, so it cannot deadlock.
+    fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &[Arc<AssignedPartition>]) {
+        let started = Instant::now();
+        let Some(revocation) = self.revocation.get() else {
+            return;
+        };
+        let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
+        for partition in revoked {
+            partition.revoke();
+        }
+        for processor in &revocation.processors {
+            processor.do_send(ForgetPartitions(assignments.clone()));
+        }
+        // While the system stops, its own drain and final commit did this already (or gave up
+        // on it): do not wait again, just commit what finished.
+        let drain_timeout = if self.stopping.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            revocation.drain_timeout
+        };
+        let deadline = started + drain_timeout;
+        let epoch = revocation.barrier.raise();
+        // Processors pass the barrier between two messages, at least every message; a short
+        // sleep between looks costs nothing next to that.
+        while !revocation.barrier.all_passed(epoch) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let left = revocation.barrier.not_passed(epoch);
+        let (reply, answer) = mpsc::channel();
+        self.tracker.do_send(CommitPointsOf { assignments, reply });
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(REVOCATION_COMMIT_FLOOR);
+        let points = match answer.recv_timeout(wait) {
+            Ok(points) => points,
+            Err(_) => {
+                log::warn!("revocation: the offset tracker did not answer; nothing committed");
+                return;
+            }
+        };
+        let committed = commit(consumer, &points);
+        match &committed {
+            Ok(()) => self.tracker.do_send(Committed(points.clone())),
+            Err(error) => log::warn!(
+                "revocation: commit failed ({error}); the next owner repeats what finished \
+                 since the last commit"
+            ),
+        }
+        log::info!(
+            "revocation drained in {:?}: {} partitions committed{}",
+            started.elapsed(),
+            if committed.is_ok() { points.len() } else { 0 },
+            match left {
+                0 => String::new(),
+                left => format!(
+                    ", {left} processors still busy with a revoked partition after \
+                     {drain_timeout:?} (the next owner repeats their messages)"
+                ),
+            }
+        );
     }
 
     fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, Arc<AssignedPartition>>> {
@@ -71,6 +176,59 @@ impl FetchContext {
 impl ClientContext for FetchContext {}
 
 impl ConsumerContext for FetchContext {
+    /// On revocation: stop dispatching the revoked partitions, wait for their in-flight
+    /// messages, commit their commit points, and only then let librdkafka release them. When
+    /// the assignment was lost (the session expired, the coordinator fenced this member) the
+    /// partitions may already belong to another member: nothing is committed for them.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let lost = match rebalance {
+            Rebalance::Revoke(partitions) => {
+                let lost = consumer.assignment_lost();
+                log::info!(
+                    "{} {} partitions: {}",
+                    if lost { "lost" } else { "revoking" },
+                    partitions.count(),
+                    names(partitions)
+                );
+                Some((self.take_out(partitions), lost))
+            }
+            // librdkafka unassigns everything after a rebalance error: as good as lost.
+            Rebalance::Error(error) => {
+                log::warn!("rebalance failed ({error}): giving up every partition");
+                let all = self.assignment().drain().map(|(_, p)| p).collect();
+                self.generation.fetch_add(1, Ordering::Release);
+                Some((all, true))
+            }
+            Rebalance::Assign(_) => None,
+        };
+        let Some((revoked, lost)) = lost else {
+            return;
+        };
+        if revoked.is_empty() {
+            return;
+        }
+        if lost {
+            self.metrics
+                .lost_assignments
+                .fetch_add(1, Ordering::Relaxed);
+            for partition in &revoked {
+                partition.revoke();
+            }
+            if let Some(revocation) = self.revocation.get() {
+                let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
+                for processor in &revocation.processors {
+                    processor.do_send(ForgetPartitions(assignments.clone()));
+                }
+            }
+        } else {
+            self.drain_and_commit(consumer, &revoked);
+        }
+        self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+        self.tracker.do_send(Revoked(
+            revoked.iter().map(|p| p.partition.clone()).collect(),
+        ));
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
@@ -111,27 +269,7 @@ impl ConsumerContext for FetchContext {
                 self.generation.fetch_add(1, Ordering::Release);
                 self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
             }
-            Rebalance::Revoke(partitions) => {
-                let revoked: Vec<TopicPartition> = partitions
-                    .elements()
-                    .iter()
-                    .map(|p| TopicPartition::new(p.topic(), p.partition()))
-                    .collect();
-                log::info!(
-                    "revoked {} partitions: {}",
-                    revoked.len(),
-                    names(partitions)
-                );
-                let mut assignment = self.assignment();
-                for partition in &revoked {
-                    assignment.remove(partition);
-                }
-                drop(assignment);
-                self.generation.fetch_add(1, Ordering::Release);
-                self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
-                self.tracker.do_send(Revoked(revoked));
-            }
-            Rebalance::Error(error) => log::warn!("rebalance failed: {error}"),
+            Rebalance::Revoke(_) | Rebalance::Error(_) => {}
         }
     }
 }
@@ -297,6 +435,7 @@ impl Fetcher {
             return;
         };
         let total_before = metrics.in_flight.load();
+        let generation = consumer.context().generation.load(Ordering::Acquire);
         let mut round_total = Load::default();
         // First poll the round, so that each processor's messages can share one buffer.
         let mut polled = Vec::new();
@@ -362,7 +501,28 @@ impl Fetcher {
                     metrics.record_peaks(route.end_round(), total);
                 }
             }
-            dispatch(polled, buffer_sizes, tracker, processors);
+            if consumer.context().generation.load(Ordering::Acquire) != generation {
+                // A rebalance inside this round's polls revoked partitions: what was polled
+                // of them before is not dispatched (their next owner reads it).
+                polled.retain(|(message, assigned, processor)| {
+                    let held = !assigned.is_revoked()
+                        && consumer
+                            .context()
+                            .assignment()
+                            .get(&assigned.partition)
+                            .is_some_and(|current| Arc::ptr_eq(current, assigned));
+                    if !held {
+                        let bytes = Message::buffer_len(message);
+                        buffer_sizes[*processor] -= bytes;
+                        let mut releases = Releases::new(metrics.in_flight.clone());
+                        releases.add(assigned, bytes);
+                    }
+                    held
+                });
+            }
+            if !polled.is_empty() {
+                dispatch(polled, buffer_sizes, tracker, processors);
+            }
         }
         if metrics.paused_partitions.load(Ordering::Relaxed) > 0 {
             // A rebalance may have taken paused partitions away.
@@ -439,6 +599,26 @@ impl Fetcher {
             );
         }
     }
+}
+
+/// Commits commit points synchronously.
+fn commit(consumer: &BaseConsumer<FetchContext>, points: &[CommitPoint]) -> Result<(), String> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = TopicPartitionList::new();
+    for point in points {
+        offsets
+            .add_partition_offset(
+                point.partition.topic(),
+                point.partition.partition(),
+                Offset::Offset(point.offset),
+            )
+            .map_err(|error| error.to_string())?;
+    }
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .map_err(|error| error.to_string())
 }
 
 /// Copies each processor's messages into one buffer and sends them, after telling the tracker.
@@ -581,20 +761,8 @@ impl Handler<Commit> for Fetcher {
         if held.is_empty() {
             return Ok(held);
         }
-        let mut offsets = TopicPartitionList::new();
-        for point in &held {
-            offsets
-                .add_partition_offset(
-                    point.partition.topic(),
-                    point.partition.partition(),
-                    Offset::Offset(point.offset),
-                )
-                .map_err(|error| error.to_string())?;
-        }
         let started = Instant::now();
-        consumer
-            .commit(&offsets, CommitMode::Sync)
-            .map_err(|error| error.to_string())?;
+        commit(consumer, &held)?;
         log::debug!(
             "committed {} partitions in {:?}",
             held.len(),

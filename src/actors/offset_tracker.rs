@@ -14,7 +14,7 @@ use actix::prelude::*;
 
 use crate::actors::fetcher::{Commit, Fetcher};
 use crate::metrics::SystemMetrics;
-use crate::offsets::{AssignmentId, Completion, OffsetBook, Position, TopicPartition};
+use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
 
 pub(crate) struct OffsetTracker {
@@ -124,9 +124,9 @@ impl Handler<Revoked> for OffsetTracker {
         for partition in partitions {
             let in_flight = self.book.revoke(&partition).map_or(0, |o| o.in_flight());
             if in_flight > 0 {
-                log::warn!(
-                    "{partition} revoked with {in_flight} messages in flight: they will not \
-                     be committed by this member"
+                log::info!(
+                    "{partition} revoked with {in_flight} messages unfinished: left to the \
+                     next owner"
                 );
             }
         }
@@ -162,18 +162,59 @@ impl Handler<Finished> for OffsetTracker {
         self.metrics
             .finished
             .fetch_add(positions.len() as u64, Ordering::Relaxed);
+        let mut fenced = 0;
         self.book
             .finished(&positions, |position, completion| match completion {
                 Completion::Recorded => {}
-                Completion::Fenced => log::info!(
-                    "offset {} finished after its partition was revoked: not committed",
-                    position.offset
-                ),
+                Completion::Fenced => fenced += 1,
                 Completion::Unknown => log::warn!(
                     "offset {} reported finished but was not in flight",
                     position.offset
                 ),
             });
+        if fenced > 0 {
+            log::debug!("{fenced} messages finished after their partition was revoked: fenced");
+        }
+    }
+}
+
+/// Asks for the commit points of partitions being revoked. Sent from inside the rebalance
+/// callback, where the Fetcher's thread waits for the answer on `reply`: this actor never
+/// needs that thread to answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CommitPointsOf {
+    pub(crate) assignments: Vec<AssignmentId>,
+    pub(crate) reply: std::sync::mpsc::Sender<Vec<CommitPoint>>,
+}
+
+impl Handler<CommitPointsOf> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, request: CommitPointsOf, _: &mut Self::Context) {
+        let points = request
+            .assignments
+            .iter()
+            .filter_map(|assignment| self.book.uncommitted_of(*assignment))
+            .collect();
+        // The callback may have stopped waiting; then nobody needs the answer.
+        let _ = request.reply.send(points);
+    }
+}
+
+/// Commit points the Fetcher committed itself, on revocation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Committed(pub(crate) Vec<CommitPoint>);
+
+impl Handler<Committed> for OffsetTracker {
+    type Result = ();
+
+    fn handle(&mut self, Committed(points): Committed, _: &mut Self::Context) {
+        for point in points {
+            self.book.committed(&point);
+            self.committed.insert(point.partition, point.offset);
+        }
     }
 }
 

@@ -27,8 +27,9 @@ use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
 use crate::flow::Releases;
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
-use crate::offsets::Position;
+use crate::offsets::{AssignmentId, Position};
 use crate::report::StopReason;
+use crate::revocation::RevocationBarrier;
 use crate::routing::{Lane, OrderingMode};
 use crate::stop::StopHandle;
 
@@ -48,6 +49,7 @@ pub(crate) struct ProcessorShared<P> {
     pub(crate) policy: FailurePolicy,
     pub(crate) dead_letters: Option<DeadLetters>,
     pub(crate) ordering: OrderingMode,
+    pub(crate) barrier: Arc<RevocationBarrier>,
 }
 
 impl<P> Clone for ProcessorShared<P> {
@@ -61,6 +63,7 @@ impl<P> Clone for ProcessorShared<P> {
             policy: self.policy.clone(),
             dead_letters: self.dead_letters.clone(),
             ordering: self.ordering,
+            barrier: self.barrier.clone(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl<P: Processor> ProcessorActor<P> {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
         let batch = Batch {
+            index: self.index,
             processor: self.lend_processor(),
             shared: self.shared.clone(),
             releases,
@@ -312,6 +316,30 @@ impl<P: Processor> Handler<RetryLane> for ProcessorActor<P> {
     }
 }
 
+/// Partitions revoked from this member: their lanes waiting for a retry are given up, since
+/// nothing of theirs can be committed any more and the rebalance waits for their in-flight
+/// count.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ForgetPartitions(pub(crate) Vec<AssignmentId>);
+
+impl<P: Processor> Handler<ForgetPartitions> for ProcessorActor<P> {
+    type Result = ();
+
+    fn handle(&mut self, ForgetPartitions(assignments): ForgetPartitions, _: &mut Self::Context) {
+        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
+        self.parked.retain(|lane, parked| {
+            let forget = assignments.contains(&lane.assignment());
+            if forget {
+                for message in &parked.messages {
+                    releases.add(message.assigned(), message.in_flight_bytes());
+                }
+            }
+            !forget
+        });
+    }
+}
+
 /// What a batch left to file.
 #[derive(Default)]
 struct BatchOutcome {
@@ -326,6 +354,7 @@ struct BatchOutcome {
 
 /// One run of the processor over a batch of messages.
 struct Batch<P> {
+    index: usize,
     processor: Box<P>,
     shared: ProcessorShared<P>,
     releases: Releases,
@@ -357,8 +386,23 @@ impl<P: Processor> Batch<P> {
         let mut abandoned = pin!(abandon.cancelled());
         let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
         let mut attempts = first_attempts;
+        let barrier = self.shared.barrier.clone();
+        let mut epoch = barrier.begin(self.index);
         let mut messages = messages.into_iter();
         while let Some(message) = messages.next() {
+            // A revocation waits until no processor works on a revoked partition and every
+            // completion before that reached the tracker: report, then pass its barrier.
+            if barrier.epoch() != epoch {
+                epoch = barrier.epoch();
+                report(&self.shared.tracker, &mut self.releases, &mut finished);
+                barrier.pass(self.index, epoch);
+            }
+            // What is left of a revoked partition cannot be committed: its next owner
+            // processes it.
+            if message.assigned().is_revoked() {
+                self.release(&message);
+                continue;
+            }
             if !self.parked.is_empty() || !self.outcome.parked.is_empty() {
                 let lane = message.lane(self.shared.ordering);
                 if self.parked.contains(&lane) {
@@ -443,6 +487,7 @@ impl<P: Processor> Batch<P> {
             self.release(&message);
         }
         report(&self.shared.tracker, &mut self.releases, &mut finished);
+        barrier.end(self.index);
         (self.processor, self.outcome)
     }
 

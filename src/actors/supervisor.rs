@@ -16,7 +16,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::fetcher::{Close, FetchContext, Fetcher, FlowSettings, StopFetching};
+use crate::actors::fetcher::{
+    Close, FetchContext, Fetcher, FlowSettings, Revocation, StopFetching,
+};
 use crate::actors::offset_tracker::{AttachFetcher, CommitNow, OffsetTracker, Report};
 use crate::actors::processor::{
     Drain, ProcessorActor, ProcessorShared, StartProcessor, StopProcessor,
@@ -26,6 +28,7 @@ use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
 use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
+use crate::revocation::RevocationBarrier;
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::{Error, Processor, Result};
 
@@ -79,7 +82,9 @@ impl<P: Processor> Supervisor<P> {
             )?),
             _ => None,
         };
+        let barrier = Arc::new(RevocationBarrier::new(config.processors));
         let shared = ProcessorShared {
+            barrier: barrier.clone(),
             factory: Arc::new(factory),
             tracker: tracker.clone(),
             stop: stop.clone(),
@@ -129,6 +134,11 @@ impl<P: Processor> Supervisor<P> {
             return Err(error);
         }
 
+        consumer.context().set_revocation(Revocation {
+            processors: processors.iter().map(|p| p.clone().recipient()).collect(),
+            drain_timeout: config.rebalance_drain_timeout,
+            barrier,
+        });
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let fetch_arbiter =

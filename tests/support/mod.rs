@@ -3,14 +3,18 @@
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_actors::testkit::{self, EmbeddedCluster};
 use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, Message, Processor};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -64,6 +68,29 @@ impl Cluster {
             _ => Backend::Embedded(EmbeddedCluster::start().expect("start the embedded cluster")),
         };
         Cluster { backend }
+    }
+
+    /// An embedded cluster of `brokers` brokers, whatever `KAFKA_BROKERS` says: for fault
+    /// injection, which only the embedded cluster can do.
+    pub fn embedded(brokers: i32) -> Self {
+        let _ = env_logger::builder()
+            .is_test(true)
+            .format_timestamp_millis()
+            .try_init();
+        let embedded = EmbeddedCluster::with_brokers(brokers).expect("start the embedded cluster");
+        Cluster {
+            backend: Backend::Embedded(embedded),
+        }
+    }
+
+    /// The embedded cluster, for fault injection.
+    pub fn mock(
+        &self,
+    ) -> &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        match &self.backend {
+            Backend::Embedded(embedded) => embedded.mock(),
+            Backend::Broker { .. } => panic!("fault injection needs the embedded cluster"),
+        }
     }
 
     /// Whether this is a real broker (which, unlike the embedded cluster, honours LeaveGroup).
@@ -438,6 +465,112 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `ledger` example running as a child process in a group: it appends every message it
+/// processes to a ledger file of its own.
+pub struct LedgerProcess {
+    child: Child,
+}
+
+impl LedgerProcess {
+    /// Starts it with `delay_ms` of simulated work per message and `options`, comma-separated
+    /// `key=value` librdkafka properties added to the test settings.
+    pub fn start(
+        cluster: &Cluster,
+        topic: &str,
+        group: &str,
+        ledger: &Path,
+        delay_ms: u64,
+        options: &str,
+    ) -> Self {
+        let mut kafka_options =
+            format!("session.timeout.ms={SESSION_TIMEOUT_MS},heartbeat.interval.ms=500");
+        if !options.is_empty() {
+            kafka_options = format!("{kafka_options},{options}");
+        }
+        let child = Command::new(example_binary("ledger"))
+            .env("KAFKA_BROKERS", cluster.brokers())
+            .env("KAFKA_TOPIC", topic)
+            .env("KAFKA_GROUP", group)
+            .env("LEDGER_FILE", ledger)
+            .env("PROCESS_DELAY_MS", delay_ms.to_string())
+            .env("KAFKA_OPTIONS", kafka_options)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".to_owned()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the ledger example");
+        LedgerProcess { child }
+    }
+
+    /// Sends SIGTERM and waits, bounded, for the exit; returns the status and the output.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait();
+        let mut output = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut output).unwrap();
+        (status, output)
+    }
+
+    /// Kills the process with SIGKILL: no drain, no commit, no goodbye to the group.
+    pub fn kill(mut self) {
+        self.signal(Signal::SIGKILL);
+        self.wait();
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the child");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let pid = self.child.id();
+        let mut exited = None;
+        wait_until(&format!("child {pid} exits"), SCENARIO_TIMEOUT, || {
+            exited = self.child.try_wait().expect("wait for child");
+            exited.is_some()
+        });
+        exited.unwrap()
+    }
+}
+
+/// One line of a ledger file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub partition: i32,
+    pub offset: i64,
+    /// When the message finished, in milliseconds since the Unix epoch.
+    pub finished_ms: u128,
+}
+
+/// The lines of a ledger file written by the `ledger` example (none if it does not exist).
+pub fn read_ledger_lines(path: &Path) -> Vec<LedgerLine> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(1);
+            Some(LedgerLine {
+                partition: fields.next()?.parse().ok()?,
+                offset: fields.next()?.parse().ok()?,
+                finished_ms: fields.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The `(partition, offset)` entries of a ledger file.
+pub fn read_ledger(path: &Path) -> Vec<(i32, i64)> {
+    read_ledger_lines(path)
+        .into_iter()
+        .map(|line| (line.partition, line.offset))
+        .collect()
 }
 
 /// The path of an example binary, built by `cargo test` alongside the tests.

@@ -1,0 +1,130 @@
+//! Faults injected into the embedded cluster while a system processes a stream: offset-commit
+//! errors, heartbeat errors that force a rebalance or take the assignment away, and the group
+//! coordinator going down and coming back. The system recovers, nothing is lost, and the
+//! committed offsets end at the end of the topic.
+//!
+//! These run on the embedded cluster whatever `KAFKA_BROKERS` says: only it injects faults.
+
+mod support;
+
+use std::time::Duration;
+
+use kafka_actors::{ConsumerSystem, Metrics, ShutdownReport};
+use rdkafka::mocking::MockCoordinator;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use support::{Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
+
+const MESSAGES: usize = 4_000;
+
+/// Runs a system over a fresh topic, calls `inject` once a quarter of the stream is processed,
+/// waits for everything, stops, and checks that nothing was lost and everything committed.
+/// Returns the figures seen before the stop and the report.
+fn survive(
+    cluster: &Cluster,
+    name: &str,
+    inject: impl FnOnce(&Cluster, &str),
+) -> (Metrics, ShutdownReport) {
+    let topic = cluster.topic(name, 4);
+    let end_offsets = cluster.produce(&topic, MESSAGES);
+    let group = group(name);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(4)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || {
+        let mut recorder = Recorder::new(&recorder);
+        recorder.delay_ms = Some(1..3);
+        recorder
+    })
+    .unwrap();
+    wait_until(
+        "a quarter of the stream was processed",
+        SCENARIO_TIMEOUT,
+        || ledger.len() >= MESSAGES / 4,
+    );
+    inject(cluster, &group);
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    let metrics = system.metrics();
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(audit(&ledger.entries(), &end_offsets).lost, 0);
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    eprintln!(
+        "{name}: {} duplicates, {} assignments",
+        audit(&ledger.entries(), &end_offsets).duplicated,
+        metrics.assignments
+    );
+    (metrics, report)
+}
+
+#[test]
+fn offset_commit_errors_are_retried_and_the_final_commit_is_right() {
+    let cluster = Cluster::embedded(1);
+    survive(&cluster, "commit-errors", |cluster, _| {
+        cluster.mock().request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            ],
+        );
+    });
+}
+
+#[test]
+fn a_heartbeat_error_forces_a_rebalance_that_the_member_survives() {
+    let cluster = Cluster::embedded(1);
+    let (metrics, _) = survive(&cluster, "heartbeat-rebalance", |cluster, _| {
+        cluster.mock().request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+        );
+    });
+    assert!(
+        metrics.assignments >= 2,
+        "no rebalance happened: {metrics:?}"
+    );
+}
+
+#[test]
+fn a_lost_assignment_commits_nothing_for_it_and_the_member_rejoins() {
+    let cluster = Cluster::embedded(1);
+    let (metrics, _) = survive(&cluster, "heartbeat-fenced", |cluster, _| {
+        // The coordinator no longer knows this member: its assignment is lost.
+        cluster.mock().request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+        );
+    });
+    assert!(
+        metrics.assignments >= 2,
+        "the member did not rejoin: {metrics:?}"
+    );
+    assert!(
+        metrics.lost_assignments >= 1,
+        "no assignment was lost: {metrics:?}"
+    );
+}
+
+#[test]
+fn the_coordinator_going_down_and_up_loses_nothing() {
+    // Three brokers: the group's coordinator moves to broker 3, which then goes away for
+    // 3 s, taking the partitions it leads with it.
+    let cluster = Cluster::embedded(3);
+    survive(&cluster, "coordinator-down", |cluster, group| {
+        let mock = cluster.mock();
+        mock.coordinator(MockCoordinator::Group(group.to_owned()), 3)
+            .expect("move the coordinator");
+        mock.broker_down(3).expect("take the coordinator down");
+        std::thread::sleep(Duration::from_secs(3));
+        mock.broker_up(3).expect("bring the coordinator back");
+    });
+}
