@@ -59,7 +59,10 @@ impl Load {
     }
 }
 
-/// Work in flight, counted by the Fetcher and released by the processors.
+/// Work in flight, counted by the Fetcher and released by the processors. On a cache line of
+/// its own: the reference count next to it in an [`AssignedPartition`] changes with every
+/// message.
+#[repr(align(64))]
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     messages: AtomicUsize,

@@ -279,6 +279,10 @@ struct Route {
     assigned: Arc<AssignedPartition>,
     /// The partition's processor, for messages routed by partition.
     processor: usize,
+    /// What the partition had in flight when the round first reached it: read once per round,
+    /// not per message, since processors keep writing that cache line. It only overstates
+    /// (processors only release meanwhile), so the limits still hold.
+    before_round: Load,
     /// Dispatched in the poll round in progress, not yet added to `assigned.in_flight`.
     round: Load,
     /// Paused because its in-flight work (or the system's) reached a limit.
@@ -286,9 +290,14 @@ struct Route {
 }
 
 impl Route {
-    /// What the partition has in flight, this round's dispatches included.
-    fn load(&self) -> Load {
-        self.assigned.in_flight.load().plus(self.round)
+    /// Counts a message dispatched this round; returns what the partition has in flight now,
+    /// at most.
+    fn dispatch(&mut self, bytes: usize) -> Load {
+        if self.round.messages == 0 {
+            self.before_round = self.assigned.in_flight.load();
+        }
+        self.round.add(bytes);
+        self.before_round.plus(self.round)
     }
 
     /// Adds this round's dispatches to the partition's in-flight count; returns the new count.
@@ -346,6 +355,7 @@ impl Routes {
                     .iter()
                     .any(|r| r.paused && r.assigned.assignment == assigned.assignment),
                 assigned: assigned.clone(),
+                before_round: Load::default(),
                 round: Load::default(),
             })
             .collect();
@@ -480,9 +490,9 @@ impl Fetcher {
             let bytes = Message::buffer_len(&message);
             buffer_sizes[processor] += bytes;
             round_total.add(bytes);
-            route.round.add(bytes);
+            let load = route.dispatch(bytes);
             polled.push((message, route.assigned.clone(), processor));
-            if !route.paused && flow.partition_limit.is_reached_by(route.load()) {
+            if !route.paused && flow.partition_limit.is_reached_by(load) {
                 pause(consumer, std::slice::from_mut(route), metrics);
             }
             if flow
@@ -552,7 +562,12 @@ impl Fetcher {
         }
         let mut resumed = TopicPartitionList::new();
         for route in &mut self.routes.table {
-            if route.paused && self.flow.partition_limit.is_drained_by(route.load()) {
+            if route.paused
+                && self
+                    .flow
+                    .partition_limit
+                    .is_drained_by(route.assigned.in_flight.load())
+            {
                 route.paused = false;
                 let partition = &route.assigned.partition;
                 resumed.add_partition(partition.topic(), partition.partition());

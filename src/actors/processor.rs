@@ -147,7 +147,9 @@ impl<P: Processor> ProcessorActor<P> {
         for (lane, message) in outcome.held {
             match self.parked.get_mut(&lane) {
                 Some(parked) => parked.messages.push_back(message),
-                None => unreachable!("messages are held only behind a parked lane"),
+                // Batches run one at a time, so a lane parked when one started is still
+                // parked when it ends; should that ever change, process the message next.
+                None => self.backlog.push(message),
             }
         }
         for (lane, parked) in outcome.parked {
