@@ -109,6 +109,20 @@ impl<P: Processor> ProcessorActor<P> {
         }
     }
 
+    /// Runs the processor's `on_start` and gives the processor back to the actor.
+    fn on_start(&mut self) -> impl ActorFuture<Self, Output = anyhow::Result<()>> + 'static {
+        let mut processor = self.lend_processor();
+        async move {
+            let result = processor.on_start().await;
+            (processor, result)
+        }
+        .into_actor(self)
+        .map(|(processor, result), actor: &mut Self, _| {
+            actor.processor = Some(processor);
+            result
+        })
+    }
+
     fn lend_processor(&mut self) -> Box<P> {
         self.processor
             .take()
@@ -200,41 +214,32 @@ impl<P: Processor> Actor for ProcessorActor<P> {
             // start of the system.
             return;
         }
-        let mut processor = self.lend_processor();
-        ctx.wait(
-            async move {
-                let result = processor.on_start().await;
-                (processor, result)
+        ctx.wait(self.on_start().map(|result, actor, ctx| {
+            if let Err(error) = result {
+                actor.broken = true;
+                actor
+                    .shared
+                    .stop
+                    .request_graceful(StopReason::ProcessorRestartFailed {
+                        processor: actor.index,
+                        error: format!("{error:#}"),
+                    });
+                return;
             }
-            .into_actor(self)
-            .map(|(processor, result), actor, ctx| {
-                actor.processor = Some(processor);
-                if let Err(error) = result {
-                    actor.broken = true;
-                    actor
-                        .shared
-                        .stop
-                        .request_graceful(StopReason::ProcessorRestartFailed {
-                            processor: actor.index,
-                            error: format!("{error:#}"),
-                        });
-                    return;
+            // Timers do not survive a restart: arm them again.
+            let now = Instant::now();
+            for (lane, parked) in &actor.parked {
+                if let Some(retry_at) = parked.retry_at {
+                    ctx.notify_later(
+                        RetryLane(lane.clone()),
+                        retry_at.saturating_duration_since(now),
+                    );
                 }
-                // Timers do not survive a restart: arm them again.
-                let now = Instant::now();
-                for (lane, parked) in &actor.parked {
-                    if let Some(retry_at) = parked.retry_at {
-                        ctx.notify_later(
-                            RetryLane(lane.clone()),
-                            retry_at.saturating_duration_since(now),
-                        );
-                    }
-                }
-                if !actor.backlog.is_empty() {
-                    ctx.notify(Process(Vec::new()));
-                }
-            }),
-        );
+            }
+            if !actor.backlog.is_empty() {
+                ctx.notify(Process(Vec::new()));
+            }
+        }));
     }
 }
 
@@ -262,18 +267,7 @@ impl<P: Processor> Handler<StartProcessor> for ProcessorActor<P> {
     type Result = AtomicResponse<Self, anyhow::Result<()>>;
 
     fn handle(&mut self, _: StartProcessor, _: &mut Self::Context) -> Self::Result {
-        let mut processor = self.lend_processor();
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = processor.on_start().await;
-                (processor, result)
-            }
-            .into_actor(self)
-            .map(|(processor, result), actor, _| {
-                actor.processor = Some(processor);
-                result
-            }),
-        ))
+        AtomicResponse::new(Box::pin(self.on_start()))
     }
 }
 
