@@ -116,13 +116,10 @@ impl FetchContext {
         for processor in &revocation.processors {
             processor.do_send(ForgetPartitions(assignments.clone()));
         }
-        // While the system stops, its own drain and final commit did this already (or gave up
-        // on it): do not wait again, just commit what finished.
-        let drain_timeout = if self.stopping.load(Ordering::Acquire) {
-            Duration::ZERO
-        } else {
-            revocation.drain_timeout
-        };
+        // Also while the system stops: a rebalance can come during its drain, and then only
+        // this wait makes the commit cover what the processors are finishing. (When the
+        // close itself revokes, the processors are idle and the wait ends at once.)
+        let drain_timeout = revocation.drain_timeout;
         let deadline = started + drain_timeout;
         let epoch = revocation.barrier.raise();
         // Processors pass the barrier between two messages, at least every message; a short
