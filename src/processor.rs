@@ -9,22 +9,26 @@ use crate::Message;
 /// The framework creates a pool of processors (see
 /// [`ConsumerConfigBuilder::processors`](crate::ConsumerConfigBuilder::processors)), each from
 /// the factory given to [`ConsumerSystem::start`](crate::ConsumerSystem::start), and each on an
-/// actor of its own. A processor receives the messages of the partitions routed to it, in
-/// offset order, and never runs two calls at once, so it can keep `&mut self` state (a
-/// connection, a buffer) without locks.
+/// actor of its own. A processor receives the messages routed to it (by partition, by key or
+/// in turn, see [`OrderingMode`](crate::OrderingMode)) in offset order per partition, and
+/// never runs two calls at once, so it can keep `&mut self` state (a connection, a buffer)
+/// without locks.
 ///
 /// The futures need not be `Send`: a processor lives on one thread for its whole life.
 ///
 /// # Guarantees
 ///
 /// - A message's offset is committed only after [`process`](Processor::process) returned `Ok`
-///   for it and for every earlier message of its partition (at-least-once).
+///   for it (or the [`FailurePolicy`](crate::FailurePolicy) skipped or dead-lettered it) and
+///   for every earlier message of its partition (at-least-once).
 /// - After a graceful stop, every message whose `process` returned `Ok` is committed, so a
 ///   restarted system sees none of them again. After a crash, messages that finished but were
 ///   not committed yet are delivered again: make processing idempotent where duplicates hurt.
-/// - If `process` returns an error or panics, the message is not committed and the system
-///   stops gracefully; the [`ShutdownReport`](crate::ShutdownReport) names the message and
-///   the error. The message is delivered again on the next start.
+/// - If `process` returns an error or panics, the [`FailurePolicy`](crate::FailurePolicy)
+///   decides: retry after a backoff, then stop the system (the default; the message is
+///   delivered again on the next start), skip it, or send it to a dead-letter topic. After a
+///   panic the processor is dropped and a fresh one is made with the factory (its `on_start`
+///   runs again).
 pub trait Processor: 'static {
     /// Called once when the processor's actor starts, before it receives any message: open
     /// connections here. An error stops the system from starting.
