@@ -32,12 +32,11 @@ fn run_slowly(
         .build()
         .unwrap();
     let started = Instant::now();
-    let system = ConsumerSystem::spawn(config, move || {
-        let mut recorder = Recorder::new(&recorder);
-        // At least 4 ms a message, and there are at least 1500 messages on one processor:
-        // longer than max.poll.interval.ms in all.
-        recorder.delay_ms = Some(4..6);
-        recorder
+    // At least 4 ms a message, and there are at least 1500 messages on one processor: longer
+    // than max.poll.interval.ms in all.
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(4..6),
+        ..Recorder::new(&recorder)
     })
     .unwrap();
     wait_until("every message was processed", SCENARIO_TIMEOUT, || {

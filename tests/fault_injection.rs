@@ -34,10 +34,9 @@ fn survive(
         .processors(4)
         .build()
         .unwrap();
-    let system = ConsumerSystem::spawn(config, move || {
-        let mut recorder = Recorder::new(&recorder);
-        recorder.delay_ms = Some(1..3);
-        recorder
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(1..3),
+        ..Recorder::new(&recorder)
     })
     .unwrap();
     wait_until(

@@ -285,10 +285,9 @@ fn a_static_member_restarts_where_it_stopped() {
         .max_in_flight_per_partition(50, 1 << 20)
         .build()
         .unwrap();
-    let system = kafka_actors::ConsumerSystem::spawn(config, move || {
-        let mut recorder = support::Recorder::new(&recorder);
-        recorder.delay_ms = Some(1..2);
-        recorder
+    let system = kafka_actors::ConsumerSystem::spawn(config, move || support::Recorder {
+        delay_ms: Some(1..2),
+        ..support::Recorder::new(&recorder)
     })
     .unwrap();
     wait_until(

@@ -99,6 +99,20 @@ impl FetchContext {
         taken
     }
 
+    /// Marks partitions revoked: processors skip their queued messages from now on and give up
+    /// their retries, since nothing more of them can be committed by this member.
+    fn fence(&self, revoked: &[Arc<AssignedPartition>]) {
+        for partition in revoked {
+            partition.revoke();
+        }
+        if let Some(revocation) = self.revocation.get() {
+            let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
+            for processor in &revocation.processors {
+                processor.do_send(ForgetPartitions(assignments.clone()));
+            }
+        }
+    }
+
     /// Lets the revoked partitions' messages in progress finish (bounded by the drain timeout)
     /// and commits their commit points synchronously, before the rebalance goes on. Messages
     /// queued but not started are skipped: nothing of them was done, so the next owner reads
@@ -110,12 +124,6 @@ impl FetchContext {
             return;
         };
         let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
-        for partition in revoked {
-            partition.revoke();
-        }
-        for processor in &revocation.processors {
-            processor.do_send(ForgetPartitions(assignments.clone()));
-        }
         // Also while the system stops: a rebalance can come during its drain, and then only
         // this wait makes the commit cover what the processors are finishing. (When the
         // close itself revokes, the processors are idle and the wait ends at once.)
@@ -124,7 +132,7 @@ impl FetchContext {
         let epoch = revocation.barrier.raise();
         // Processors pass the barrier between two messages, at least every message; a short
         // sleep between looks costs nothing next to that.
-        while !revocation.barrier.all_passed(epoch) && Instant::now() < deadline {
+        while revocation.barrier.not_passed(epoch) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         let left = revocation.barrier.not_passed(epoch);
@@ -178,7 +186,7 @@ impl ConsumerContext for FetchContext {
     /// the assignment was lost (the session expired, the coordinator fenced this member) the
     /// partitions may already belong to another member: nothing is committed for them.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let lost = match rebalance {
+        let taken = match rebalance {
             Rebalance::Revoke(partitions) => {
                 let lost = consumer.assignment_lost();
                 log::info!(
@@ -198,25 +206,17 @@ impl ConsumerContext for FetchContext {
             }
             Rebalance::Assign(_) => None,
         };
-        let Some((revoked, lost)) = lost else {
+        let Some((revoked, lost)) = taken else {
             return;
         };
         if revoked.is_empty() {
             return;
         }
+        self.fence(&revoked);
         if lost {
             self.metrics
                 .lost_assignments
                 .fetch_add(1, Ordering::Relaxed);
-            for partition in &revoked {
-                partition.revoke();
-            }
-            if let Some(revocation) = self.revocation.get() {
-                let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
-                for processor in &revocation.processors {
-                    processor.do_send(ForgetPartitions(assignments.clone()));
-                }
-            }
         } else {
             self.drain_and_commit(consumer, &revoked);
         }
@@ -511,20 +511,16 @@ impl Fetcher {
             if consumer.context().generation.load(Ordering::Acquire) != generation {
                 // A rebalance inside this round's polls revoked partitions: what was polled
                 // of them before is not dispatched (their next owner reads it).
+                // (Every partition that leaves the assignment is fenced first.)
+                let mut releases = Releases::new(metrics.in_flight.clone());
                 polled.retain(|(message, assigned, processor)| {
-                    let held = !assigned.is_revoked()
-                        && consumer
-                            .context()
-                            .assignment()
-                            .get(&assigned.partition)
-                            .is_some_and(|current| Arc::ptr_eq(current, assigned));
-                    if !held {
-                        let bytes = Message::buffer_len(message);
-                        buffer_sizes[*processor] -= bytes;
-                        let mut releases = Releases::new(metrics.in_flight.clone());
-                        releases.add(assigned, bytes);
+                    if !assigned.is_revoked() {
+                        return true;
                     }
-                    held
+                    let bytes = Message::buffer_len(message);
+                    buffer_sizes[*processor] -= bytes;
+                    releases.add(assigned, bytes);
+                    false
                 });
             }
             if !polled.is_empty() {

@@ -187,14 +187,7 @@ impl<P: Processor> ProcessorActor<P> {
     /// Gives up every parked lane: its messages stay unfinished, so they are not committed
     /// and are delivered again after the restart.
     fn give_up_parked(&mut self) {
-        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
-        let mut given_up = 0;
-        for (_, parked) in self.parked.drain() {
-            for message in &parked.messages {
-                releases.add(message.assigned(), message.in_flight_bytes());
-            }
-            given_up += parked.messages.len();
-        }
+        let given_up = self.give_up_lanes(|_| true);
         if given_up > 0 {
             log::warn!(
                 "processor {}: stopping with {given_up} messages waiting for a retry; they \
@@ -202,6 +195,24 @@ impl<P: Processor> ProcessorActor<P> {
                 self.index
             );
         }
+    }
+
+    /// Drops the parked lanes `which` selects, releasing their messages from the in-flight
+    /// counts unfinished. Returns how many messages were dropped.
+    fn give_up_lanes(&mut self, which: impl Fn(&Lane) -> bool) -> usize {
+        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
+        let mut given_up = 0;
+        self.parked.retain(|lane, parked| {
+            if !which(lane) {
+                return true;
+            }
+            for message in &parked.messages {
+                releases.add(message.assigned(), message.in_flight_bytes());
+            }
+            given_up += parked.messages.len();
+            false
+        });
+        given_up
     }
 }
 
@@ -323,16 +334,7 @@ impl<P: Processor> Handler<ForgetPartitions> for ProcessorActor<P> {
     type Result = ();
 
     fn handle(&mut self, ForgetPartitions(assignments): ForgetPartitions, _: &mut Self::Context) {
-        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
-        self.parked.retain(|lane, parked| {
-            let forget = assignments.contains(&lane.assignment());
-            if forget {
-                for message in &parked.messages {
-                    releases.add(message.assigned(), message.in_flight_bytes());
-                }
-            }
-            !forget
-        });
+        self.give_up_lanes(|lane| assignments.contains(&lane.assignment()));
     }
 }
 
