@@ -6,6 +6,7 @@ mod config;
 mod dead_letter;
 mod error;
 mod failure;
+mod fetch_queue;
 mod flow;
 mod message;
 mod metrics;

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _, OwnedHeaders};
+use rdkafka::message::{Headers, OwnedHeaders};
 
+use crate::fetch_queue::FetchedMessage;
 use crate::flow::AssignedPartition;
 use crate::offsets::{Position, TopicPartition};
 use crate::routing::{Lane, OrderingMode};
@@ -26,19 +27,19 @@ pub struct Message {
 
 impl Message {
     /// The bytes a message needs in its batch's buffer: its key followed by its payload.
-    pub(crate) fn buffer_len(message: &BorrowedMessage<'_>) -> usize {
-        message.key_len() + message.payload_len()
+    pub(crate) fn buffer_len(message: &FetchedMessage<'_>) -> usize {
+        message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)
     }
 
     /// Appends the message's key and payload to its batch's buffer.
-    pub(crate) fn copy_into(message: &BorrowedMessage<'_>, buffer: &mut BytesMut) {
+    pub(crate) fn copy_into(message: &FetchedMessage<'_>, buffer: &mut BytesMut) {
         buffer.extend_from_slice(message.key().unwrap_or_default());
         buffer.extend_from_slice(message.payload().unwrap_or_default());
     }
 
     /// Builds the message around `bytes`, the slice [`copy_into`](Self::copy_into) wrote.
     pub(crate) fn from_kafka(
-        message: &BorrowedMessage<'_>,
+        message: &FetchedMessage<'_>,
         assigned: Arc<AssignedPartition>,
         bytes: Bytes,
     ) -> Self {
@@ -48,8 +49,8 @@ impl Message {
             bytes,
             key_len: message.key().map(<[u8]>::len),
             payload_len: message.payload().map(<[u8]>::len),
-            headers: message.headers().map(|headers| headers.detach()),
-            timestamp: message.timestamp().to_millis(),
+            headers: message.headers(),
+            timestamp: message.timestamp(),
         }
     }
 

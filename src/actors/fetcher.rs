@@ -1,11 +1,12 @@
 //! The Fetcher: the only owner of the rdkafka consumer.
 //!
-//! It runs on an arbiter (a thread) of its own, because `poll` blocks and because librdkafka
+//! It runs on an arbiter (a thread) of its own, because its polls block and because librdkafka
 //! runs the rebalance callbacks inside `poll`: a callback may wait for other actors, and those
-//! never need this thread. It polls in batches, stamps each message with the id of its
-//! partition's current assignment, records the batch with the OffsetTracker and only then
+//! never need this thread. Each round it polls the consumer's queue for events, takes a batch
+//! of messages from the fetch queue (`crate::fetch_queue`), stamps each message with the id of
+//! its partition's current assignment, records the batch with the OffsetTracker and only then
 //! hands the messages to the processors their partitions are routed to. Commits, pausing and
-//! closing all happen here, between two polls.
+//! closing all happen here, between two rounds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +24,8 @@ use crate::actors::offset_tracker::{
     Assigned, CommitPointsOf, Committed, Dispatched, OffsetTracker, Revoked,
 };
 use crate::actors::processor::{ForgetPartitions, Process};
-use crate::flow::{AssignedPartition, InFlightLimit, Load, Releases};
+use crate::fetch_queue::{FetchQueue, FetchedMessage};
+use crate::flow::{AssignedPartition, InFlightLimit, Load};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, CommitPoint, TopicPartition};
@@ -54,6 +56,9 @@ pub(crate) struct FetchContext {
     stopping: AtomicBool,
     /// What a revocation drains and whom it tells; set once the processors exist.
     revocation: OnceLock<Revocation>,
+    /// Where the assigned partitions' messages go; set once the consumer exists, taken
+    /// (destroyed) before the consumer is closed.
+    fetch_queue: Mutex<Option<FetchQueue>>,
 }
 
 /// What the revocation callback needs besides the consumer.
@@ -75,7 +80,15 @@ impl FetchContext {
             next_assignment: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             revocation: OnceLock::new(),
+            fetch_queue: Mutex::new(None),
         }
+    }
+
+    fn fetch_queue(&self) -> MutexGuard<'_, Option<FetchQueue>> {
+        // Nothing panics while holding this lock but a read into it: recover it.
+        self.fetch_queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Completes the context once the processors exist (before the first poll).
@@ -204,7 +217,14 @@ impl ConsumerContext for FetchContext {
                 self.generation.fetch_add(1, Ordering::Release);
                 Some((all, true))
             }
-            Rebalance::Assign(_) => None,
+            Rebalance::Assign(partitions) => {
+                // Before librdkafka starts fetching them: then their messages never reach
+                // the consumer's own queue.
+                if let Some(queue) = self.fetch_queue().as_ref() {
+                    queue.route(consumer, partitions);
+                }
+                None
+            }
         };
         let Some((revoked, lost)) = taken else {
             return;
@@ -284,6 +304,9 @@ struct Route {
     round: Load,
     /// Paused because its in-flight work (or the system's) reached a limit.
     paused: bool,
+    /// The first message of the round not dispatched because the partition was paused
+    /// during the round: where the partition is sought back to.
+    refetch_from: Option<i64>,
 }
 
 impl Route {
@@ -354,6 +377,7 @@ impl Routes {
                 assigned: assigned.clone(),
                 before_round: Load::default(),
                 round: Load::default(),
+                refetch_from: None,
             })
             .collect();
     }
@@ -405,6 +429,7 @@ impl Fetcher {
         flow: FlowSettings,
         stop: StopHandle,
     ) -> Self {
+        *consumer.context().fetch_queue() = Some(FetchQueue::new(&consumer));
         Fetcher {
             routes: Routes {
                 router: Router::new(processors.len()),
@@ -423,11 +448,12 @@ impl Fetcher {
         }
     }
 
-    /// Polls up to a batch of messages and dispatches them: the tracker hears of each message
-    /// before any processor can finish it. A partition is paused the moment its in-flight work
-    /// reaches its limit, and every partition when the system's does.
+    /// Polls events, then takes up to a batch of messages and dispatches them: the tracker
+    /// hears of each message before any processor can finish it. A partition is paused the
+    /// moment its in-flight work reaches its limit, and every partition when the system's does.
     fn fetch(&mut self) {
         self.resume_drained();
+        self.poll_events();
         let Fetcher {
             consumer: Some(consumer),
             routes,
@@ -442,26 +468,30 @@ impl Fetcher {
             return;
         };
         let total_before = metrics.in_flight.load();
-        let generation = consumer.context().generation.load(Ordering::Acquire);
+        // Rebalance callbacks ran in `poll_events`, before the round; none runs during it.
         let mut round_total = Load::default();
-        // First poll the round, so that each processor's messages can share one buffer.
-        let mut polled = Vec::new();
+        let queue = consumer.context().fetch_queue();
+        let Some(queue) = queue.as_ref() else {
+            return;
+        };
+        // The round's messages, so that each processor's can share one buffer.
+        let wait = if consumer.context().assignment().is_empty() {
+            Duration::ZERO
+        } else {
+            POLL_TIMEOUT
+        };
+        let fetched = queue.consume(wait, MAX_BATCH);
+        let mut polled = Vec::with_capacity(fetched.len());
         let mut buffer_sizes = vec![0; processors.len()];
-        let mut error = None;
-        for round in 0..MAX_BATCH {
-            let timeout = if round == 0 {
-                POLL_TIMEOUT
-            } else {
-                Duration::ZERO
-            };
-            let message = match consumer.poll(timeout) {
-                None => break,
-                Some(Err(kafka_error)) => {
-                    error = Some(kafka_error);
-                    break;
-                }
-                Some(Ok(message)) => message,
-            };
+        for message in fetched {
+            if let Some(failure) = message.error() {
+                log::warn!(
+                    "fetching {}/{} failed (librdkafka retries): {failure}",
+                    message.topic(),
+                    message.partition()
+                );
+                continue;
+            }
             let Some(route) =
                 routes.lookup(consumer.context(), message.topic(), message.partition())
             else {
@@ -474,6 +504,12 @@ impl Fetcher {
                 continue;
             };
             let route = &mut routes.table[route];
+            if route.paused {
+                // Paused during this round: librdkafka counts the message as read, so it is
+                // fetched again from here after the resume.
+                route.refetch_from.get_or_insert(message.offset());
+                continue;
+            }
             let processor = match flow.ordering {
                 OrderingMode::PerPartition => route.processor,
                 OrderingMode::PerKey => message
@@ -496,8 +532,9 @@ impl Fetcher {
                 .total_limit
                 .is_reached_by(total_before.plus(round_total))
             {
+                // The rest of the round is dropped with `fetched` when its partitions are
+                // paused: librdkafka fetches it again after the resume.
                 pause(consumer, &mut routes.table, metrics);
-                break;
             }
         }
         if round_total.messages > 0 {
@@ -508,23 +545,13 @@ impl Fetcher {
                     metrics.record_peaks(route.end_round(), total);
                 }
             }
-            if consumer.context().generation.load(Ordering::Acquire) != generation {
-                // A rebalance inside this round's polls revoked partitions: what was polled
-                // of them before is not dispatched (their next owner reads it).
-                // (Every partition that leaves the assignment is fenced first.)
-                let mut releases = Releases::new(metrics.in_flight.clone());
-                polled.retain(|(message, assigned, processor)| {
-                    if !assigned.is_revoked() {
-                        return true;
-                    }
-                    let bytes = Message::buffer_len(message);
-                    buffer_sizes[*processor] -= bytes;
-                    releases.add(assigned, bytes);
-                    false
-                });
-            }
             if !polled.is_empty() {
                 dispatch(polled, buffer_sizes, tracker, processors);
+            }
+        }
+        for route in &mut routes.table {
+            if let Some(offset) = route.refetch_from.take() {
+                seek(consumer, &route.assigned.partition, offset);
             }
         }
         if metrics.paused_partitions.load(Ordering::Relaxed) > 0 {
@@ -532,8 +559,25 @@ impl Fetcher {
             let paused = routes.table.iter().filter(|r| r.paused).count();
             metrics.paused_partitions.store(paused, Ordering::Relaxed);
         }
-        if let Some(error) = error {
-            self.poll_failed(error);
+    }
+
+    /// Polls the consumer's own queue: rebalances, commit results and errors come through it,
+    /// and their callbacks run inside this poll. It waits there only while nothing is
+    /// assigned: otherwise the round waits on the fetch queue, and an event waits for the
+    /// round (up to `POLL_TIMEOUT` when no message comes).
+    fn poll_events(&mut self) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let timeout = if consumer.context().assignment().is_empty() {
+            POLL_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(timeout) {
+            None => {}
+            Some(Ok(message)) => fetch_again(consumer, &message),
+            Some(Err(error)) => self.poll_failed(error),
         }
     }
 
@@ -609,6 +653,42 @@ impl Fetcher {
     }
 }
 
+/// Sets where librdkafka fetches a partition from next: the messages it returned from there
+/// on are dropped undispatched. Asynchronous, and ordered after any pause or resume.
+fn seek(consumer: &BaseConsumer<FetchContext>, partition: &TopicPartition, offset: i64) {
+    let sought = consumer.seek(
+        partition.topic(),
+        partition.partition(),
+        Offset::Offset(offset),
+        Duration::ZERO,
+    );
+    if let Err(error) = sought {
+        log::error!("could not seek {partition} back to {offset}: {error}");
+    }
+}
+
+/// A message that came through the consumer's own queue, which only happens to a partition
+/// assigned without the rebalance callback routing it: route it and fetch the message again
+/// through the fetch queue, where it is dispatched in order with the rest.
+fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<'_>) {
+    log::warn!(
+        "{}/{}@{} came through the consumer's queue: fetching it again",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let mut partition = TopicPartitionList::new();
+    partition.add_partition(message.topic(), message.partition());
+    if let Some(queue) = consumer.context().fetch_queue().as_ref() {
+        queue.route(consumer, &partition);
+    }
+    seek(
+        consumer,
+        &TopicPartition::new(message.topic(), message.partition()),
+        message.offset(),
+    );
+}
+
 /// Commits commit points synchronously.
 fn commit(consumer: &BaseConsumer<FetchContext>, points: &[CommitPoint]) -> Result<(), String> {
     if points.is_empty() {
@@ -631,7 +711,7 @@ fn commit(consumer: &BaseConsumer<FetchContext>, points: &[CommitPoint]) -> Resu
 
 /// Copies each processor's messages into one buffer and sends them, after telling the tracker.
 fn dispatch(
-    polled: Vec<(BorrowedMessage<'_>, Arc<AssignedPartition>, usize)>,
+    polled: Vec<(FetchedMessage<'_>, Arc<AssignedPartition>, usize)>,
     buffer_sizes: Vec<usize>,
     tracker: &Addr<OffsetTracker>,
     processors: &[Recipient<Process>],
@@ -708,6 +788,9 @@ impl Actor for Fetcher {
 /// and leaving the group) and polls until it is closed, with no bound: a thread of its own
 /// keeps that from blocking the shutdown, which waits only as long as its budget allows.
 fn close_in_background(consumer: BaseConsumer<FetchContext>) -> mpsc::Receiver<()> {
+    // The fetch queue goes first: it must not outlive the consumer. What the partitions still
+    // forward to it is dropped undispatched.
+    drop(consumer.context().fetch_queue().take());
     let (closed_tx, closed_rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("kafka-consumer-close".to_owned())
