@@ -272,3 +272,111 @@ fn keys_and_payloads_arrive_intact() {
     assert_eq!(seen.len(), expected.len());
     assert!(seen == expected, "a key or payload changed on the way");
 }
+
+/// Everything a processor can read of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: Option<i64>,
+}
+
+/// Collects everything of every message.
+struct Everything(Arc<Mutex<Vec<Seen>>>);
+
+impl Processor for Everything {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let seen = Seen {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|(name, value)| (name.to_owned(), value.map(<[u8]>::to_vec)))
+                .collect(),
+            timestamp: message.timestamp(),
+        };
+        self.0.lock().unwrap().push(seen);
+        Ok(())
+    }
+}
+
+#[test]
+fn headers_timestamps_tombstones_and_keyless_messages_arrive_intact() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    let cluster = Cluster::start();
+    let topic = cluster.topic("everything", 1);
+    let group = group("everything");
+    let expected = vec![
+        Seen {
+            key: Some(b"with-headers".to_vec()),
+            payload: Some(b"payload".to_vec()),
+            headers: vec![
+                ("trace".to_owned(), Some(b"abc".to_vec())),
+                ("empty".to_owned(), Some(Vec::new())),
+                ("null".to_owned(), None),
+                ("trace".to_owned(), Some(b"again".to_vec())),
+            ],
+            timestamp: Some(1_700_000_000_001),
+        },
+        Seen {
+            key: Some(b"tombstone".to_vec()),
+            payload: None,
+            headers: Vec::new(),
+            timestamp: Some(1_700_000_000_002),
+        },
+        Seen {
+            key: None,
+            payload: Some(b"keyless".to_vec()),
+            headers: vec![("only".to_owned(), Some(b"one".to_vec()))],
+            timestamp: Some(1_700_000_000_003),
+        },
+        Seen {
+            key: Some(Vec::new()),
+            payload: Some(Vec::new()),
+            headers: Vec::new(),
+            timestamp: Some(1_700_000_000_004),
+        },
+    ];
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.brokers())
+        .create()
+        .unwrap();
+    for message in &expected {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&topic).timestamp(message.timestamp.unwrap());
+        if let Some(key) = &message.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = &message.payload {
+            record = record.payload(payload);
+        }
+        if !message.headers.is_empty() {
+            let headers = message
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: v.as_deref(),
+                    })
+                });
+            record = record.headers(headers);
+        }
+        producer.send(record).map_err(|(error, _)| error).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let collector = seen.clone();
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Everything(collector.clone())).unwrap();
+    wait_until("all 4 messages are processed", SCENARIO_TIMEOUT, || {
+        seen.lock().unwrap().len() >= expected.len()
+    });
+    system.stop();
+    system.join().unwrap();
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
