@@ -138,6 +138,8 @@ pub fn framework(run: &Run) -> anyhow::Result<()> {
     wait_for("every message", Duration::from_secs(600), || {
         progress.last.get().is_some()
     })?;
+    // How often the in-flight limits paused fetching: a slow run often shows it here.
+    let pauses = system.metrics().pauses;
     let stopping = Instant::now();
     system.stop();
     let report = system.join()?;
@@ -147,6 +149,7 @@ pub fn framework(run: &Run) -> anyhow::Result<()> {
         "bytes": progress.bytes.load(Ordering::Relaxed),
         "seconds": seconds_between(*progress.first.get().unwrap(), *progress.last.get().unwrap()),
         "shutdown_seconds": stopping.elapsed().as_secs_f64(),
+        "pauses": pauses,
     }));
     Ok(())
 }

@@ -304,9 +304,10 @@ struct Route {
     round: Load,
     /// Paused because its in-flight work (or the system's) reached a limit.
     paused: bool,
-    /// The first message of the round not dispatched because the partition was paused
-    /// during the round: where the partition is sought back to.
-    refetch_from: Option<i64>,
+    /// Where the partition resumes: the offset after the last message dispatched, or the
+    /// first one librdkafka returned but the Fetcher did not dispatch (it had just paused
+    /// the partition in the middle of a batch).
+    next_offset: Option<i64>,
 }
 
 impl Route {
@@ -358,7 +359,8 @@ impl Routes {
     }
 
     /// Rebuilds the table from the assignment. Partitions held on under the same assignment
-    /// keep their pause; the round's dispatches so far are counted first, so none is lost.
+    /// keep their pause and position; the round's dispatches so far are counted first, so
+    /// none is lost.
     fn rebuild(&mut self, context: &FetchContext) {
         let mut previous = std::mem::take(&mut self.table);
         for route in &mut previous {
@@ -367,17 +369,20 @@ impl Routes {
         self.table = context
             .assignment()
             .values()
-            .map(|assigned| Route {
-                processor: self
-                    .router
-                    .processor_for(assigned.partition.topic(), assigned.partition.partition()),
-                paused: previous
+            .map(|assigned| {
+                let kept = previous
                     .iter()
-                    .any(|r| r.paused && r.assigned.assignment == assigned.assignment),
-                assigned: assigned.clone(),
-                before_round: Load::default(),
-                round: Load::default(),
-                refetch_from: None,
+                    .find(|r| r.assigned.assignment == assigned.assignment);
+                Route {
+                    processor: self
+                        .router
+                        .processor_for(assigned.partition.topic(), assigned.partition.partition()),
+                    paused: kept.is_some_and(|r| r.paused),
+                    next_offset: kept.and_then(|r| r.next_offset),
+                    assigned: assigned.clone(),
+                    before_round: Load::default(),
+                    round: Load::default(),
+                }
             })
             .collect();
     }
@@ -505,11 +510,12 @@ impl Fetcher {
             };
             let route = &mut routes.table[route];
             if route.paused {
-                // Paused during this round: librdkafka counts the message as read, so it is
-                // fetched again from here after the resume.
-                route.refetch_from.get_or_insert(message.offset());
+                // Paused during this round, after librdkafka returned the message: the resume
+                // fetches it again (see `resume_drained`).
+                route.next_offset.get_or_insert(message.offset());
                 continue;
             }
+            route.next_offset = Some(message.offset() + 1);
             let processor = match flow.ordering {
                 OrderingMode::PerPartition => route.processor,
                 OrderingMode::PerKey => message
@@ -532,8 +538,6 @@ impl Fetcher {
                 .total_limit
                 .is_reached_by(total_before.plus(round_total))
             {
-                // The rest of the round is dropped with `fetched` when its partitions are
-                // paused: librdkafka fetches it again after the resume.
                 pause(consumer, &mut routes.table, metrics);
             }
         }
@@ -547,11 +551,6 @@ impl Fetcher {
             }
             if !polled.is_empty() {
                 dispatch(polled, buffer_sizes, tracker, processors);
-            }
-        }
-        for route in &mut routes.table {
-            if let Some(offset) = route.refetch_from.take() {
-                seek(consumer, &route.assigned.partition, offset);
             }
         }
         if metrics.paused_partitions.load(Ordering::Relaxed) > 0 {
@@ -598,6 +597,7 @@ impl Fetcher {
             return;
         }
         let mut resumed = TopicPartitionList::new();
+        let mut positions = Vec::new();
         for route in &mut self.routes.table {
             if route.paused
                 && self
@@ -608,6 +608,7 @@ impl Fetcher {
                 route.paused = false;
                 let partition = &route.assigned.partition;
                 resumed.add_partition(partition.topic(), partition.partition());
+                positions.extend(route.next_offset.map(|offset| (partition, offset)));
             }
         }
         if resumed.count() == 0 {
@@ -616,6 +617,14 @@ impl Fetcher {
         match consumer.resume(&resumed) {
             Ok(()) => log::debug!("resumed {}", names(&resumed)),
             Err(error) => log::warn!("could not resume {}: {error}", names(&resumed)),
+        }
+        // Left alone, librdkafka would resume after the last message it returned, which may
+        // be past the last one dispatched (a batch is taken whole), and its broker thread
+        // would start fetching only at its next wake-up, up to a second later when every
+        // partition was paused. A seek to the next message to dispatch does both right: it
+        // sets the position and makes the partition fetchable at once.
+        for (partition, offset) in positions {
+            seek(consumer, partition, offset);
         }
         self.metrics
             .paused_partitions
@@ -653,8 +662,8 @@ impl Fetcher {
     }
 }
 
-/// Sets where librdkafka fetches a partition from next: the messages it returned from there
-/// on are dropped undispatched. Asynchronous, and ordered after any pause or resume.
+/// Sets where librdkafka fetches a partition from next; what it fetched before is dropped.
+/// Asynchronous, and ordered after any pause or resume.
 fn seek(consumer: &BaseConsumer<FetchContext>, partition: &TopicPartition, offset: i64) {
     let sought = consumer.seek(
         partition.topic(),
