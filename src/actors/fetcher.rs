@@ -84,6 +84,12 @@ impl FetchContext {
         }
     }
 
+    /// Whether this member holds any partition: a round waits for events while it holds
+    /// none, and for messages while it holds some.
+    fn holds_partitions(&self) -> bool {
+        !self.assignment().is_empty()
+    }
+
     fn fetch_queue(&self) -> MutexGuard<'_, Option<FetchQueue>> {
         // Nothing panics while holding this lock but a read into it: recover it.
         self.fetch_queue
@@ -480,10 +486,10 @@ impl Fetcher {
             return;
         };
         // The round's messages, so that each processor's can share one buffer.
-        let wait = if consumer.context().assignment().is_empty() {
-            Duration::ZERO
-        } else {
+        let wait = if consumer.context().holds_partitions() {
             POLL_TIMEOUT
+        } else {
+            Duration::ZERO
         };
         let fetched = queue.consume(wait, MAX_BATCH);
         let mut polled = Vec::with_capacity(fetched.len());
@@ -568,10 +574,10 @@ impl Fetcher {
         let Some(consumer) = &self.consumer else {
             return;
         };
-        let timeout = if consumer.context().assignment().is_empty() {
-            POLL_TIMEOUT
-        } else {
+        let timeout = if consumer.context().holds_partitions() {
             Duration::ZERO
+        } else {
+            POLL_TIMEOUT
         };
         match consumer.poll(timeout) {
             None => {}
@@ -672,7 +678,7 @@ fn seek(consumer: &BaseConsumer<FetchContext>, partition: &TopicPartition, offse
         Duration::ZERO,
     );
     if let Err(error) = sought {
-        log::error!("could not seek {partition} back to {offset}: {error}");
+        log::error!("could not seek {partition} to {offset}: {error}");
     }
 }
 
