@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
+use crate::flow::PrefetchLimit;
 use crate::{Error, FailurePolicy, InFlightLimit, OrderingMode, Result};
 
 /// librdkafka properties the framework sets itself; a user value would break its guarantees
@@ -37,6 +38,16 @@ const DEFAULT_TOTAL_LIMIT: InFlightLimit = InFlightLimit {
     messages: 100_000,
     bytes: 64 << 20,
 };
+/// What a processor holds beyond the message in progress: enough that a fast processor never
+/// waits for the fetcher, little enough that a stop or a revocation waits for a few
+/// milliseconds of work.
+const DEFAULT_PREFETCH: PrefetchLimit = PrefetchLimit {
+    messages: 1024,
+    work: Duration::from_millis(10),
+};
+/// Below a 30 s Kubernetes grace period, with room for a preStop hook.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A validated configuration for a [`ConsumerSystem`](crate::ConsumerSystem).
 ///
@@ -51,12 +62,14 @@ pub struct ConsumerConfig {
     pub(crate) ordering: OrderingMode,
     pub(crate) partition_limit: InFlightLimit,
     pub(crate) total_limit: InFlightLimit,
+    pub(crate) prefetch: PrefetchLimit,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) dead_letter_options: BTreeMap<String, String>,
     pub(crate) commit_interval: Duration,
     pub(crate) rebalance_drain_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) startup_timeout: Duration,
+    pub(crate) stall_timeout: Option<Duration>,
     pub(crate) handle_signals: bool,
     pub(crate) kafka_options: BTreeMap<String, String>,
     warnings: Vec<String>,
@@ -142,12 +155,14 @@ pub struct ConsumerConfigBuilder {
     ordering: OrderingMode,
     partition_limit: InFlightLimit,
     total_limit: InFlightLimit,
+    prefetch: PrefetchLimit,
     failure_policy: FailurePolicy,
     dead_letter_options: BTreeMap<String, String>,
     commit_interval: Duration,
     rebalance_drain_timeout: Duration,
     shutdown_timeout: Duration,
     startup_timeout: Duration,
+    stall_timeout: Option<Duration>,
     handle_signals: bool,
     kafka_options: BTreeMap<String, String>,
 }
@@ -163,12 +178,14 @@ impl Default for ConsumerConfigBuilder {
             ordering: OrderingMode::PerPartition,
             partition_limit: DEFAULT_PARTITION_LIMIT,
             total_limit: DEFAULT_TOTAL_LIMIT,
+            prefetch: DEFAULT_PREFETCH,
             failure_policy: FailurePolicy::default(),
             dead_letter_options: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
             rebalance_drain_timeout: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             startup_timeout: Duration::from_secs(30),
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             handle_signals: true,
             kafka_options: BTreeMap::new(),
         }
@@ -230,6 +247,17 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// What each processor holds beyond the message in progress (default 1,024 messages and
+    /// 10 ms of work): at most `messages`, and no more than it is measured to finish in
+    /// `work`. The rest of what was fetched waits in the fetcher (counted in the in-flight
+    /// limits), so a stop or a revocation waits only for what processors hold: about `work`
+    /// plus the slowest message in progress, whatever the backlog. Larger values smooth out
+    /// processors whose message times vary a lot; smaller ones make stops shorter.
+    pub fn prefetch(mut self, messages: usize, work: Duration) -> Self {
+        self.prefetch = PrefetchLimit { messages, work };
+        self
+    }
+
     /// How many threads the processors are spread over (default: the number of CPUs, at most
     /// the number of processors). Processors are async, so I/O-bound work needs few threads.
     pub fn worker_threads(mut self, threads: usize) -> Self {
@@ -268,11 +296,23 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// The one deadline for a graceful shutdown (default 30 s), from the stop request to the
-    /// return of [`ConsumerSystem::start`](crate::ConsumerSystem::start): draining in-flight
-    /// messages, the processors' stop hooks, the final commit and leaving the group.
+    /// The one deadline for a graceful shutdown (default 20 s), from the stop request to the
+    /// return of [`ConsumerSystem::start`](crate::ConsumerSystem::start): finishing what the
+    /// processors hold, their stop hooks, the final commit and leaving the group. Keep it
+    /// below the time the platform allows before it kills the process (Kubernetes:
+    /// `terminationGracePeriodSeconds`, 30 s by default, which includes any preStop hook).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a partition with work may go without its commit point moving before it is
+    /// reported as stalled (default 60 s; `None` turns it off): logged at `warn` with the
+    /// offset it waits at and what that message waits for (a retry, a message in progress,
+    /// a full processor), and counted in [`Metrics::stalls`](crate::Metrics::stalls). Never
+    /// while the system stops on purpose.
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -343,6 +383,18 @@ impl ConsumerConfigBuilder {
                 ));
             }
         }
+        if self.prefetch.messages == 0 || self.prefetch.work.is_zero() {
+            return Err(Error::config(
+                "prefetch",
+                "must allow at least one message and some work",
+            ));
+        }
+        if self.stall_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(Error::config(
+                "stall_timeout",
+                "must be longer than zero (None turns stall detection off)",
+            ));
+        }
         for (setting, value) in [
             ("commit_interval", self.commit_interval),
             ("rebalance_drain_timeout", self.rebalance_drain_timeout),
@@ -372,12 +424,14 @@ impl ConsumerConfigBuilder {
             ordering: self.ordering,
             partition_limit: self.partition_limit,
             total_limit: self.total_limit,
+            prefetch: self.prefetch,
             failure_policy: self.failure_policy,
             dead_letter_options: self.dead_letter_options,
             commit_interval: self.commit_interval,
             rebalance_drain_timeout: self.rebalance_drain_timeout,
             shutdown_timeout: self.shutdown_timeout,
             startup_timeout: self.startup_timeout,
+            stall_timeout: self.stall_timeout,
             handle_signals: self.handle_signals,
             kafka_options: self.kafka_options,
             warnings: Vec::new(),

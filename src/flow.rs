@@ -1,14 +1,17 @@
 //! Backpressure: how much work may be in flight, and when a partition must pause or may resume.
 //!
-//! A message is *in flight* from the moment the Fetcher dispatches it until its processor is
-//! done with it (finished, skipped, dead-lettered or dropped). The Fetcher adds to the counts
-//! when it dispatches; processors release what they are done with, a batch at a time. The
-//! Fetcher pauses a partition the moment its count reaches a limit, so **in-flight work never
-//! exceeds a limit by more than one message's bytes**: librdkafka drops what it had queued
-//! for a partition when it is paused and fetches it again after the resume.
+//! A message is *in flight* from the moment the Fetcher takes it from librdkafka until the
+//! OffsetTracker was told its fate (finished or given up), or it was dropped: while it waits
+//! in the Fetcher for a processor, while a processor holds it, runs it or parks it for a retry.
+//! The Fetcher adds a round's messages to the counts before it creates them; each message
+//! releases itself when it is dropped, so no path can leak a count. The Fetcher pauses a
+//! partition the moment its count reaches a limit, so **in-flight work never exceeds a limit
+//! by more than one message's bytes**: librdkafka drops what it had queued for a partition
+//! when it is paused and fetches it again after the resume.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::offsets::{AssignmentId, TopicPartition};
 
@@ -57,6 +60,14 @@ impl Load {
             bytes: self.bytes + other.bytes,
         }
     }
+
+    /// The larger of each count.
+    pub(crate) fn max(self, other: Load) -> Load {
+        Load {
+            messages: self.messages.max(other.messages),
+            bytes: self.bytes.max(other.bytes),
+        }
+    }
 }
 
 /// Work in flight, counted by the Fetcher and released by the processors. On a cache line of
@@ -84,22 +95,38 @@ impl InFlight {
         self.bytes.fetch_add(load.bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn release(&self, load: Load) {
-        self.bytes.fetch_sub(load.bytes, Ordering::Release);
-        self.messages.fetch_sub(load.messages, Ordering::Release);
+    /// Releases one message of `bytes`: called by the message's `Drop`, so whatever path a
+    /// message leaves by (finished, given up, skipped, dropped by a dying task), its count is
+    /// returned exactly once.
+    pub(crate) fn release_one(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Release);
+        let before = self.messages.fetch_sub(1, Ordering::Release);
+        debug_assert!(before > 0, "a message was released that was never counted");
     }
 }
 
 /// A partition under one assignment, as the messages fetched under it carry it: its name, its
-/// assignment id, what it has in flight, and whether it was revoked.
+/// assignment id, what it has in flight, and how far its revocation went.
 #[derive(Debug)]
 pub(crate) struct AssignedPartition {
     pub(crate) partition: TopicPartition,
     pub(crate) assignment: AssignmentId,
     pub(crate) in_flight: InFlight,
-    /// Set once the revocation drain is over: processors skip what is left of the partition,
-    /// since nothing of it can be committed any more.
-    revoked: AtomicBool,
+    /// A [`Tenure`], as a number: read by processors once per message.
+    tenure: AtomicU8,
+}
+
+/// How far this member still holds a partition, as processors see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Tenure {
+    /// Held: process, retry, commit as usual.
+    Held = 0,
+    /// Being revoked gracefully: what processors hold of it is finished, but a failure is
+    /// given up rather than retried, since the revocation waits for the partition's work.
+    Revoking = 1,
+    /// Gone (lost, or the revocation stopped waiting): nothing of it can be committed any
+    /// more, so processors skip what they still hold of it.
+    Fenced = 2,
 }
 
 impl AssignedPartition {
@@ -108,71 +135,89 @@ impl AssignedPartition {
             partition,
             assignment,
             in_flight: InFlight::default(),
-            revoked: AtomicBool::new(false),
+            tenure: AtomicU8::new(Tenure::Held as u8),
         })
     }
 
-    /// Sequentially consistent, paired with the processors' check: see `revocation.rs`.
-    pub(crate) fn revoke(&self) {
-        self.revoked.store(true, Ordering::SeqCst);
+    /// Moves the partition on to `tenure`; a tenure never goes back.
+    pub(crate) fn set_tenure(&self, tenure: Tenure) {
+        self.tenure.fetch_max(tenure as u8, Ordering::AcqRel);
     }
 
-    pub(crate) fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::SeqCst)
-    }
-}
-
-/// What a processor is done with but has not released yet: released in one step per batch or
-/// report, because an atomic update per message would cost more than a fast processor's work.
-pub(crate) struct Releases {
-    total: Arc<InFlight>,
-    /// Per partition, in the order met; a batch holds few partitions.
-    pending: Vec<(Arc<AssignedPartition>, Load)>,
-}
-
-impl Releases {
-    pub(crate) fn new(total: Arc<InFlight>) -> Self {
-        Releases {
-            total,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Records that the processor is done with a message of `partition` holding `bytes`.
-    pub(crate) fn add(&mut self, partition: &Arc<AssignedPartition>, bytes: usize) {
-        match self.pending.last_mut() {
-            Some((last, load)) if Arc::ptr_eq(last, partition) => load.add(bytes),
-            _ => match self
-                .pending
-                .iter_mut()
-                .find(|(p, _)| Arc::ptr_eq(p, partition))
-            {
-                Some((_, load)) => load.add(bytes),
-                None => {
-                    let mut load = Load::default();
-                    load.add(bytes);
-                    self.pending.push((partition.clone(), load));
-                }
-            },
-        }
-    }
-
-    /// Releases everything recorded so far.
-    pub(crate) fn flush(&mut self) {
-        let mut total = Load::default();
-        for (partition, load) in self.pending.drain(..) {
-            partition.in_flight.release(load);
-            total = total.plus(load);
-        }
-        if total.messages > 0 {
-            self.total.release(total);
+    pub(crate) fn tenure(&self) -> Tenure {
+        match self.tenure.load(Ordering::Acquire) {
+            0 => Tenure::Held,
+            1 => Tenure::Revoking,
+            _ => Tenure::Fenced,
         }
     }
 }
 
-impl Drop for Releases {
-    fn drop(&mut self) {
-        self.flush();
+/// How much a processor may hold beyond the message in progress: at most `messages`, and no
+/// more than it is measured to finish in `work`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrefetchLimit {
+    pub(crate) messages: usize,
+    pub(crate) work: Duration,
+}
+
+/// How many messages a processor may be handed beyond what it has started: its *prefetch*,
+/// and what it holds of it. The Fetcher hands out messages within the prefetch and keeps the
+/// rest; the processor sets the prefetch from its measured speed, so that what it holds takes
+/// little time to finish (a stop or a revocation waits for it). On a cache line of its own:
+/// the processor writes it once per message.
+#[repr(align(64))]
+#[derive(Debug)]
+pub(crate) struct Credit {
+    /// Handed to the processor and not started yet.
+    queued: AtomicUsize,
+    prefetch: AtomicUsize,
+}
+
+impl Credit {
+    pub(crate) fn new(prefetch: usize) -> Self {
+        Credit {
+            queued: AtomicUsize::new(0),
+            prefetch: AtomicUsize::new(prefetch.max(1)),
+        }
+    }
+
+    /// How many more messages the processor may be handed now.
+    pub(crate) fn available(&self) -> usize {
+        self.prefetch
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.queued.load(Ordering::Acquire))
+    }
+
+    /// The Fetcher handed `count` messages (before sending them).
+    pub(crate) fn handed(&self, count: usize) {
+        self.queued.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The processor started `count` handed messages. Returns whether the Fetcher should be
+    /// told that there is room: when what is queued fell to half the prefetch, so that the
+    /// next messages arrive before the queue runs dry, or to nothing.
+    pub(crate) fn started(&self, count: usize) -> bool {
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                Some(queued.saturating_sub(count))
+            })
+            .unwrap_or_else(|queued| queued);
+        let after = before.saturating_sub(count);
+        let low_water = self.prefetch.load(Ordering::Relaxed) / 2;
+        (before > low_water && after <= low_water) || (before > 0 && after == 0)
+    }
+
+    /// The processor measured its speed: sets the prefetch. Returns whether it grew (the
+    /// Fetcher may hand out more now).
+    pub(crate) fn set_prefetch(&self, prefetch: usize) -> bool {
+        let prefetch = prefetch.max(1);
+        self.prefetch.swap(prefetch, Ordering::Relaxed) < prefetch
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -204,34 +249,31 @@ mod tests {
     }
 
     #[test]
-    fn releases_return_what_was_added_per_partition_and_in_total() {
-        let total = Arc::new(InFlight::default());
-        let a = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(1));
-        let b = AssignedPartition::new(TopicPartition::new("t", 1), AssignmentId(2));
-        for (partition, bytes) in [(&a, 10), (&a, 20), (&b, 5)] {
-            partition.in_flight.add(load(1, bytes));
-            total.add(load(1, bytes));
-        }
-        let mut releases = Releases::new(total.clone());
-        releases.add(&a, 10);
-        releases.add(&b, 5);
-        releases.add(&a, 20);
-        assert_eq!(total.load(), load(3, 35), "nothing released before a flush");
-        releases.flush();
-        assert_eq!(a.in_flight.load(), load(0, 0));
-        assert_eq!(b.in_flight.load(), load(0, 0));
-        assert_eq!(total.load(), load(0, 0));
+    fn credit_asks_for_more_at_half_the_prefetch_and_when_empty() {
+        let credit = Credit::new(4);
+        assert_eq!(credit.available(), 4);
+        credit.handed(4);
+        assert_eq!(credit.available(), 0);
+        assert!(!credit.started(1), "3 left of 4");
+        assert!(credit.started(1), "2 left: half");
+        assert!(!credit.started(1));
+        assert!(credit.started(1), "empty");
+        assert_eq!(credit.available(), 4);
+        credit.handed(4);
+        assert!(credit.started(3), "from 4 to 1 passes half");
+        assert_eq!(credit.available(), 3);
+        assert!(credit.started(1));
+        assert!(credit.set_prefetch(8));
+        assert!(!credit.set_prefetch(2));
+        assert_eq!(credit.available(), 2);
     }
 
     #[test]
-    fn dropping_releases_flushes_them() {
-        let total = Arc::new(InFlight::default());
-        let a = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(1));
-        a.in_flight.add(load(1, 7));
-        total.add(load(1, 7));
-        let mut releases = Releases::new(total.clone());
-        releases.add(&a, 7);
-        drop(releases);
-        assert_eq!(total.load(), load(0, 0));
+    fn a_tenure_never_goes_back() {
+        let partition = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(1));
+        assert_eq!(partition.tenure(), Tenure::Held);
+        partition.set_tenure(Tenure::Fenced);
+        partition.set_tenure(Tenure::Revoking);
+        assert_eq!(partition.tenure(), Tenure::Fenced);
     }
 }

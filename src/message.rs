@@ -5,16 +5,34 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, OwnedHeaders};
 
-use crate::fetch_queue::FetchedMessage;
 use crate::flow::AssignedPartition;
 use crate::offsets::{Position, TopicPartition};
 use crate::routing::{Lane, OrderingMode};
 
+/// A record as librdkafka hands it over, before the Fetcher copies it into a [`Message`].
+pub(crate) trait Record {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    fn headers(&self) -> Option<OwnedHeaders>;
+    /// Milliseconds since the Unix epoch, if the record has a timestamp.
+    fn timestamp(&self) -> Option<i64>;
+    /// The error librdkafka reports in place of a record (a partition it cannot fetch).
+    fn error(&self) -> Option<String>;
+}
+
 /// One Kafka record, owned, as fetched from its partition.
+///
+/// The framework owns every message: a [`Processor`](crate::Processor) borrows it for one call.
 #[derive(Debug)]
 pub struct Message {
-    /// The partition and the assignment it was fetched under.
+    /// The partition and the assignment it was fetched under; the message counts in its
+    /// in-flight work until it is dropped.
     assigned: Arc<AssignedPartition>,
+    /// Which messages must be processed in order with this one.
+    ordering: OrderingMode,
     offset: i64,
     /// The key's bytes followed by the payload's, a slice of a buffer the messages of one
     /// batch share.
@@ -27,24 +45,28 @@ pub struct Message {
 
 impl Message {
     /// The bytes a message needs in its batch's buffer: its key followed by its payload.
-    pub(crate) fn buffer_len(message: &FetchedMessage<'_>) -> usize {
+    pub(crate) fn buffer_len(message: &impl Record) -> usize {
         message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)
     }
 
     /// Appends the message's key and payload to its batch's buffer.
-    pub(crate) fn copy_into(message: &FetchedMessage<'_>, buffer: &mut BytesMut) {
+    pub(crate) fn copy_into(message: &impl Record, buffer: &mut BytesMut) {
         buffer.extend_from_slice(message.key().unwrap_or_default());
         buffer.extend_from_slice(message.payload().unwrap_or_default());
     }
 
-    /// Builds the message around `bytes`, the slice [`copy_into`](Self::copy_into) wrote.
+    /// Builds the message around `bytes`, the slice [`copy_into`](Self::copy_into) wrote. The
+    /// caller has already counted it in `assigned`'s in-flight work: the message releases
+    /// itself when dropped.
     pub(crate) fn from_kafka(
-        message: &FetchedMessage<'_>,
+        message: &impl Record,
         assigned: Arc<AssignedPartition>,
+        ordering: OrderingMode,
         bytes: Bytes,
     ) -> Self {
         Message {
             assigned,
+            ordering,
             offset: message.offset(),
             bytes,
             key_len: message.key().map(<[u8]>::len),
@@ -116,10 +138,10 @@ impl Message {
         &self.assigned
     }
 
-    /// The lane the message belongs to under `ordering`.
-    pub(crate) fn lane(&self, ordering: OrderingMode) -> Lane {
+    /// The lane the message belongs to under its ordering mode.
+    pub(crate) fn lane(&self) -> Lane {
         let assignment = self.assigned.assignment;
-        match (ordering, self.key_len) {
+        match (self.ordering, self.key_len) {
             (OrderingMode::PerKey, Some(length)) => {
                 Lane::Key(assignment, self.bytes.slice(..length))
             }
@@ -127,9 +149,18 @@ impl Message {
             (OrderingMode::Unordered, _) => Lane::Message(assignment, self.offset),
         }
     }
+}
 
-    /// The bytes the message counts for in flight: its key and payload.
-    pub(crate) fn in_flight_bytes(&self) -> usize {
-        self.bytes.len()
+impl crate::lanes::Laned for Message {
+    type Lane = Lane;
+
+    fn lane(&self) -> Lane {
+        Message::lane(self)
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        self.assigned.in_flight.release_one(self.bytes.len());
     }
 }

@@ -1,17 +1,17 @@
 //! Live figures of a running system, for dashboards and tests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::flow::{InFlight, Load};
+use crate::flow::Load;
 
 /// A snapshot of a running system's figures, from
 /// [`RunningSystem::metrics`](crate::RunningSystem::metrics). Counters count from the start of
-/// the system; the in-flight figures are what is dispatched to processors and not yet done.
+/// the system; the in-flight figures are what was fetched and is not done with yet (waiting in
+/// the fetcher for a processor, held or run by one, or finished and not reported yet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Metrics {
-    /// Messages dispatched to processors and not yet done with.
+    /// Messages fetched and not yet done with.
     pub in_flight_messages: usize,
     /// Bytes (keys plus payloads) of the messages in flight.
     pub in_flight_bytes: usize,
@@ -23,6 +23,8 @@ pub struct Metrics {
     pub peak_partition_in_flight_messages: usize,
     /// The most bytes one partition had in flight at once.
     pub peak_partition_in_flight_bytes: usize,
+    /// Of the messages in flight, those waiting in the fetcher until a processor has room.
+    pub waiting_messages: usize,
     /// Partitions paused now because their in-flight work reached a limit.
     pub paused_partitions: usize,
     /// How many times a partition was paused because its in-flight work reached a limit.
@@ -45,17 +47,25 @@ pub struct Metrics {
     pub dead_lettered: u64,
     /// Processors replaced with a fresh instance after a panic.
     pub processor_restarts: u64,
+    /// How many times a partition with work was found not to move for longer than the
+    /// [`stall_timeout`](crate::ConsumerConfigBuilder::stall_timeout) (each is logged at
+    /// `warn` with what it waits for).
+    pub stalls: u64,
+    /// Partitions stalled now.
+    pub stalled_partitions: usize,
 }
 
 /// The counters behind [`Metrics`], shared by the actors.
 #[derive(Debug, Default)]
 pub(crate) struct SystemMetrics {
-    pub(crate) in_flight: Arc<InFlight>,
+    in_flight_messages: AtomicUsize,
+    in_flight_bytes: AtomicUsize,
+    waiting: AtomicUsize,
+    paused_partitions: AtomicUsize,
     peak_messages: AtomicUsize,
     peak_bytes: AtomicUsize,
     peak_partition_messages: AtomicUsize,
     peak_partition_bytes: AtomicUsize,
-    pub(crate) paused_partitions: AtomicUsize,
     pub(crate) pauses: AtomicU64,
     pub(crate) assignments: AtomicU64,
     pub(crate) revocations: AtomicU64,
@@ -66,10 +76,22 @@ pub(crate) struct SystemMetrics {
     pub(crate) skipped: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) processor_restarts: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) stalled_partitions: AtomicUsize,
 }
 
 impl SystemMetrics {
-    /// Records a partition's load and the total load just after a dispatch.
+    /// The Fetcher's figures after a round: what is in flight, what waits in it, what is paused.
+    pub(crate) fn set_flow(&self, in_flight: Load, waiting: usize, paused: usize) {
+        self.in_flight_messages
+            .store(in_flight.messages, Ordering::Relaxed);
+        self.in_flight_bytes
+            .store(in_flight.bytes, Ordering::Relaxed);
+        self.waiting.store(waiting, Ordering::Relaxed);
+        self.paused_partitions.store(paused, Ordering::Relaxed);
+    }
+
+    /// Records the most a partition had in flight in a round, and the total after it.
     pub(crate) fn record_peaks(&self, partition: Load, total: Load) {
         self.peak_partition_messages
             .fetch_max(partition.messages, Ordering::Relaxed);
@@ -81,13 +103,13 @@ impl SystemMetrics {
     }
 
     pub(crate) fn snapshot(&self) -> Metrics {
-        let in_flight = self.in_flight.load();
         let skipped = self.skipped.load(Ordering::Relaxed);
         let dead_lettered = self.dead_lettered.load(Ordering::Relaxed);
         let finished = self.finished.load(Ordering::Relaxed);
         Metrics {
-            in_flight_messages: in_flight.messages,
-            in_flight_bytes: in_flight.bytes,
+            in_flight_messages: self.in_flight_messages.load(Ordering::Relaxed),
+            in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
+            waiting_messages: self.waiting.load(Ordering::Relaxed),
             peak_in_flight_messages: self.peak_messages.load(Ordering::Relaxed),
             peak_in_flight_bytes: self.peak_bytes.load(Ordering::Relaxed),
             peak_partition_in_flight_messages: self.peak_partition_messages.load(Ordering::Relaxed),
@@ -104,6 +126,8 @@ impl SystemMetrics {
             skipped,
             dead_lettered,
             processor_restarts: self.processor_restarts.load(Ordering::Relaxed),
+            stalls: self.stalls.load(Ordering::Relaxed),
+            stalled_partitions: self.stalled_partitions.load(Ordering::Relaxed),
         }
     }
 }

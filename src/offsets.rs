@@ -69,37 +69,59 @@ pub(crate) struct CommitPoint {
     pub(crate) offset: i64,
 }
 
+/// What became of a message the book knows, as far as commits are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Taken by the Fetcher, not finished.
+    Unfinished,
+    Finished,
+    /// Given up unfinished on purpose (a stop dropped it before it started, or gave up its
+    /// retry): not committed, read again by the next reader, but not abandoned work.
+    Released,
+}
+
 /// The bookkeeping of one partition within one assignment.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PartitionOffsets {
-    /// The dispatched offsets from the lowest unfinished one on, in increasing order, each
-    /// with whether it finished. The front is always unfinished: finished offsets at the
-    /// front are dropped, so the window spans only what a commit cannot pass yet.
-    window: VecDeque<(i64, bool)>,
+    /// The offsets taken, from the lowest one not finished on, in increasing order, each with
+    /// its fate. The front is never finished: finished offsets at the front are dropped, so
+    /// the window spans only what a commit cannot pass yet.
+    window: VecDeque<(i64, Fate)>,
     unfinished: usize,
-    /// The highest dispatched offset + 1, once anything was dispatched.
+    released: usize,
+    /// The highest offset taken + 1, once anything was taken.
     next_offset: Option<i64>,
     /// The last commit point Kafka acknowledged.
     committed: Option<i64>,
 }
 
 impl PartitionOffsets {
-    /// Records that `offset` was handed to a processor. Offsets arrive in increasing order
-    /// within an assignment; an offset at or below one already dispatched is refused, because
-    /// accepting it could move the commit point backwards.
+    /// Records that the Fetcher took `offset`. Offsets arrive in increasing order within an
+    /// assignment; an offset at or below one already taken is refused, because accepting it
+    /// could move the commit point backwards.
     pub(crate) fn dispatched(&mut self, offset: i64) -> bool {
         if self.next_offset.is_some_and(|next| offset < next) {
             return false;
         }
-        self.window.push_back((offset, false));
+        self.window.push_back((offset, Fate::Unfinished));
         self.unfinished += 1;
         self.next_offset = Some(offset + 1);
         true
     }
 
     /// Records that processing of `offset` finished. Returns false when the offset was not
-    /// unfinished (never dispatched, or already finished).
+    /// unfinished (never taken, already finished, or released).
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
+        self.settle(offset, Fate::Finished)
+    }
+
+    /// Records that `offset` was given up unfinished. Returns false when it was not
+    /// unfinished.
+    pub(crate) fn released(&mut self, offset: i64) -> bool {
+        self.settle(offset, Fate::Released)
+    }
+
+    fn settle(&mut self, offset: i64, fate: Fate) -> bool {
         // Completions mostly come in offset order, so the front is the usual match.
         let index = match self.window.front() {
             Some((front, _)) if *front == offset => 0,
@@ -108,22 +130,32 @@ impl PartitionOffsets {
                 Err(_) => return false,
             },
         };
-        let (_, done) = &mut self.window[index];
-        if *done {
+        let (_, current) = &mut self.window[index];
+        if *current != Fate::Unfinished {
             return false;
         }
-        *done = true;
+        *current = fate;
         self.unfinished -= 1;
-        while self.window.front().is_some_and(|(_, done)| *done) {
+        if fate == Fate::Released {
+            self.released += 1;
+        }
+        while self
+            .window
+            .front()
+            .is_some_and(|(_, fate)| *fate == Fate::Finished)
+        {
             self.window.pop_front();
         }
         true
     }
 
-    /// The offset up to which every dispatched message is finished: the next offset to read
-    /// after a restart. `None` until something was dispatched.
+    /// The offset up to which every message taken is finished: the next offset to read after
+    /// a restart. `None` until something was taken.
     pub(crate) fn commit_point(&self) -> Option<i64> {
-        self.first_unfinished().or(self.next_offset)
+        self.window
+            .front()
+            .map(|(offset, _)| *offset)
+            .or(self.next_offset)
     }
 
     /// The commit point, if it is ahead of what Kafka already acknowledged.
@@ -146,12 +178,22 @@ impl PartitionOffsets {
         self.committed
     }
 
+    /// Messages taken and neither finished nor released.
     pub(crate) fn in_flight(&self) -> usize {
         self.unfinished
     }
 
+    /// Messages released (given up on purpose) that the commit point cannot pass.
+    pub(crate) fn released_count(&self) -> usize {
+        self.released
+    }
+
+    /// The lowest offset taken and neither finished nor released.
     pub(crate) fn first_unfinished(&self) -> Option<i64> {
-        self.window.front().map(|(offset, _)| *offset)
+        self.window
+            .iter()
+            .find(|(_, fate)| *fate == Fate::Unfinished)
+            .map(|(offset, _)| *offset)
     }
 }
 
@@ -237,6 +279,17 @@ impl OffsetBook {
         }
     }
 
+    /// Records messages given up unfinished on purpose; ignored when fenced.
+    pub(crate) fn released(&mut self, positions: &[Position]) {
+        for run in positions.chunk_by(|a, b| a.assignment == b.assignment) {
+            if let Some(assignment) = self.assignments.get_mut(&run[0].assignment) {
+                for position in run {
+                    assignment.offsets.released(position.offset);
+                }
+            }
+        }
+    }
+
     /// Commit points that are ahead of what Kafka acknowledged, in partition order.
     pub(crate) fn uncommitted(&self) -> Vec<CommitPoint> {
         let mut points: Vec<CommitPoint> = self
@@ -279,6 +332,15 @@ impl OffsetBook {
             .values()
             .map(|a| a.offsets.in_flight())
             .sum()
+    }
+
+    /// Every current assignment with its partition and bookkeeping.
+    pub(crate) fn assignments(
+        &self,
+    ) -> impl Iterator<Item = (AssignmentId, &TopicPartition, &PartitionOffsets)> {
+        self.assignments
+            .iter()
+            .map(|(id, a)| (*id, &a.partition, &a.offsets))
     }
 
     /// Every partition with its bookkeeping, in partition order.
@@ -348,6 +410,22 @@ mod tests {
         assert_eq!(offsets.commit_point(), Some(5));
         offsets.finished(5);
         assert_eq!(offsets.commit_point(), Some(10));
+    }
+
+    #[test]
+    fn a_released_offset_holds_the_commit_point_but_is_not_in_flight() {
+        let mut offsets = PartitionOffsets::default();
+        for offset in 0..4 {
+            offsets.dispatched(offset);
+        }
+        assert!(offsets.finished(0));
+        assert!(offsets.released(1));
+        assert!(!offsets.released(1), "released once");
+        assert!(!offsets.finished(1), "a released offset never finishes");
+        assert!(offsets.finished(2));
+        assert_eq!(offsets.commit_point(), Some(1));
+        assert_eq!((offsets.in_flight(), offsets.released_count()), (1, 1));
+        assert_eq!(offsets.first_unfinished(), Some(3));
     }
 
     #[test]
@@ -443,12 +521,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn commit_point_never_passes_an_unfinished_offset_nor_decreases(
+        fn commit_point_never_passes_an_unfinished_or_released_offset_nor_decreases(
             (offsets, order) in dispatch_and_completion_order(),
             interleave in 0usize..200,
+            released_one_in in 0usize..20,
         ) {
             let mut book = PartitionOffsets::default();
             let mut unfinished = BTreeSet::new();
+            // Given up on purpose: held back like unfinished ones, for good.
+            let mut released = BTreeSet::new();
             let mut last_point = None;
             // Dispatch some offsets up front, then interleave the rest with completions, as
             // a fetcher and a processor pool would.
@@ -469,18 +550,26 @@ mod tests {
                     prop_assert!(point >= last_point);
                     last_point = point;
                 }
-                prop_assert!(book.finished(offset));
+                if released_one_in > 0 && index % released_one_in == 0 {
+                    prop_assert!(book.released(offset));
+                    released.insert(offset);
+                } else {
+                    prop_assert!(book.finished(offset));
+                }
                 unfinished.remove(&offset);
 
                 let point = book.commit_point().expect("something was dispatched");
-                if let Some(&lowest) = unfinished.first() {
-                    prop_assert!(point <= lowest, "commit point {point} passes unfinished {lowest}");
+                let lowest = unfinished.first().into_iter().chain(released.first()).min();
+                if let Some(&lowest) = lowest {
+                    prop_assert!(point <= lowest, "commit point {point} passes {lowest}");
                 }
                 prop_assert!(Some(point) >= last_point, "commit point went back");
                 last_point = Some(point);
             }
-            prop_assert_eq!(book.commit_point(), Some(offsets[offsets.len() - 1] + 1));
+            let expected = released.first().copied().unwrap_or(offsets[offsets.len() - 1] + 1);
+            prop_assert_eq!(book.commit_point(), Some(expected));
             prop_assert_eq!(book.in_flight(), 0);
+            prop_assert_eq!(book.released_count(), released.len());
         }
     }
 }

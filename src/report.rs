@@ -44,6 +44,10 @@ pub enum StopReason {
         /// The error `on_start` returned.
         error: String,
     },
+    /// A part of the framework failed (an actor or a processor task died): a bug of the
+    /// framework, never of user code. The system stopped as gracefully as it could; please
+    /// report it with the log.
+    InternalFailure(String),
 }
 
 impl fmt::Display for StopReason {
@@ -69,6 +73,7 @@ impl fmt::Display for StopReason {
                 f,
                 "processor {processor} could not be restarted after a panic: {error}"
             ),
+            StopReason::InternalFailure(what) => write!(f, "internal failure: {what}"),
         }
     }
 }
@@ -79,7 +84,8 @@ impl fmt::Display for StopReason {
 pub enum Phase {
     /// Pausing all partitions so that nothing more is dispatched.
     StopFetching,
-    /// Waiting for in-flight messages to finish.
+    /// Finishing what the processors hold (a few messages each); what waited in the fetcher
+    /// is left for the next reader.
     Drain,
     /// Running the processors' [`on_stop`](crate::Processor::on_stop) hooks.
     StopProcessors,
@@ -100,8 +106,9 @@ pub struct PhaseReport {
     pub completed: bool,
 }
 
-/// Messages that were dispatched but not finished when the system stopped, per partition. They
-/// were not committed and are delivered again to the next member that reads the partition.
+/// Messages a processor held or ran but did not finish because the drain ran out of time or
+/// was abandoned, per partition. They were not committed and are delivered again to the next
+/// member that reads the partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abandoned {
     /// The partition.
@@ -132,8 +139,13 @@ pub struct ShutdownReport {
     /// The last offset this system committed for each partition it committed for: the next
     /// offset a consumer of the group will read.
     pub committed: BTreeMap<TopicPartition, i64>,
-    /// What was in flight and not finished when the final commit ran.
+    /// What the drain did not finish (it ran out of time, or a second stop request cut it
+    /// short), per partition.
     pub abandoned: Vec<Abandoned>,
+    /// Messages fetched but not started when the system stopped (waiting in the fetcher, or
+    /// for a retry): not committed, and read again by the next member. Leaving them is what
+    /// keeps a stop short; it is not a failure.
+    pub released: u64,
     /// The shutdown phases with their durations.
     pub phases: Vec<PhaseReport>,
     /// Errors met during shutdown (a stop hook that failed, a commit that failed). Empty when
@@ -174,6 +186,13 @@ impl fmt::Display for ShutdownReport {
         }
         for (partition, offset) in &self.committed {
             writeln!(f, "  {partition}: {offset}")?;
+        }
+        if self.released > 0 {
+            writeln!(
+                f,
+                "left for the next reader: {} messages fetched but not started",
+                self.released
+            )?;
         }
         if self.abandoned.is_empty() {
             writeln!(f, "abandoned: none")?;

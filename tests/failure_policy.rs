@@ -36,6 +36,8 @@ struct Flaky {
     plan: Arc<HashMap<i64, Misbehaviour>>,
     attempts: Arc<Mutex<HashMap<(i32, i64), usize>>>,
     instances: Arc<AtomicUsize>,
+    /// Simulated work per message.
+    work: Duration,
 }
 
 impl Flaky {
@@ -45,6 +47,7 @@ impl Flaky {
             plan: Arc::new(plan.into_iter().collect()),
             attempts: Arc::default(),
             instances: Arc::default(),
+            work: Duration::ZERO,
         }
     }
 
@@ -57,6 +60,9 @@ impl Flaky {
 
 impl Processor for Flaky {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
         let at = (message.partition(), message.offset());
         let attempt = {
             let mut attempts = self.attempts.lock().unwrap();
@@ -141,6 +147,53 @@ fn transient_failures_succeed_after_retries_without_holding_up_other_partitions(
         last_of_1 < retried_at,
         "partition 1 waited for partition 0's retries"
     );
+}
+
+/// The reproduction of a processor lent to two futures at once: a retry came due while a batch
+/// still held the processor, the actor died inside the framework and its partitions stalled
+/// silently (at 417 of 4,000 messages). Retries must interleave with a live stream on one
+/// processor without ever running two items at once.
+#[test]
+fn retries_coming_due_during_a_stream_never_break_a_processor() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("retry-stream", 2);
+    let end_offsets = cluster.produce(&topic, 4_000);
+    let group = group("retry-stream");
+    let mut flaky = Flaky::new([(100, Misbehaviour::FailsTimes(1))]);
+    flaky.work = Duration::from_millis(1);
+    let config = cluster
+        .config(&topic, &group)
+        .processors(1)
+        .failure_policy(
+            FailurePolicy::retry(5)
+                .backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .then_dead_letter(),
+        )
+        .build()
+        .unwrap();
+    cluster.create_topic(&format!("{topic}.dlq"), 1);
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&flaky.ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        (report.retries, report.processor_restarts),
+        (1, 0),
+        "{report}"
+    );
+    assert_eq!(
+        audit(&flaky.ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
 }
 
 #[test]
@@ -325,17 +378,10 @@ fn a_shutdown_does_not_wait_out_a_backoff_and_the_message_comes_back() {
         "the shutdown waited out the backoff: {:?}",
         stopping.elapsed()
     );
-    assert_eq!(report.reason, StopReason::Requested);
-    assert!(report.errors.is_empty(), "{report}");
-    // The failed message and everything behind it were given up, not committed.
-    assert_eq!(report.abandoned.len(), 1, "{report}");
-    assert_eq!(
-        (
-            report.abandoned[0].first_offset,
-            report.abandoned[0].messages
-        ),
-        (30, 70)
-    );
+    // The failed message and everything behind it were given up on purpose, not committed:
+    // a clean stop, with the rest left for the next reader.
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.released, 70, "{report}");
     assert_eq!(cluster.committed_offsets(&group, &topic).get(&0), Some(&30));
 
     let config = cluster.config(&topic, &group);

@@ -1,12 +1,13 @@
 //! The Fetcher: the only owner of the rdkafka consumer.
 //!
-//! It runs on an arbiter (a thread) of its own, because its polls block and because librdkafka
-//! runs the rebalance callbacks inside `poll`: a callback may wait for other actors, and those
-//! never need this thread. Each round it polls the consumer's queue for events, takes a batch
-//! of messages from the fetch queue (`crate::fetch_queue`), stamps each message with the id of
-//! its partition's current assignment, records the batch with the OffsetTracker and only then
-//! hands the messages to the processors their partitions are routed to. Commits, pausing and
-//! closing all happen here, between two rounds.
+//! It runs on an arbiter (a thread) of its own, because librdkafka runs the rebalance
+//! callbacks inside `poll`, and a revocation waits there for the processors, which never need
+//! this thread. Each round it serves the consumer's events, resumes partitions that drained,
+//! takes a batch of messages from the fetch queue into the partitions' backlogs (`Routes`),
+//! tells the OffsetTracker what it took, and hands out what the processors have room for.
+//! Between rounds it waits on one [`Notify`], woken by librdkafka (messages, events, commit
+//! results) and by processors (room for more), so commands are handled at once and an idle
+//! Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,45 +15,46 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Notify;
 
 use crate::actors::offset_tracker::{
-    Assigned, CommitPointsOf, Committed, Dispatched, OffsetTracker, Revoked,
+    Assigned, CommitPointsOf, Committed, Completions, Fetched, OffsetTracker, Revoked,
 };
-use crate::actors::processor::{ForgetPartitions, Process};
-use crate::fetch_queue::{FetchQueue, FetchedMessage};
-use crate::flow::{AssignedPartition, InFlightLimit, Load};
-use crate::message::Message;
+use crate::actors::processor::ProcessorHandle;
+use crate::flow::{AssignedPartition, Tenure};
 use crate::metrics::SystemMetrics;
-use crate::offsets::{AssignmentId, CommitPoint, TopicPartition};
+use crate::native::{CommitQueue, FetchQueue, QueueWakeup, commit_within};
+use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition};
 use crate::report::StopReason;
-use crate::revocation::RevocationBarrier;
-use crate::routing::{OrderingMode, Router};
+use crate::routes::{FlowSettings, Routes};
+use crate::routing::OrderingMode;
+use crate::stall::Sighting;
 use crate::stop::StopHandle;
 
-/// How long one poll waits for a message: also the longest a command (commit, stop) waits for
-/// the poll in progress to return.
-const POLL_TIMEOUT: Duration = Duration::from_millis(50);
-/// The most messages dispatched per poll round.
+/// The longest the Fetcher waits between two rounds when nothing wakes it: keeps the consumer
+/// polled and the figures fresh.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The most messages taken per round.
 const MAX_BATCH: usize = 1024;
+/// The most consumer events served per round; more wait for the next, at once.
+const MAX_EVENTS: usize = 16;
 /// The least a revocation's commit gets, even when the drain used up its timeout: skipping
 /// it would make the next owner repeat everything finished since the last periodic commit.
 const REVOCATION_COMMIT_FLOOR: Duration = Duration::from_secs(1);
 
-/// The consumer's callbacks. They run on the Fetcher's thread, inside `poll`.
+/// The consumer's callbacks and what they share with the Fetcher. The callbacks run on the
+/// Fetcher's thread, inside `poll`, or on the thread that closes the consumer.
 pub(crate) struct FetchContext {
     tracker: Addr<OffsetTracker>,
     metrics: Arc<SystemMetrics>,
-    /// The partitions this member holds, each under its current assignment.
-    assignment: Mutex<HashMap<TopicPartition, Arc<AssignedPartition>>>,
-    /// Bumped on every change of `assignment`, so the Fetcher knows to rebuild its routes.
-    generation: AtomicU64,
+    /// The partitions this member holds, with their backlogs.
+    routes: Mutex<Routes>,
     next_assignment: AtomicU64,
-    /// Set when the Fetcher stops dispatching: partitions assigned later stay paused.
+    /// Set when the Fetcher stops taking messages: partitions assigned later stay paused.
     stopping: AtomicBool,
     /// What a revocation drains and whom it tells; set once the processors exist.
     revocation: OnceLock<Revocation>,
@@ -64,19 +66,22 @@ pub(crate) struct FetchContext {
 /// What the revocation callback needs besides the consumer.
 pub(crate) struct Revocation {
     /// The processors, told to give up retries of revoked partitions.
-    pub(crate) processors: Vec<Recipient<ForgetPartitions>>,
-    /// The longest the callback waits for the revoked partitions' messages in progress.
+    pub(crate) processors: Vec<ProcessorHandle>,
+    /// The longest the callback waits for the revoked partitions' messages.
     pub(crate) drain_timeout: Duration,
-    pub(crate) barrier: Arc<RevocationBarrier>,
 }
 
 impl FetchContext {
-    pub(crate) fn new(tracker: Addr<OffsetTracker>, metrics: Arc<SystemMetrics>) -> Self {
+    pub(crate) fn new(
+        tracker: Addr<OffsetTracker>,
+        metrics: Arc<SystemMetrics>,
+        processors: usize,
+        flow: FlowSettings,
+    ) -> Self {
         FetchContext {
             tracker,
             metrics,
-            assignment: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
+            routes: Mutex::new(Routes::new(processors, flow)),
             next_assignment: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             revocation: OnceLock::new(),
@@ -84,14 +89,15 @@ impl FetchContext {
         }
     }
 
-    /// Whether this member holds any partition: a round waits for events while it holds
-    /// none, and for messages while it holds some.
-    fn holds_partitions(&self) -> bool {
-        !self.assignment().is_empty()
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        // A panic while holding this lock is a bug that stops the system (the Fetcher's
+        // death is watched); the routes stay usable for the shutdown.
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn fetch_queue(&self) -> MutexGuard<'_, Option<FetchQueue>> {
-        // Nothing panics while holding this lock but a read into it: recover it.
         self.fetch_queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -104,58 +110,80 @@ impl FetchContext {
         }
     }
 
-    /// Takes partitions out of the assignment: nothing more of them is dispatched, and what
-    /// the poll round in progress fetched of them is dropped. Returns them as they were held.
-    fn take_out(&self, partitions: &TopicPartitionList) -> Vec<Arc<AssignedPartition>> {
-        let mut assignment = self.assignment();
-        let taken: Vec<Arc<AssignedPartition>> = partitions
-            .elements()
-            .iter()
-            .filter_map(|p| assignment.remove(&TopicPartition::new(p.topic(), p.partition())))
-            .collect();
-        drop(assignment);
-        self.generation.fetch_add(1, Ordering::Release);
-        taken
-    }
-
-    /// Marks partitions revoked: processors skip their queued messages from now on and give up
-    /// their retries, since nothing more of them can be committed by this member.
-    fn fence(&self, revoked: &[Arc<AssignedPartition>]) {
-        for partition in revoked {
-            partition.revoke();
+    /// Takes partitions out of the assignment. On a graceful revocation, waits (bounded by the
+    /// drain timeout) until processors finished or gave up what they hold of them and
+    /// reported it, and commits their commit points synchronously; on a loss, commits
+    /// nothing, since the partitions may already belong to another member.
+    fn revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        which: impl Fn(&TopicPartition) -> bool,
+        lost: bool,
+    ) {
+        let (revoked, ordering) = {
+            let mut routes = self.routes();
+            (routes.revoke(which), routes.ordering())
+        };
+        if revoked.is_empty() {
+            return;
         }
+        // What processors hold of a partition is a prefix of what was taken. In per-partition
+        // order it all sits on one processor, in order, so what is not started yet is a suffix:
+        // dropping it leaves no gap behind a finished message, and the revocation need not
+        // wait behind another partition's long message. In the other modes the prefix is
+        // spread over processors, and is finished rather than leave a gap (which would make
+        // the next owner repeat what finished after it).
+        let tenure = if lost || ordering == OrderingMode::PerPartition {
+            Tenure::Fenced
+        } else {
+            Tenure::Revoking
+        };
+        for partition in &revoked {
+            partition.set_tenure(tenure);
+        }
+        let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
         if let Some(revocation) = self.revocation.get() {
-            let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
             for processor in &revocation.processors {
-                processor.do_send(ForgetPartitions(assignments.clone()));
+                processor.forget(assignments.clone());
             }
         }
+        if lost {
+            self.metrics
+                .lost_assignments
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.drain_and_commit(consumer, &revoked);
+        }
+        self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+        self.tracker.do_send(Revoked(
+            revoked.iter().map(|p| p.partition.clone()).collect(),
+        ));
     }
 
-    /// Lets the revoked partitions' messages in progress finish (bounded by the drain timeout)
-    /// and commits their commit points synchronously, before the rebalance goes on. Messages
-    /// queued but not started are skipped: nothing of them was done, so the next owner reads
-    /// them without repeating anything. Runs on the Fetcher's thread, inside `poll`; what it
-    /// waits for (processors, the tracker) runs on other threads, so it cannot deadlock.
+    /// Waits until nothing of the revoked partitions is in flight: their backlogs were
+    /// dropped, and processors finish the message in progress, finish or drop what they hold
+    /// (see `revoke`), give up retries, and report before they let go of a message. Then their commit
+    /// points are final: commits them. Runs inside `poll`; what it waits for (processors, the
+    /// tracker) runs on other threads, so it cannot deadlock.
     fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &[Arc<AssignedPartition>]) {
         let started = Instant::now();
         let Some(revocation) = self.revocation.get() else {
             return;
         };
-        let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
-        // Also while the system stops: a rebalance can come during its drain, and then only
-        // this wait makes the commit cover what the processors are finishing. (When the
-        // close itself revokes, the processors are idle and the wait ends at once.)
-        let drain_timeout = revocation.drain_timeout;
-        let deadline = started + drain_timeout;
-        let epoch = revocation.barrier.raise();
-        // Processors pass the barrier between two messages, at least every message; a short
-        // sleep between looks costs nothing next to that.
-        while revocation.barrier.not_passed(epoch) > 0 && Instant::now() < deadline {
+        let deadline = started + revocation.drain_timeout;
+        let in_flight = || -> usize { revoked.iter().map(|p| p.in_flight.load().messages).sum() };
+        // Processors finish between one and a few messages per partition; a short sleep
+        // between looks costs nothing next to that.
+        while in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let left = revocation.barrier.not_passed(epoch);
+        let left = in_flight();
+        // Whatever is still held is skipped from now on: the next owner processes it.
+        for partition in revoked {
+            partition.set_tenure(Tenure::Fenced);
+        }
         let (reply, answer) = mpsc::channel();
+        let assignments = revoked.iter().map(|p| p.assignment).collect();
         self.tracker.do_send(CommitPointsOf { assignments, reply });
         let wait = deadline
             .saturating_duration_since(Instant::now())
@@ -167,7 +195,10 @@ impl FetchContext {
                 return;
             }
         };
-        let committed = commit(consumer, &points);
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(REVOCATION_COMMIT_FLOOR);
+        let committed = commit(consumer, &points, wait);
         match &committed {
             Ok(()) => self.tracker.do_send(Committed(points.clone())),
             Err(error) => log::warn!(
@@ -182,30 +213,24 @@ impl FetchContext {
             match left {
                 0 => String::new(),
                 left => format!(
-                    ", {left} processors still busy with a revoked partition after \
-                     {drain_timeout:?} (the next owner repeats their messages)"
+                    ", {left} messages still unfinished after {:?} (the next owner repeats \
+                     them)",
+                    revocation.drain_timeout
                 ),
             }
         );
-    }
-
-    fn assignment(&self) -> MutexGuard<'_, HashMap<TopicPartition, Arc<AssignedPartition>>> {
-        // A panic while holding this lock cannot leave the map half-updated: recover it.
-        self.assignment
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl ClientContext for FetchContext {}
 
 impl ConsumerContext for FetchContext {
-    /// On revocation: stop dispatching the revoked partitions, wait for their in-flight
-    /// messages, commit their commit points, and only then let librdkafka release them. When
+    /// On revocation: stop handing out the revoked partitions, wait for what processors hold
+    /// of them, commit their commit points, and only then let librdkafka release them. When
     /// the assignment was lost (the session expired, the coordinator fenced this member) the
     /// partitions may already belong to another member: nothing is committed for them.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let taken = match rebalance {
+        match rebalance {
             Rebalance::Revoke(partitions) => {
                 let lost = consumer.assignment_lost();
                 log::info!(
@@ -214,14 +239,17 @@ impl ConsumerContext for FetchContext {
                     partitions.count(),
                     names(partitions)
                 );
-                Some((self.take_out(partitions), lost))
+                let revoked: Vec<TopicPartition> = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| TopicPartition::new(p.topic(), p.partition()))
+                    .collect();
+                self.revoke(consumer, |p| revoked.contains(p), lost);
             }
             // librdkafka unassigns everything after a rebalance error: as good as lost.
             Rebalance::Error(error) => {
                 log::warn!("rebalance failed ({error}): giving up every partition");
-                let all = self.assignment().drain().map(|(_, p)| p).collect();
-                self.generation.fetch_add(1, Ordering::Release);
-                Some((all, true))
+                self.revoke(consumer, |_| true, true);
             }
             Rebalance::Assign(partitions) => {
                 // Before librdkafka starts fetching them: then their messages never reach
@@ -229,168 +257,50 @@ impl ConsumerContext for FetchContext {
                 if let Some(queue) = self.fetch_queue().as_ref() {
                     queue.route(consumer, partitions);
                 }
-                None
             }
-        };
-        let Some((revoked, lost)) = taken else {
-            return;
-        };
-        if revoked.is_empty() {
-            return;
         }
-        self.fence(&revoked);
-        if lost {
-            self.metrics
-                .lost_assignments
-                .fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.drain_and_commit(consumer, &revoked);
-        }
-        self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
-        self.tracker.do_send(Revoked(
-            revoked.iter().map(|p| p.partition.clone()).collect(),
-        ));
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                let assigned: Vec<Arc<AssignedPartition>> = partitions
-                    .elements()
-                    .iter()
-                    .map(|p| {
-                        let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
-                        AssignedPartition::new(
-                            TopicPartition::new(p.topic(), p.partition()),
-                            AssignmentId(id),
-                        )
-                    })
-                    .collect();
-                log::info!(
-                    "assigned {} partitions: {}",
-                    assigned.len(),
-                    names(partitions)
-                );
-                // librdkafka keeps a partition paused across a revocation; a new assignment
-                // starts unpaused unless the system is stopping.
-                let paused = if self.stopping.load(Ordering::Acquire) {
-                    consumer.pause(partitions)
-                } else {
-                    consumer.resume(partitions)
-                };
-                if let Err(error) = paused {
-                    log::warn!("could not set the pause of new partitions: {error}");
-                }
-                self.tracker.do_send(Assigned(
-                    assigned
-                        .iter()
-                        .map(|a| (a.partition.clone(), a.assignment))
-                        .collect(),
-                ));
-                self.assignment()
-                    .extend(assigned.into_iter().map(|a| (a.partition.clone(), a)));
-                self.generation.fetch_add(1, Ordering::Release);
-                self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
-            }
-            Rebalance::Revoke(_) | Rebalance::Error(_) => {}
-        }
-    }
-}
-
-/// Where the messages of one assigned partition go, and its flow control.
-struct Route {
-    assigned: Arc<AssignedPartition>,
-    /// The partition's processor, for messages routed by partition.
-    processor: usize,
-    /// What the partition had in flight when the round first reached it: read once per round,
-    /// not per message, since processors keep writing that cache line. It only overstates
-    /// (processors only release meanwhile), so the limits still hold.
-    before_round: Load,
-    /// Dispatched in the poll round in progress, not yet added to `assigned.in_flight`.
-    round: Load,
-    /// Paused because its in-flight work (or the system's) reached a limit.
-    paused: bool,
-    /// Where the partition resumes: the offset after the last message dispatched, or the
-    /// first one librdkafka returned but the Fetcher did not dispatch (it had just paused
-    /// the partition in the middle of a batch).
-    next_offset: Option<i64>,
-}
-
-impl Route {
-    /// Counts a message dispatched this round; returns what the partition has in flight now,
-    /// at most.
-    fn dispatch(&mut self, bytes: usize) -> Load {
-        if self.round.messages == 0 {
-            self.before_round = self.assigned.in_flight.load();
-        }
-        self.round.add(bytes);
-        self.before_round.plus(self.round)
-    }
-
-    /// Adds this round's dispatches to the partition's in-flight count; returns the new count.
-    fn end_round(&mut self) -> Load {
-        let round = std::mem::take(&mut self.round);
-        self.assigned.in_flight.add(round);
-        self.assigned.in_flight.load()
-    }
-}
-
-/// The Fetcher's copy of the assignment, with each partition's processor: looked up per
-/// message without hashing or locking, and rebuilt only when the assignment changed.
-struct Routes {
-    router: Router,
-    table: Vec<Route>,
-    generation: Option<u64>,
-    /// The route of the previous message: messages come in runs of one partition.
-    last: usize,
-}
-
-impl Routes {
-    /// The index in `table` of the route of a partition. Indices are valid until the next
-    /// lookup: a rebalance inside `poll` rebuilds the table.
-    fn lookup(&mut self, context: &FetchContext, topic: &str, partition: i32) -> Option<usize> {
-        let generation = context.generation.load(Ordering::Acquire);
-        if self.generation != Some(generation) {
-            self.rebuild(context);
-            self.generation = Some(generation);
-        }
-        let matches = |route: &Route| {
-            route.assigned.partition.partition() == partition
-                && route.assigned.partition.topic() == topic
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
         };
-        if !self.table.get(self.last).is_some_and(matches) {
-            self.last = self.table.iter().position(matches)?;
-        }
-        Some(self.last)
-    }
-
-    /// Rebuilds the table from the assignment. Partitions held on under the same assignment
-    /// keep their pause and position; the round's dispatches so far are counted first, so
-    /// none is lost.
-    fn rebuild(&mut self, context: &FetchContext) {
-        let mut previous = std::mem::take(&mut self.table);
-        for route in &mut previous {
-            route.end_round();
-        }
-        self.table = context
-            .assignment()
-            .values()
-            .map(|assigned| {
-                let kept = previous
-                    .iter()
-                    .find(|r| r.assigned.assignment == assigned.assignment);
-                Route {
-                    processor: self
-                        .router
-                        .processor_for(assigned.partition.topic(), assigned.partition.partition()),
-                    paused: kept.is_some_and(|r| r.paused),
-                    next_offset: kept.and_then(|r| r.next_offset),
-                    assigned: assigned.clone(),
-                    before_round: Load::default(),
-                    round: Load::default(),
-                }
+        let assigned: Vec<Arc<AssignedPartition>> = partitions
+            .elements()
+            .iter()
+            .map(|p| {
+                let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
+                AssignedPartition::new(
+                    TopicPartition::new(p.topic(), p.partition()),
+                    AssignmentId(id),
+                )
             })
             .collect();
+        log::info!(
+            "assigned {} partitions: {}",
+            assigned.len(),
+            names(partitions)
+        );
+        // librdkafka keeps a partition paused across a revocation; a new assignment starts
+        // unpaused unless the system is stopping.
+        let stopping = self.stopping.load(Ordering::Acquire);
+        let paused = if stopping {
+            consumer.pause(partitions)
+        } else {
+            consumer.resume(partitions)
+        };
+        if let Err(error) = paused {
+            log::warn!("could not set the pause of new partitions: {error}");
+        }
+        // The tracker hears of the assignment before anything taken under it.
+        self.tracker.do_send(Assigned(
+            assigned
+                .iter()
+                .map(|a| (a.partition.clone(), a.assignment))
+                .collect(),
+        ));
+        self.routes().assign(assigned, stopping);
+        self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -406,266 +316,233 @@ fn names(partitions: &TopicPartitionList) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Fetching,
-    /// Stopping: partitions are paused and anything still polled is dropped undispatched.
+    /// Stopping: partitions are paused, backlogs dropped, nothing more is taken.
     Stopped,
     Closed,
 }
 
-/// How the Fetcher spreads messages and bounds the work in flight.
-pub(crate) struct FlowSettings {
-    pub(crate) ordering: OrderingMode,
-    pub(crate) partition_limit: InFlightLimit,
-    pub(crate) total_limit: InFlightLimit,
+/// The librdkafka queues the Fetcher reads besides the fetch queue; dropped before the
+/// consumer is closed.
+struct Queues {
+    events: Option<QueueWakeup>,
+    commits: CommitQueue,
 }
 
 pub(crate) struct Fetcher {
     /// `None` once closed.
     consumer: Option<BaseConsumer<FetchContext>>,
+    queues: Option<Queues>,
+    /// Periodic commits sent and not answered yet, by id.
+    commits_in_flight: HashMap<u64, Vec<CommitPoint>>,
+    next_commit: u64,
     tracker: Addr<OffsetTracker>,
-    processors: Vec<Recipient<Process>>,
-    routes: Routes,
-    flow: FlowSettings,
+    processors: Vec<ProcessorHandle>,
     metrics: Arc<SystemMetrics>,
-    /// The processor the next unordered message goes to.
-    next_processor: usize,
     stop: StopHandle,
     state: State,
+    wakeup: Arc<Notify>,
 }
 
 impl Fetcher {
     pub(crate) fn new(
         consumer: BaseConsumer<FetchContext>,
         tracker: Addr<OffsetTracker>,
-        processors: Vec<Recipient<Process>>,
-        flow: FlowSettings,
+        processors: Vec<ProcessorHandle>,
         stop: StopHandle,
+        wakeup: Arc<Notify>,
     ) -> Self {
-        *consumer.context().fetch_queue() = Some(FetchQueue::new(&consumer));
+        *consumer.context().fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
+        let queues = Queues {
+            events: QueueWakeup::consumer_events(&consumer, wakeup.clone()),
+            commits: CommitQueue::new(&consumer, wakeup.clone()),
+        };
         Fetcher {
-            routes: Routes {
-                router: Router::new(processors.len()),
-                table: Vec::new(),
-                generation: None,
-                last: 0,
-            },
             metrics: consumer.context().metrics.clone(),
             consumer: Some(consumer),
+            queues: Some(queues),
+            commits_in_flight: HashMap::new(),
+            next_commit: 1,
             tracker,
             processors,
-            flow,
-            next_processor: 0,
             stop,
             state: State::Fetching,
+            wakeup,
         }
     }
 
-    /// Polls events, then takes up to a batch of messages and dispatches them: the tracker
-    /// hears of each message before any processor can finish it. A partition is paused the
-    /// moment its in-flight work reaches its limit, and every partition when the system's does.
-    fn fetch(&mut self) {
-        self.resume_drained();
-        self.poll_events();
-        let Fetcher {
-            consumer: Some(consumer),
-            routes,
-            flow,
-            metrics,
-            processors,
-            tracker,
-            next_processor,
-            ..
-        } = self
-        else {
-            return;
+    /// One round: serves events, resumes drained partitions, takes a batch of messages,
+    /// tells the tracker, hands out what processors have room for. Returns whether it made
+    /// progress (then the next round follows at once).
+    fn round(&mut self) -> bool {
+        let mut progress = self.serve_events();
+        self.collect_commit_results();
+        let Some(consumer) = &self.consumer else {
+            return false;
         };
-        let total_before = metrics.in_flight.load();
-        // Rebalance callbacks ran in `poll_events`, before the round; none runs during it.
-        let mut round_total = Load::default();
-        let queue = consumer.context().fetch_queue();
-        let Some(queue) = queue.as_ref() else {
-            return;
-        };
-        // The round's messages, so that each processor's can share one buffer.
-        let wait = if consumer.context().holds_partitions() {
-            POLL_TIMEOUT
-        } else {
-            Duration::ZERO
-        };
-        let fetched = queue.consume(wait, MAX_BATCH);
-        let mut polled = Vec::with_capacity(fetched.len());
-        let mut buffer_sizes = vec![0; processors.len()];
-        for message in fetched {
-            if let Some(failure) = message.error() {
-                log::warn!(
-                    "fetching {}/{} failed (librdkafka retries): {failure}",
-                    message.topic(),
-                    message.partition()
-                );
-                continue;
-            }
-            let Some(route) =
-                routes.lookup(consumer.context(), message.topic(), message.partition())
-            else {
-                log::debug!(
-                    "dropped {}/{}@{}: not assigned",
-                    message.topic(),
-                    message.partition(),
-                    message.offset()
-                );
-                continue;
+        let context = consumer.context();
+        let mut routes = context.routes();
+        if self.state == State::Fetching {
+            resume(consumer, routes.resumable());
+            let taken = {
+                let queue = context.fetch_queue();
+                let Some(queue) = queue.as_ref() else {
+                    return false;
+                };
+                let records = queue.take(MAX_BATCH);
+                progress |= !records.is_empty();
+                routes.take(records)
             };
-            let route = &mut routes.table[route];
-            if route.paused {
-                // Paused during this round, after librdkafka returned the message: the resume
-                // fetches it again (see `resume_drained`).
-                route.next_offset.get_or_insert(message.offset());
-                continue;
+            if !taken.to_pause.is_empty() {
+                pause(consumer, &taken.to_pause, &self.metrics);
             }
-            route.next_offset = Some(message.offset() + 1);
-            let processor = match flow.ordering {
-                OrderingMode::PerPartition => route.processor,
-                OrderingMode::PerKey => message
-                    .key()
-                    .map_or(route.processor, |key| routes.router.processor_for_key(key)),
-                OrderingMode::Unordered => {
-                    *next_processor = (*next_processor + 1) % processors.len();
-                    *next_processor
-                }
-            };
-            let bytes = Message::buffer_len(&message);
-            buffer_sizes[processor] += bytes;
-            round_total.add(bytes);
-            let load = route.dispatch(bytes);
-            polled.push((message, route.assigned.clone(), processor));
-            if !route.paused && flow.partition_limit.is_reached_by(load) {
-                pause(consumer, std::slice::from_mut(route), metrics);
+            let total = routes.total();
+            self.metrics.record_peaks(taken.partition_peak, total);
+            if !taken.positions.is_empty() {
+                // Before any processor can finish one of them.
+                self.tracker.do_send(Fetched(taken.positions));
             }
-            if flow
-                .total_limit
-                .is_reached_by(total_before.plus(round_total))
-            {
-                pause(consumer, &mut routes.table, metrics);
-            }
-        }
-        if round_total.messages > 0 {
-            metrics.in_flight.add(round_total);
-            let total = metrics.in_flight.load();
-            for route in &mut routes.table {
-                if route.round.messages > 0 {
-                    metrics.record_peaks(route.end_round(), total);
+            let mut credits: Vec<usize> = self
+                .processors
+                .iter()
+                .map(|p| p.credit.available())
+                .collect();
+            let batches = routes.hand_out(&mut credits);
+            for (processor, batch) in self.processors.iter().zip(batches) {
+                if !batch.is_empty() {
+                    progress = true;
+                    processor.hand(batch);
                 }
             }
-            if !polled.is_empty() {
-                dispatch(polled, buffer_sizes, tracker, processors);
-            }
-        }
-        if metrics.paused_partitions.load(Ordering::Relaxed) > 0 {
-            // A rebalance may have taken paused partitions away.
-            let paused = routes.table.iter().filter(|r| r.paused).count();
-            metrics.paused_partitions.store(paused, Ordering::Relaxed);
-        }
-    }
-
-    /// Polls the consumer's own queue: rebalances, commit results and errors come through it,
-    /// and their callbacks run inside this poll. It waits there only while nothing is
-    /// assigned: otherwise the round waits on the fetch queue, and an event waits for the
-    /// round (up to `POLL_TIMEOUT` when no message comes).
-    fn poll_events(&mut self) {
-        let Some(consumer) = &self.consumer else {
-            return;
-        };
-        let timeout = if consumer.context().holds_partitions() {
-            Duration::ZERO
-        } else {
-            POLL_TIMEOUT
-        };
-        match consumer.poll(timeout) {
-            None => {}
-            Some(Ok(message)) => fetch_again(consumer, &message),
-            Some(Err(error)) => self.poll_failed(error),
-        }
-    }
-
-    /// Resumes the paused partitions whose in-flight work, and the system's, fell to the
-    /// low-water mark.
-    fn resume_drained(&mut self) {
-        let Some(consumer) = &self.consumer else {
-            return;
-        };
-        if self.metrics.paused_partitions.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        if !self
-            .flow
-            .total_limit
-            .is_drained_by(self.metrics.in_flight.load())
-        {
-            return;
-        }
-        let mut resumed = TopicPartitionList::new();
-        let mut positions = Vec::new();
-        for route in &mut self.routes.table {
-            if route.paused
-                && self
-                    .flow
-                    .partition_limit
-                    .is_drained_by(route.assigned.in_flight.load())
-            {
-                route.paused = false;
-                let partition = &route.assigned.partition;
-                resumed.add_partition(partition.topic(), partition.partition());
-                positions.extend(route.next_offset.map(|offset| (partition, offset)));
-            }
-        }
-        if resumed.count() == 0 {
-            return;
-        }
-        match consumer.resume(&resumed) {
-            Ok(()) => log::debug!("resumed {}", names(&resumed)),
-            Err(error) => log::warn!("could not resume {}: {error}", names(&resumed)),
-        }
-        // Left alone, librdkafka would resume after the last message it returned, which may
-        // be past the last one dispatched (a batch is taken whole), and its broker thread
-        // would start fetching only at its next wake-up, up to a second later when every
-        // partition was paused. A seek to the next message to dispatch does both right: it
-        // sets the position and makes the partition fetchable at once.
-        for (partition, offset) in positions {
-            seek(consumer, partition, offset);
         }
         self.metrics
-            .paused_partitions
-            .fetch_sub(resumed.count(), Ordering::Relaxed);
+            .set_flow(routes.total(), routes.waiting(), routes.paused());
+        progress
     }
 
-    /// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself;
-    /// only a fatal error ends the consumer.
-    fn poll_failed(&mut self, error: KafkaError) {
-        let fatal = self
-            .consumer
-            .as_ref()
-            .and_then(|consumer| consumer.client().fatal_error());
-        match fatal {
-            Some((_, reason)) => {
-                log::error!("consumer failed fatally: {reason}");
-                self.stop
-                    .request_graceful(StopReason::ConsumerFailed(reason));
+    /// Serves the consumer's own queue: rebalances and errors come through it, and their
+    /// callbacks run inside this poll. Returns whether events are still waiting.
+    fn serve_events(&mut self) -> bool {
+        let Some(consumer) = &self.consumer else {
+            return false;
+        };
+        let waiting = || {
+            self.queues
+                .as_ref()
+                .and_then(|q| q.events.as_ref())
+                .map_or(0, QueueWakeup::waiting)
+        };
+        for _ in 0..MAX_EVENTS {
+            match consumer.poll(Duration::ZERO) {
+                None => {}
+                Some(Ok(message)) => fetch_again(consumer, &message),
+                Some(Err(error)) => poll_failed(consumer, &self.stop, error),
             }
-            None => log::warn!("consumer error (librdkafka retries): {error}"),
+            if waiting() == 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Passes the results of periodic commits on to the tracker.
+    fn collect_commit_results(&mut self) {
+        let Some(queues) = &self.queues else {
+            return;
+        };
+        for (id, result) in queues.commits.results() {
+            let Some(points) = self.commits_in_flight.remove(&id) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    log::debug!("committed {} partitions", points.len());
+                    self.tracker.do_send(Committed(points));
+                }
+                Err(error) => {
+                    log::warn!("periodic commit failed (retried at the next interval): {error}")
+                }
+            }
         }
     }
 
-    /// Polls while stopping, to keep serving the group, and drops what arrives: it was never
-    /// dispatched, so it is not committed and will be read again.
-    fn poll_without_dispatching(&mut self) {
-        if let Some(Some(Ok(message))) = self.consumer.as_ref().map(|c| c.poll(POLL_TIMEOUT)) {
-            log::debug!(
-                "stopping: left {}/{}@{} for the next reader",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            );
+    /// Waits for a wakeup (or the poll interval), then runs the next round.
+    fn schedule(&self, ctx: &mut Context<Self>, progress: bool) {
+        if progress {
+            ctx.notify(PollRound);
+            return;
+        }
+        let wakeup = self.wakeup.clone();
+        ctx.spawn(
+            async move {
+                let _ = tokio::time::timeout(POLL_INTERVAL, wakeup.notified()).await;
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.notify(PollRound)),
+        );
+    }
+
+    /// Drops the native queues and hands the consumer to a thread that closes it.
+    fn close(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.queues = None;
+        self.consumer.take().map(close_in_background)
+    }
+}
+
+/// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself;
+/// only a fatal error ends the consumer.
+fn poll_failed(consumer: &BaseConsumer<FetchContext>, stop: &StopHandle, error: KafkaError) {
+    match consumer.client().fatal_error() {
+        Some((_, reason)) => {
+            log::error!("consumer failed fatally: {reason}");
+            stop.request_graceful(StopReason::ConsumerFailed(reason));
+        }
+        None => log::warn!("consumer error (librdkafka retries): {error}"),
+    }
+}
+
+/// Resumes partitions, each from the first message not taken. Left alone, librdkafka would
+/// resume after the last message it returned, which may be past the last one taken (a batch
+/// is returned whole), and its broker thread would start fetching only at its next wake-up,
+/// up to a second later when every partition was paused. A seek to the next message does
+/// both right: it sets the position and makes the partition fetchable at once.
+fn resume(consumer: &BaseConsumer<FetchContext>, partitions: Vec<(TopicPartition, Option<i64>)>) {
+    if partitions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, _) in &partitions {
+        list.add_partition(partition.topic(), partition.partition());
+    }
+    match consumer.resume(&list) {
+        Ok(()) => log::debug!("resumed {}", names(&list)),
+        Err(error) => log::warn!("could not resume {}: {error}", names(&list)),
+    }
+    for (partition, offset) in partitions {
+        if let Some(offset) = offset {
+            seek(consumer, &partition, offset);
         }
     }
+}
+
+/// Pauses partitions that reached an in-flight limit. librdkafka drops what it had fetched
+/// for them and fetches it again after the resume, so nothing more of theirs is taken
+/// meanwhile.
+fn pause(
+    consumer: &BaseConsumer<FetchContext>,
+    partitions: &[TopicPartition],
+    metrics: &SystemMetrics,
+) {
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition(partition.topic(), partition.partition());
+    }
+    match consumer.pause(&list) {
+        Ok(()) => log::debug!("paused {}: in-flight limit reached", names(&list)),
+        Err(error) => log::warn!("could not pause {}: {error}", names(&list)),
+    }
+    metrics
+        .pauses
+        .fetch_add(partitions.len() as u64, Ordering::Relaxed);
 }
 
 /// Sets where librdkafka fetches a partition from next; what it fetched before is dropped.
@@ -684,7 +561,7 @@ fn seek(consumer: &BaseConsumer<FetchContext>, partition: &TopicPartition, offse
 
 /// A message that came through the consumer's own queue, which only happens to a partition
 /// assigned without the rebalance callback routing it: route it and fetch the message again
-/// through the fetch queue, where it is dispatched in order with the rest.
+/// through the fetch queue, where it is taken in order with the rest.
 fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<'_>) {
     log::warn!(
         "{}/{}@{} came through the consumer's queue: fetching it again",
@@ -704,11 +581,8 @@ fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<
     );
 }
 
-/// Commits commit points synchronously.
-fn commit(consumer: &BaseConsumer<FetchContext>, points: &[CommitPoint]) -> Result<(), String> {
-    if points.is_empty() {
-        return Ok(());
-    }
+/// The commit points as a partition list.
+fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, String> {
     let mut offsets = TopicPartitionList::new();
     for point in points {
         offsets
@@ -719,69 +593,19 @@ fn commit(consumer: &BaseConsumer<FetchContext>, points: &[CommitPoint]) -> Resu
             )
             .map_err(|error| error.to_string())?;
     }
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .map_err(|error| error.to_string())
+    Ok(offsets)
 }
 
-/// Copies each processor's messages into one buffer and sends them, after telling the tracker.
-fn dispatch(
-    polled: Vec<(FetchedMessage<'_>, Arc<AssignedPartition>, usize)>,
-    buffer_sizes: Vec<usize>,
-    tracker: &Addr<OffsetTracker>,
-    processors: &[Recipient<Process>],
-) {
-    let mut buffers: Vec<BytesMut> = buffer_sizes
-        .into_iter()
-        .map(BytesMut::with_capacity)
-        .collect();
-    for (message, _, processor) in &polled {
-        Message::copy_into(message, &mut buffers[*processor]);
+/// Commits commit points synchronously, waiting at most `timeout` for the answer.
+fn commit(
+    consumer: &BaseConsumer<FetchContext>,
+    points: &[CommitPoint],
+    timeout: Duration,
+) -> Result<(), String> {
+    if points.is_empty() {
+        return Ok(());
     }
-    let mut buffers: Vec<Bytes> = buffers.into_iter().map(BytesMut::freeze).collect();
-    let mut starts = vec![0; buffers.len()];
-    let mut batches: Vec<Vec<Message>> = Vec::new();
-    batches.resize_with(processors.len(), Vec::new);
-    let mut dispatched = Vec::with_capacity(polled.len());
-    for (message, assigned, processor) in polled {
-        let (start, length) = (starts[processor], Message::buffer_len(&message));
-        starts[processor] += length;
-        let bytes = buffers[processor].slice(start..start + length);
-        let message = Message::from_kafka(&message, assigned, bytes);
-        dispatched.push(message.position());
-        batches[processor].push(message);
-    }
-    buffers.clear();
-    tracker.do_send(Dispatched(dispatched));
-    for (processor, batch) in processors.iter().zip(batches) {
-        if !batch.is_empty() {
-            processor.do_send(Process(batch));
-        }
-    }
-}
-
-/// Pauses the routes not paused yet. librdkafka drops what it had fetched for them and fetches
-/// it again after the resume, so nothing more of theirs is polled meanwhile.
-fn pause(consumer: &BaseConsumer<FetchContext>, routes: &mut [Route], metrics: &SystemMetrics) {
-    let mut paused = TopicPartitionList::new();
-    for route in routes.iter_mut().filter(|r| !r.paused) {
-        route.paused = true;
-        let partition = &route.assigned.partition;
-        paused.add_partition(partition.topic(), partition.partition());
-    }
-    if paused.count() == 0 {
-        return;
-    }
-    match consumer.pause(&paused) {
-        Ok(()) => log::debug!("paused {}: in-flight limit reached", names(&paused)),
-        Err(error) => log::warn!("could not pause {}: {error}", names(&paused)),
-    }
-    metrics
-        .pauses
-        .fetch_add(paused.count() as u64, Ordering::Relaxed);
-    metrics
-        .paused_partitions
-        .fetch_add(paused.count(), Ordering::Relaxed);
+    commit_within(consumer, &offsets(points)?, timeout)
 }
 
 impl Actor for Fetcher {
@@ -792,9 +616,7 @@ impl Actor for Fetcher {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(consumer) = self.consumer.take() {
-            close_in_background(consumer);
-        }
+        self.close();
     }
 }
 
@@ -804,7 +626,7 @@ impl Actor for Fetcher {
 /// keeps that from blocking the shutdown, which waits only as long as its budget allows.
 fn close_in_background(consumer: BaseConsumer<FetchContext>) -> mpsc::Receiver<()> {
     // The fetch queue goes first: it must not outlive the consumer. What the partitions still
-    // forward to it is dropped undispatched.
+    // forward to it is dropped untaken.
     drop(consumer.context().fetch_queue().take());
     let (closed_tx, closed_rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
@@ -819,7 +641,7 @@ fn close_in_background(consumer: BaseConsumer<FetchContext>) -> mpsc::Receiver<(
     closed_rx
 }
 
-/// One round of the poll loop; it schedules the next one, so that commands sent to the Fetcher
+/// One round of the Fetcher; it schedules the next one, so that commands sent to the Fetcher
 /// are handled between two rounds.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -829,56 +651,81 @@ impl Handler<PollRound> for Fetcher {
     type Result = ();
 
     fn handle(&mut self, _: PollRound, ctx: &mut Self::Context) {
-        match self.state {
-            State::Fetching => self.fetch(),
-            State::Stopped => self.poll_without_dispatching(),
-            State::Closed => return,
+        if self.state == State::Closed {
+            return;
         }
-        ctx.notify(PollRound);
+        let progress = self.round();
+        self.schedule(ctx, progress);
     }
 }
 
-/// Commits the given commit points, synchronously, for the partitions still held under the
-/// same assignment; the others are fenced. Returns the commit points committed.
+/// How a commit is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitMode {
+    /// Sent without waiting; the result reaches the tracker as `Committed` when it comes.
+    Periodic,
+    /// Synchronous, waiting at most this long: the final commit of a shutdown.
+    Final(Duration),
+}
+
+/// Commits the given commit points for the partitions still held under the same assignment
+/// (the others are fenced). Returns the commit points sent (periodic) or committed (final).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<CommitPoint>, String>")]
-pub(crate) struct Commit(pub(crate) Vec<CommitPoint>);
+pub(crate) struct Commit {
+    pub(crate) points: Vec<CommitPoint>,
+    pub(crate) mode: CommitMode,
+}
 
 impl Handler<Commit> for Fetcher {
     type Result = Result<Vec<CommitPoint>, String>;
 
-    fn handle(&mut self, Commit(points): Commit, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Commit { points, mode }: Commit, _: &mut Self::Context) -> Self::Result {
         let consumer = self
             .consumer
             .as_ref()
             .filter(|_| self.state != State::Closed)
             .ok_or("the consumer is closed")?;
         let held: Vec<CommitPoint> = {
-            let assignment = consumer.context().assignment();
+            let routes = consumer.context().routes();
             points
                 .into_iter()
-                .filter(|p| {
-                    assignment
-                        .get(&p.partition)
-                        .is_some_and(|a| a.assignment == p.assignment)
-                })
+                .filter(|p| routes.assignment_of(&p.partition) == Some(p.assignment))
                 .collect()
         };
-        if held.is_empty() {
-            return Ok(held);
+        match mode {
+            CommitMode::Periodic => {
+                // A commit of the same point still on its way is not sent again.
+                let held: Vec<CommitPoint> = held
+                    .into_iter()
+                    .filter(|p| !self.commits_in_flight.values().flatten().any(|q| q == p))
+                    .collect();
+                if held.is_empty() {
+                    return Ok(held);
+                }
+                let queues = self.queues.as_ref().ok_or("the consumer is closed")?;
+                let id = self.next_commit;
+                self.next_commit += 1;
+                queues.commits.send(consumer, &offsets(&held)?, id)?;
+                self.commits_in_flight.insert(id, held.clone());
+                Ok(held)
+            }
+            CommitMode::Final(timeout) => {
+                let started = Instant::now();
+                commit(consumer, &held, timeout)?;
+                log::debug!(
+                    "committed {} partitions in {:?}",
+                    held.len(),
+                    started.elapsed()
+                );
+                Ok(held)
+            }
         }
-        let started = Instant::now();
-        commit(consumer, &held)?;
-        log::debug!(
-            "committed {} partitions in {:?}",
-            held.len(),
-            started.elapsed()
-        );
-        Ok(held)
     }
 }
 
-/// Stops dispatching: pauses every assigned partition and keeps polling without dispatching.
+/// Stops taking messages: pauses every partition, drops the backlogs (nothing of them was
+/// started: released, for the next reader), and keeps serving the group's events.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopFetching;
@@ -895,6 +742,8 @@ impl Handler<StopFetching> for Fetcher {
             return;
         };
         consumer.context().stopping.store(true, Ordering::Release);
+        let mut routes = consumer.context().routes();
+        routes.pause_all();
         match consumer.assignment() {
             Ok(assignment) => {
                 if let Err(error) = consumer.pause(&assignment) {
@@ -903,6 +752,37 @@ impl Handler<StopFetching> for Fetcher {
             }
             Err(error) => log::warn!("could not read the assignment while stopping: {error}"),
         }
+        let released = routes.drop_backlogs();
+        if !released.is_empty() {
+            log::info!(
+                "stopping: {} messages fetched but not started are left for the next reader",
+                released.len()
+            );
+            self.tracker.do_send(Completions {
+                finished: Vec::new(),
+                released,
+            });
+        }
+        self.metrics
+            .set_flow(routes.total(), routes.waiting(), routes.paused());
+    }
+}
+
+/// Where a message waits, if it waits in a backlog.
+#[derive(Message)]
+#[rtype(result = "Option<Sighting>")]
+pub(crate) struct Locate(pub(crate) Position);
+
+impl Handler<Locate> for Fetcher {
+    type Result = Option<Sighting>;
+
+    fn handle(&mut self, Locate(position): Locate, _: &mut Self::Context) -> Self::Result {
+        let routes = self.consumer.as_ref()?.context().routes();
+        routes.locate(position, |processor| {
+            self.processors
+                .get(processor)
+                .map_or(0, |p| p.credit.queued())
+        })
     }
 }
 
@@ -920,11 +800,8 @@ impl Handler<Close> for Fetcher {
     fn handle(&mut self, Close { budget }: Close, ctx: &mut Self::Context) -> Self::Result {
         self.state = State::Closed;
         ctx.stop();
-        let consumer = self
-            .consumer
-            .take()
-            .ok_or("the consumer was closed already")?;
-        close_in_background(consumer)
+        self.close()
+            .ok_or("the consumer was closed already")?
             .recv_timeout(budget)
             .map_err(|_| format!("the consumer did not close within {budget:?}"))
     }

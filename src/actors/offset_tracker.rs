@@ -1,68 +1,165 @@
 //! The OffsetTracker: the only actor that decides what is committed.
 //!
-//! It learns from the Fetcher what was assigned, revoked and dispatched, and from the
-//! processors what finished; it keeps an [`OffsetBook`] of it, commits the book's commit points
-//! periodically and, at shutdown, once more on request. The commits themselves are executed by
-//! the Fetcher, the only owner of the consumer.
+//! It learns from the Fetcher what was assigned, revoked and taken, and from the processors
+//! what finished or was given up; it keeps an [`OffsetBook`] of it, commits the book's commit
+//! points periodically and, at shutdown, once more on request. The commits themselves are
+//! executed by the Fetcher, the only owner of the consumer. It also watches for partitions
+//! that stopped moving (`crate::stall`) and says where the message they wait for is.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::future::join_all;
 
-use crate::actors::fetcher::{Commit, Fetcher};
+use crate::actors::fetcher::{Commit, CommitMode, Fetcher, Locate};
+use crate::actors::processor::ProcessorHandle;
 use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
+use crate::stall::{PartitionState, Stall, StallWatch};
+use crate::stop::StopHandle;
+
+/// How often partitions are checked for stalls.
+const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct OffsetTracker {
     book: OffsetBook,
-    fetcher: Option<Addr<Fetcher>>,
+    /// The Fetcher and the processors, once they run.
+    others: Option<Others>,
     commit_interval: Duration,
-    /// A periodic commit is waiting for the Fetcher; the next tick skips rather than piles up.
-    committing: bool,
     committed: BTreeMap<TopicPartition, i64>,
     metrics: Arc<SystemMetrics>,
+    stalls: Option<StallWatch>,
+    stop: StopHandle,
+}
+
+/// The actors the tracker sends to: the Fetcher commits, and both say where a message is.
+pub(crate) struct Others {
+    pub(crate) fetcher: Addr<Fetcher>,
+    pub(crate) processors: Vec<ProcessorHandle>,
 }
 
 impl OffsetTracker {
-    pub(crate) fn new(commit_interval: Duration, metrics: Arc<SystemMetrics>) -> Self {
+    pub(crate) fn new(
+        commit_interval: Duration,
+        stall_timeout: Option<Duration>,
+        metrics: Arc<SystemMetrics>,
+        stop: StopHandle,
+    ) -> Self {
         OffsetTracker {
             book: OffsetBook::default(),
-            fetcher: None,
+            others: None,
             commit_interval,
-            committing: false,
             committed: BTreeMap::new(),
             metrics,
+            stalls: stall_timeout.map(StallWatch::new),
+            stop,
         }
     }
 
-    /// Sends the book's commit points to the Fetcher and records what Kafka acknowledged.
-    fn commit(&mut self) -> ResponseActFuture<Self, Result<(), String>> {
-        let positions = self.book.uncommitted();
-        let Some(fetcher) = self.fetcher.clone() else {
+    /// Sends the book's commit points to the Fetcher. A periodic commit's acknowledgement
+    /// comes later, as [`Committed`]; a final one's comes back here.
+    fn commit(&mut self, mode: CommitMode) -> ResponseActFuture<Self, Result<(), String>> {
+        let points = self.book.uncommitted();
+        let Some(fetcher) = self.others.as_ref().map(|others| others.fetcher.clone()) else {
             return Box::pin(fut::ready(Err("no consumer to commit with".to_owned())));
         };
-        if positions.is_empty() {
+        if points.is_empty() {
             return Box::pin(fut::ready(Ok(())));
         }
-        self.committing = true;
         Box::pin(
-            async move { fetcher.send(Commit(positions)).await }
+            async move { fetcher.send(Commit { points, mode }).await }
                 .into_actor(self)
-                .map(|result, tracker, _| {
-                    tracker.committing = false;
-                    let committed =
+                .map(move |result, tracker, _| {
+                    let sent =
                         result.map_err(|error| format!("commit not delivered: {error}"))??;
-                    for point in committed {
-                        tracker.book.committed(&point);
-                        tracker.committed.insert(point.partition, point.offset);
+                    if let CommitMode::Final(_) = mode {
+                        tracker.acknowledged(sent);
                     }
                     Ok(())
                 }),
         )
+    }
+
+    fn acknowledged(&mut self, points: Vec<CommitPoint>) {
+        for point in points {
+            self.book.committed(&point);
+            self.committed.insert(point.partition, point.offset);
+        }
+    }
+
+    /// Looks for partitions that stopped moving, and reports where each one's first
+    /// unfinished message is. Not while the system stops: a drain is not a stall.
+    fn check_stalls(&mut self, ctx: &mut Context<Self>) {
+        if self.stop.is_stopping() {
+            return;
+        }
+        let Some(watch) = self.stalls.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let partitions = self
+            .book
+            .assignments()
+            .map(|(assignment, partition, offsets)| PartitionState {
+                partition,
+                assignment,
+                commit_point: offsets.commit_point(),
+                has_work: offsets.in_flight() > 0,
+            });
+        let stalls = watch.check(now, partitions);
+        self.metrics
+            .stalled_partitions
+            .store(watch.stalled(), Ordering::Relaxed);
+        if stalls.is_empty() {
+            return;
+        }
+        self.metrics
+            .stalls
+            .fetch_add(stalls.len() as u64, Ordering::Relaxed);
+        let Some(others) = &self.others else {
+            for stall in stalls {
+                log::warn!("{stall}");
+            }
+            return;
+        };
+        for stall in stalls {
+            ctx.spawn(
+                report_stall(stall, others.fetcher.clone(), others.processors.clone())
+                    .into_actor(self),
+            );
+        }
+    }
+}
+
+/// Asks the Fetcher and the processors where the message a stalled partition waits for is,
+/// and logs it.
+async fn report_stall(stall: Stall, fetcher: Addr<Fetcher>, processors: Vec<ProcessorHandle>) {
+    let position = Position {
+        assignment: stall.assignment,
+        offset: stall.offset,
+    };
+    let answers = join_all(processors.iter().map(|p| p.locate(position)));
+    let answers = tokio::time::timeout(Duration::from_secs(5), answers).await;
+    let from_processors = answers.ok().into_iter().flatten().flatten().next();
+    let sighting = match from_processors {
+        Some(sighting) => Some(sighting),
+        None => fetcher.send(Locate(position)).await.ok().flatten(),
+    };
+    match sighting {
+        Some(sighting) => log::warn!(
+            "stalled: {stall}: the message at offset {} is {}",
+            stall.offset,
+            sighting.describe(Instant::now())
+        ),
+        None => log::warn!(
+            "stalled: {stall}: the message at offset {} is held nowhere (a bug: please report \
+             it)",
+            stall.offset
+        ),
     }
 }
 
@@ -71,28 +168,30 @@ impl Actor for OffsetTracker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.commit_interval, |tracker, ctx| {
-            if tracker.committing {
-                return;
-            }
-            ctx.spawn(tracker.commit().map(|result, _, _| {
+            ctx.spawn(tracker.commit(CommitMode::Periodic).map(|result, _, _| {
                 if let Err(error) = result {
                     log::warn!("periodic commit failed (retried at the next interval): {error}");
                 }
             }));
         });
+        if self.stalls.is_some() {
+            ctx.run_interval(STALL_CHECK_INTERVAL, |tracker, ctx| {
+                tracker.check_stalls(ctx)
+            });
+        }
     }
 }
 
-/// The Fetcher's handle on the consumer, once it runs.
+/// The Fetcher and the processors, once they run.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct AttachFetcher(pub(crate) Addr<Fetcher>);
+pub(crate) struct Attach(pub(crate) Others);
 
-impl Handler<AttachFetcher> for OffsetTracker {
+impl Handler<Attach> for OffsetTracker {
     type Result = ();
 
-    fn handle(&mut self, AttachFetcher(fetcher): AttachFetcher, _: &mut Self::Context) {
-        self.fetcher = Some(fetcher);
+    fn handle(&mut self, Attach(others): Attach, _: &mut Self::Context) {
+        self.others = Some(others);
     }
 }
 
@@ -133,48 +232,56 @@ impl Handler<Revoked> for OffsetTracker {
     }
 }
 
-/// Messages the Fetcher handed to processors. Sent before the processors receive them, so a
-/// completion never arrives before its dispatch.
+/// Messages the Fetcher took from librdkafka, in offset order per partition. Sent before it
+/// hands any of them to a processor, so a completion never arrives before its message.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Dispatched(pub(crate) Vec<Position>);
+pub(crate) struct Fetched(pub(crate) Vec<Position>);
 
-impl Handler<Dispatched> for OffsetTracker {
+impl Handler<Fetched> for OffsetTracker {
     type Result = ();
 
-    fn handle(&mut self, Dispatched(positions): Dispatched, _: &mut Self::Context) {
+    fn handle(&mut self, Fetched(positions): Fetched, _: &mut Self::Context) {
         let refused = self.book.dispatched(&positions);
         if refused > 0 {
-            log::debug!("{refused} dispatches not tracked (fenced or behind their partition)");
+            log::debug!("{refused} messages not tracked (fenced or behind their partition)");
         }
     }
 }
 
-/// Messages whose processing finished successfully.
+/// What processors (or the Fetcher, at a stop) are done with: messages that finished
+/// (succeeded, skipped or dead-lettered), and messages given up unfinished on purpose
+/// (released: not committed, read again by the next reader).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Finished(pub(crate) Vec<Position>);
+pub(crate) struct Completions {
+    pub(crate) finished: Vec<Position>,
+    pub(crate) released: Vec<Position>,
+}
 
-impl Handler<Finished> for OffsetTracker {
+impl Handler<Completions> for OffsetTracker {
     type Result = ();
 
-    fn handle(&mut self, Finished(positions): Finished, _: &mut Self::Context) {
+    fn handle(&mut self, completions: Completions, _: &mut Self::Context) {
         self.metrics
             .finished
-            .fetch_add(positions.len() as u64, Ordering::Relaxed);
+            .fetch_add(completions.finished.len() as u64, Ordering::Relaxed);
         let mut fenced = 0;
-        self.book
-            .finished(&positions, |position, completion| match completion {
+        self.book.finished(
+            &completions.finished,
+            |position, completion| match completion {
                 Completion::Recorded => {}
                 Completion::Fenced => fenced += 1,
                 Completion::Unknown => log::warn!(
                     "offset {} reported finished but was not in flight",
                     position.offset
                 ),
-            });
+            },
+        );
         if fenced > 0 {
             log::debug!("{fenced} messages finished after their partition was revoked: fenced");
         }
+        self.book.released(&completions.released);
     }
 }
 
@@ -202,7 +309,7 @@ impl Handler<CommitPointsOf> for OffsetTracker {
     }
 }
 
-/// Commit points the Fetcher committed itself, on revocation.
+/// Commit points Kafka acknowledged: of periodic commits, and of revocations.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Committed(pub(crate) Vec<CommitPoint>);
@@ -211,23 +318,23 @@ impl Handler<Committed> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Committed(points): Committed, _: &mut Self::Context) {
-        for point in points {
-            self.book.committed(&point);
-            self.committed.insert(point.partition, point.offset);
-        }
+        self.acknowledged(points);
     }
 }
 
-/// Commits every commit point now (the final commit of a shutdown).
+/// Commits every commit point now, synchronously, waiting at most `timeout` for Kafka: the
+/// final commit of a shutdown.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
-pub(crate) struct CommitNow;
+pub(crate) struct CommitNow {
+    pub(crate) timeout: Duration,
+}
 
 impl Handler<CommitNow> for OffsetTracker {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
-    fn handle(&mut self, _: CommitNow, _: &mut Self::Context) -> Self::Result {
-        self.commit()
+    fn handle(&mut self, CommitNow { timeout }: CommitNow, _: &mut Self::Context) -> Self::Result {
+        self.commit(CommitMode::Final(timeout))
     }
 }
 
@@ -236,6 +343,8 @@ impl Handler<CommitNow> for OffsetTracker {
 pub(crate) struct TrackerReport {
     pub(crate) committed: BTreeMap<TopicPartition, i64>,
     pub(crate) abandoned: Vec<Abandoned>,
+    /// Messages given up unfinished on purpose, left for the next reader.
+    pub(crate) released: u64,
 }
 
 #[derive(Message)]
@@ -258,9 +367,16 @@ impl Handler<Report> for OffsetTracker {
                 })
             })
             .collect();
+        let released = self
+            .book
+            .partitions()
+            .values()
+            .map(|offsets| offsets.released_count() as u64)
+            .sum();
         MessageResult(TrackerReport {
             committed: self.committed.clone(),
             abandoned,
+            released,
         })
     }
 }

@@ -1,41 +1,59 @@
-//! A processor actor: runs the user's [`Processor`] on the messages routed to it, one at a
-//! time, applies the failure policy, and reports each finished message to the OffsetTracker.
+//! A processor: one long-lived task that owns the user's [`Processor`] and runs the messages
+//! handed to it, one at a time, under the failure policy.
 //!
-//! A failed message is retried after a backoff without holding up anything but its *lane*:
-//! the messages that must stay behind it (its partition; its key in per-key mode; nothing in
-//! unordered mode). The lane is parked with its messages while the rest flows, and a timer
-//! retries it. A panic also replaces the user's processor with a fresh one: the actor stops
-//! and its actix `Supervisor` restarts it, keeping its mailbox and its parked lanes.
+//! **Exactly one work item runs at a time, and the user's processor is never shared**: the
+//! task's loop takes the next item from its [`WorkQueue`] (a retry that came due, else the
+//! oldest message whose lane is not parked), runs it to its end, files the outcome, and only
+//! then takes the next. New messages, commands and timers are only *accepted* meanwhile (they
+//! change the queue, never the processor). This is the one place that enforces it.
+//!
+//! Every call into user code (the factory, `on_start`, `process`, `on_stop`, and dropping the
+//! processor) runs inside `catch_unwind`. A panic in `process` counts as a failed attempt and
+//! the processor is rebuilt in place with the factory; the queue, parked lanes and retries are
+//! the task's, so nothing is lost with it. Should the task die anyway (a bug of ours), its
+//! [`DeathWatch`] stops the system with a reason that names it, and every message it held
+//! releases its in-flight count as it is dropped.
+//!
+//! What a processor holds is short: the Fetcher hands out messages only within the
+//! processor's [`Credit`], which the processor sets from its measured speed (a few
+//! milliseconds of work), so a stop or a revocation waits for little.
 
-use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::prelude::*;
+use actix::{Addr, ArbiterHandle};
 use futures::FutureExt;
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::Processor;
-use crate::actors::offset_tracker::{Finished, OffsetTracker};
+use crate::actors::offset_tracker::{Completions, OffsetTracker};
 use crate::dead_letter::DeadLetters;
 use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
-use crate::flow::Releases;
+use crate::flow::{Credit, PrefetchLimit, Tenure};
+use crate::lanes::{Item, WorkQueue};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, Position};
 use crate::report::StopReason;
-use crate::revocation::RevocationBarrier;
-use crate::routing::{Lane, OrderingMode};
+use crate::stall::Sighting;
 use crate::stop::StopHandle;
 
-/// The longest a finished message waits before the tracker hears of it. Completions are
-/// reported in batches to keep the hot path cheap; this bounds how stale a periodic commit is.
+/// The longest a finished message waits before the tracker hears of it (it stays in flight
+/// until then). Completions are reported in batches to keep the hot path cheap.
 const REPORT_INTERVAL: Duration = Duration::from_millis(50);
+/// Completions reported at once at most; a fast processor reports every this many messages.
+const REPORT_BATCH: usize = 256;
+/// How many messages a speed measurement spans at most.
+const MEASURE_EVERY: u32 = 256;
+/// How often inbox commands are looked at while messages run back to back.
+const INBOX_EVERY: u32 = 32;
 
 /// What every processor of a system shares.
 pub(crate) struct ProcessorShared<P> {
@@ -43,13 +61,14 @@ pub(crate) struct ProcessorShared<P> {
     pub(crate) tracker: Addr<OffsetTracker>,
     pub(crate) stop: StopHandle,
     /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
-    /// and the queued ones are skipped.
+    /// and the queued ones too.
     pub(crate) abandon: CancellationToken,
     pub(crate) metrics: Arc<SystemMetrics>,
     pub(crate) policy: FailurePolicy,
     pub(crate) dead_letters: Option<DeadLetters>,
-    pub(crate) ordering: OrderingMode,
-    pub(crate) barrier: Arc<RevocationBarrier>,
+    pub(crate) prefetch: PrefetchLimit,
+    /// Wakes the Fetcher when a processor has room for more.
+    pub(crate) fetcher_wakeup: Arc<Notify>,
 }
 
 impl<P> Clone for ProcessorShared<P> {
@@ -62,306 +81,174 @@ impl<P> Clone for ProcessorShared<P> {
             metrics: self.metrics.clone(),
             policy: self.policy.clone(),
             dead_letters: self.dead_letters.clone(),
-            ordering: self.ordering,
-            barrier: self.barrier.clone(),
+            prefetch: self.prefetch,
+            fetcher_wakeup: self.fetcher_wakeup.clone(),
         }
     }
 }
 
-/// A lane waiting: its first message failed and waits for a retry (or for nothing, once its
-/// attempts are used up and the system stops), and the lane's later messages wait behind it.
-struct ParkedLane {
-    /// The failed attempts of the first message.
-    attempts: u32,
-    /// When the first message is retried; `None` when it is not retried.
-    retry_at: Option<Instant>,
-    messages: VecDeque<Message>,
+/// What a processor task is told. Everything is accepted while a message runs; only `Work`
+/// and the failure policy ever put something in the queue.
+enum Command {
+    /// Messages handed out by the Fetcher, in offset order per partition.
+    Work(Vec<Message>),
+    /// Partitions being revoked: their lanes parked for a retry are given up, and what is
+    /// held of those already fenced is dropped.
+    Forget(Vec<AssignmentId>),
+    /// Give up the parked lanes, finish what is queued, report, then answer.
+    Drain(oneshot::Sender<()>),
+    /// Run `on_stop` within the budget, answer, and end the task.
+    Stop {
+        budget: Duration,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Where is this message? For stall reports.
+    Locate {
+        position: Position,
+        reply: oneshot::Sender<Option<Sighting>>,
+    },
 }
 
-pub(crate) struct ProcessorActor<P: Processor> {
+/// The handle on a processor task that the other actors use.
+#[derive(Clone)]
+pub(crate) struct ProcessorHandle {
+    pub(crate) index: usize,
+    inbox: mpsc::UnboundedSender<Command>,
+    pub(crate) credit: Arc<Credit>,
+}
+
+impl ProcessorHandle {
+    /// Hands messages to the processor (within its credit). Should the task be gone, they
+    /// are dropped here, unfinished, and the system is stopping already.
+    pub(crate) fn hand(&self, messages: Vec<Message>) {
+        self.credit.handed(messages.len());
+        if self.inbox.send(Command::Work(messages)).is_err() {
+            log::error!("processor {} is gone: messages dropped", self.index);
+        }
+    }
+
+    /// Gives up the lanes of these assignments that wait for a retry.
+    pub(crate) fn forget(&self, assignments: Vec<AssignmentId>) {
+        let _ = self.inbox.send(Command::Forget(assignments));
+    }
+
+    /// Resolves once the processor finished what it holds (parked lanes are given up).
+    pub(crate) async fn drain(&self) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Command::Drain(reply))
+            .map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())
+    }
+
+    /// Runs the processor's `on_stop` within `budget` and ends the task.
+    pub(crate) async fn stop(&self, budget: Duration) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Command::Stop { budget, reply })
+            .map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    /// Where the processor holds the message at `position`, if it does.
+    pub(crate) async fn locate(&self, position: Position) -> Option<Sighting> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox.send(Command::Locate { position, reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    fn gone(&self) -> String {
+        format!("processor {} is gone", self.index)
+    }
+}
+
+/// Starts processor `index` on `arbiter`: the task makes its processor with the factory and
+/// runs `on_start`; the receiver answers with the outcome, and the task then runs until it is
+/// told to stop.
+pub(crate) fn spawn<P: Processor>(
     index: usize,
-    /// Lent to the future that runs a batch, and back between batches. Boxed because an actor
-    /// must be `Unpin` and user processors need not be.
-    processor: Option<Box<P>>,
     shared: ProcessorShared<P>,
-    /// Messages not yet processed when the processor panicked, processed first after the
-    /// restart.
-    backlog: Vec<Message>,
-    parked: HashMap<Lane, ParkedLane>,
-    /// Set once the drain started: parked lanes are given up and nothing is retried.
-    draining: bool,
-    /// Set when a restarted processor's `on_start` failed: nothing more is processed.
-    broken: bool,
-    restarts: u64,
-}
-
-impl<P: Processor> ProcessorActor<P> {
-    pub(crate) fn new(index: usize, shared: ProcessorShared<P>) -> Self {
-        ProcessorActor {
+    arbiter: &ArbiterHandle,
+) -> (ProcessorHandle, oneshot::Receiver<anyhow::Result<()>>) {
+    let (inbox, commands) = mpsc::unbounded_channel();
+    let credit = Arc::new(Credit::new(1));
+    let (started, start_result) = oneshot::channel();
+    let task_credit = credit.clone();
+    let spawned = arbiter.spawn_fn(move || {
+        // On the arbiter's thread: the processor and its futures never leave it.
+        actix::spawn(run(index, shared, commands, task_credit, started));
+    });
+    if !spawned {
+        log::error!("processor {index}: its thread is gone");
+    }
+    (
+        ProcessorHandle {
             index,
-            processor: Some(Box::new((shared.factory)())),
-            shared,
-            backlog: Vec::new(),
-            parked: HashMap::new(),
-            draining: false,
-            broken: false,
-            restarts: 0,
-        }
-    }
-
-    /// Runs the processor's `on_start` and gives the processor back to the actor.
-    fn on_start(&mut self) -> impl ActorFuture<Self, Output = anyhow::Result<()>> + 'static {
-        let mut processor = self.lend_processor();
-        async move {
-            let result = processor.on_start().await;
-            (processor, result)
-        }
-        .into_actor(self)
-        .map(|(processor, result), actor: &mut Self, _| {
-            actor.processor = Some(processor);
-            result
-        })
-    }
-
-    fn lend_processor(&mut self) -> Box<P> {
-        self.processor
-            .take()
-            .expect("a processor actor handles one message at a time")
-    }
-
-    /// Processes `messages` (after `first_attempts` failed attempts of the first one) and
-    /// then files what the batch left: parked lanes, a backlog after a panic, a stop.
-    fn run(&mut self, messages: Vec<Message>, first_attempts: u32) -> AtomicResponse<Self, ()> {
-        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
-        if self.broken || self.shared.abandon.is_cancelled() || messages.is_empty() {
-            for message in &messages {
-                releases.add(message.assigned(), message.in_flight_bytes());
-            }
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        }
-        let batch = Batch {
-            index: self.index,
-            processor: self.lend_processor(),
-            shared: self.shared.clone(),
-            releases,
-            parked: self.parked.keys().cloned().collect(),
-            outcome: BatchOutcome::default(),
-        };
-        AtomicResponse::new(Box::pin(
-            batch.run(messages, first_attempts).into_actor(self).map(
-                |(processor, outcome), actor, ctx| {
-                    actor.processor = Some(processor);
-                    actor.file(outcome, ctx);
-                },
-            ),
-        ))
-    }
-
-    fn file(&mut self, outcome: BatchOutcome, ctx: &mut Context<Self>) {
-        for (lane, message) in outcome.held {
-            match self.parked.get_mut(&lane) {
-                Some(parked) => parked.messages.push_back(message),
-                // Batches run one at a time, so a lane parked when one started is still
-                // parked when it ends; should that ever change, process the message next.
-                None => self.backlog.push(message),
-            }
-        }
-        for (lane, parked) in outcome.parked {
-            if let Some(retry_at) = parked.retry_at {
-                ctx.notify_later(RetryLane(lane.clone()), retry_at - Instant::now());
-            }
-            self.parked.insert(lane, parked);
-        }
-        if let Some(reason) = outcome.stop {
-            log::error!("processor {}: {reason}; stopping", self.index);
-            self.shared.stop.request_graceful(reason);
-        }
-        if let Some(remaining) = outcome.panicked {
-            self.backlog = remaining;
-            // The processor may be left inconsistent by the panic: the supervisor restarts
-            // this actor (see `restarting`) with a fresh one.
-            ctx.stop();
-        }
-    }
-
-    /// Gives up every parked lane: its messages stay unfinished, so they are not committed
-    /// and are delivered again after the restart.
-    fn give_up_parked(&mut self) {
-        let given_up = self.give_up_lanes(|_| true);
-        if given_up > 0 {
-            log::warn!(
-                "processor {}: stopping with {given_up} messages waiting for a retry; they \
-                 are not committed and are delivered again after the restart",
-                self.index
-            );
-        }
-    }
-
-    /// Drops the parked lanes `which` selects, releasing their messages from the in-flight
-    /// counts unfinished. Returns how many messages were dropped.
-    fn give_up_lanes(&mut self, which: impl Fn(&Lane) -> bool) -> usize {
-        let mut releases = Releases::new(self.shared.metrics.in_flight.clone());
-        let mut given_up = 0;
-        self.parked.retain(|lane, parked| {
-            if !which(lane) {
-                return true;
-            }
-            for message in &parked.messages {
-                releases.add(message.assigned(), message.in_flight_bytes());
-            }
-            given_up += parked.messages.len();
-            false
-        });
-        given_up
-    }
+            inbox,
+            credit,
+        },
+        start_result,
+    )
 }
 
-impl<P: Processor> Actor for ProcessorActor<P> {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        if self.restarts == 0 {
-            // The first `on_start` runs on the Supervisor's request, so a failure fails the
-            // start of the system.
+async fn run<P: Processor>(
+    index: usize,
+    shared: ProcessorShared<P>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    credit: Arc<Credit>,
+    started: oneshot::Sender<anyhow::Result<()>>,
+) {
+    let _watch = DeathWatch {
+        index,
+        stop: shared.stop.clone(),
+    };
+    let instance = match Instance::start(&shared.factory).await {
+        Ok(instance) => {
+            let _ = started.send(Ok(()));
+            instance
+        }
+        Err(error) => {
+            let _ = started.send(Err(error));
             return;
         }
-        ctx.wait(self.on_start().map(|result, actor, ctx| {
-            if let Err(error) = result {
-                actor.broken = true;
-                actor
-                    .shared
-                    .stop
-                    .request_graceful(StopReason::ProcessorRestartFailed {
-                        processor: actor.index,
-                        error: format!("{error:#}"),
-                    });
-                return;
-            }
-            // Timers do not survive a restart: arm them again.
-            let now = Instant::now();
-            for (lane, parked) in &actor.parked {
-                if let Some(retry_at) = parked.retry_at {
-                    ctx.notify_later(
-                        RetryLane(lane.clone()),
-                        retry_at.saturating_duration_since(now),
-                    );
-                }
-            }
-            if !actor.backlog.is_empty() {
-                ctx.notify(Process(Vec::new()));
-            }
-        }));
-    }
+    };
+    let mut task = ProcessorTask {
+        instance,
+        state: TaskState::new(index, shared, commands, credit),
+    };
+    task.run().await;
 }
 
-impl<P: Processor> actix::Supervised for ProcessorActor<P> {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        self.restarts += 1;
-        self.shared
-            .metrics
-            .processor_restarts
-            .fetch_add(1, Ordering::Relaxed);
-        log::warn!(
-            "processor {} panicked: restarting it with a fresh processor",
-            self.index
-        );
-        self.processor = Some(Box::new((self.shared.factory)()));
-    }
-}
-
-/// Runs the processor's [`on_start`](Processor::on_start) hook.
-#[derive(Message)]
-#[rtype(result = "anyhow::Result<()>")]
-pub(crate) struct StartProcessor;
-
-impl<P: Processor> Handler<StartProcessor> for ProcessorActor<P> {
-    type Result = AtomicResponse<Self, anyhow::Result<()>>;
-
-    fn handle(&mut self, _: StartProcessor, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(Box::pin(self.on_start()))
-    }
-}
-
-/// Messages to process, in offset order per partition.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Process(pub(crate) Vec<Message>);
-
-impl<P: Processor> Handler<Process> for ProcessorActor<P> {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, Process(messages): Process, _: &mut Self::Context) -> Self::Result {
-        let messages = if self.backlog.is_empty() {
-            messages
-        } else {
-            let mut backlog = std::mem::take(&mut self.backlog);
-            backlog.extend(messages);
-            backlog
-        };
-        self.run(messages, 0)
-    }
-}
-
-/// Retries a parked lane: its first message, then the messages behind it.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RetryLane(Lane);
-
-impl<P: Processor> Handler<RetryLane> for ProcessorActor<P> {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, RetryLane(lane): RetryLane, _: &mut Self::Context) -> Self::Result {
-        let parked = match self.parked.remove(&lane) {
-            Some(parked) if !self.draining && parked.retry_at.is_some() => parked,
-            Some(parked) => {
-                self.parked.insert(lane, parked);
-                return AtomicResponse::new(Box::pin(fut::ready(())));
-            }
-            None => return AtomicResponse::new(Box::pin(fut::ready(()))),
-        };
-        self.run(parked.messages.into(), parked.attempts)
-    }
-}
-
-/// Partitions revoked from this member: their lanes waiting for a retry are given up, since
-/// nothing of theirs can be committed any more and the rebalance waits for their in-flight
-/// count.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct ForgetPartitions(pub(crate) Vec<AssignmentId>);
-
-impl<P: Processor> Handler<ForgetPartitions> for ProcessorActor<P> {
-    type Result = ();
-
-    fn handle(&mut self, ForgetPartitions(assignments): ForgetPartitions, _: &mut Self::Context) {
-        self.give_up_lanes(|lane| assignments.contains(&lane.assignment()));
-    }
-}
-
-/// What a batch left to file.
-#[derive(Default)]
-struct BatchOutcome {
-    /// Lanes whose first message failed, to park.
-    parked: Vec<(Lane, ParkedLane)>,
-    /// Messages of lanes parked before the batch, to queue behind them.
-    held: Vec<(Lane, Message)>,
-    /// Set when the processor panicked: the messages it did not get to.
-    panicked: Option<Vec<Message>>,
-    stop: Option<StopReason>,
-}
-
-/// One run of the processor over a batch of messages.
-struct Batch<P> {
+/// Stops the system if the task dies by a panic of the framework's own code: user code
+/// cannot panic through the task (it runs inside `catch_unwind`).
+struct DeathWatch {
     index: usize,
-    processor: Box<P>,
-    shared: ProcessorShared<P>,
-    releases: Releases,
-    /// The lanes parked when the batch started.
-    parked: Vec<Lane>,
-    outcome: BatchOutcome,
+    stop: StopHandle,
 }
 
-/// How one message's processing ended.
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!(
+                "internal failure: processor {} died (see the panic above); stopping",
+                self.index
+            );
+            self.stop
+                .request_graceful(StopReason::InternalFailure(format!(
+                    "processor {} died",
+                    self.index
+                )));
+        }
+    }
+}
+
+/// The user's processor, or nothing once it could not be rebuilt after a panic.
+enum Instance<P> {
+    Ready(Box<P>),
+    Broken,
+}
+
+/// How one attempt at a message ended.
 enum Attempt {
     Finished,
     Failed {
@@ -369,226 +256,89 @@ enum Attempt {
         permanent: bool,
         panicked: bool,
     },
-    Abandoned,
+    /// The processor is broken: nothing can run.
+    Broken,
 }
 
-impl<P: Processor> Batch<P> {
-    /// Processes messages one by one until done or abandoned, reporting finished ones to the
-    /// tracker at least every [`REPORT_INTERVAL`] and always before returning. Every message
-    /// is released from the in-flight counts once done with; parked ones stay in flight.
-    async fn run(mut self, messages: Vec<Message>, first_attempts: u32) -> (Box<P>, BatchOutcome) {
-        let abandon = self.shared.abandon.clone();
-        let mut finished: Vec<Position> = Vec::with_capacity(messages.len());
-        // Made once per batch: registering a timer or a cancellation waiter per message would
-        // cost more than a fast processor's whole work.
-        let mut abandoned = pin!(abandon.cancelled());
-        let mut report_timer = pin!(sleep_until(Instant::now() + REPORT_INTERVAL));
-        let mut attempts = first_attempts;
-        let barrier = self.shared.barrier.clone();
-        let mut epoch = barrier.begin(self.index);
-        let mut messages = messages.into_iter();
-        while let Some(message) = messages.next() {
-            // A revocation waits until no processor works on a revoked partition and every
-            // completion before that reached the tracker: report, then pass its barrier.
-            if barrier.epoch() != epoch {
-                epoch = barrier.epoch();
-                report(&self.shared.tracker, &mut self.releases, &mut finished);
-                barrier.pass(self.index, epoch);
+impl<P: Processor> Instance<P> {
+    /// Makes a processor with the factory and runs its `on_start`, catching panics in both.
+    async fn start(factory: &Arc<dyn Fn() -> P + Send + Sync>) -> anyhow::Result<Self> {
+        let processor = catch_unwind(AssertUnwindSafe(|| factory()))
+            .map_err(|panic| anyhow::anyhow!("the factory panicked: {}", panic_message(&panic)))?;
+        let mut processor = Box::new(processor);
+        let started = AssertUnwindSafe(async { processor.on_start().await })
+            .catch_unwind()
+            .await;
+        match started {
+            Ok(Ok(())) => Ok(Instance::Ready(processor)),
+            Ok(Err(error)) => {
+                drop_quietly(processor);
+                Err(error)
             }
-            // What is left of a revoked partition cannot be committed: its next owner
-            // processes it.
-            if message.assigned().is_revoked() {
-                self.release(&message);
-                continue;
-            }
-            if !self.parked.is_empty() || !self.outcome.parked.is_empty() {
-                let lane = message.lane(self.shared.ordering);
-                if self.parked.contains(&lane) {
-                    self.outcome.held.push((lane, message));
-                    continue;
-                }
-                if let Some((_, parked)) = self.outcome.parked.iter_mut().find(|(l, _)| *l == lane)
-                {
-                    parked.messages.push_back(message);
-                    continue;
-                }
-            }
-            if abandon.is_cancelled() {
-                self.release(&message);
-                break;
-            }
-            let attempt = {
-                let mut processing =
-                    pin!(AssertUnwindSafe(self.processor.process(&message)).catch_unwind());
-                // Most processors finish at the first poll; only those that wait need the
-                // select.
-                let outcome = match futures::poll!(processing.as_mut()) {
-                    Poll::Ready(outcome) => Some(outcome),
-                    Poll::Pending => loop {
-                        tokio::select! {
-                            biased;
-                            () = &mut abandoned => break None,
-                            outcome = &mut processing => break Some(outcome),
-                            () = &mut report_timer, if !finished.is_empty() => {
-                                report(&self.shared.tracker, &mut self.releases, &mut finished);
-                                report_timer.as_mut().reset(Instant::now() + REPORT_INTERVAL);
-                            }
-                        }
-                    },
-                };
-                match outcome {
-                    None => Attempt::Abandoned,
-                    Some(Ok(Ok(()))) => Attempt::Finished,
-                    Some(Ok(Err(error))) => Attempt::Failed {
-                        permanent: is_permanent(&error),
-                        error: format!("{error:#}"),
-                        panicked: false,
-                    },
-                    Some(Err(panic)) => Attempt::Failed {
-                        error: format!("panicked: {}", panic_message(panic.as_ref())),
-                        permanent: false,
-                        panicked: true,
-                    },
-                }
-            };
-            let failed_attempts = std::mem::take(&mut attempts) + 1;
-            match attempt {
-                Attempt::Finished => {
-                    finished.push(message.position());
-                    self.release(&message);
-                }
-                Attempt::Abandoned => {
-                    self.release(&message);
-                    break;
-                }
-                Attempt::Failed {
-                    error,
-                    permanent,
-                    panicked,
-                } => {
-                    let done = self
-                        .failed(message, failed_attempts, error, permanent, &mut abandoned)
-                        .await;
-                    if let Some(message) = done {
-                        finished.push(message.position());
-                        self.release(&message);
-                    }
-                    if panicked {
-                        self.outcome.panicked = Some(messages.by_ref().collect());
-                        break;
-                    }
-                }
+            Err(panic) => {
+                drop_quietly(processor);
+                Err(anyhow::anyhow!(
+                    "on_start panicked: {}",
+                    panic_message(&panic)
+                ))
             }
         }
-        // Whatever is left was abandoned.
-        for message in messages {
-            self.release(&message);
-        }
-        report(&self.shared.tracker, &mut self.releases, &mut finished);
-        barrier.end(self.index);
-        (self.processor, self.outcome)
     }
 
-    fn release(&mut self, message: &Message) {
-        self.releases
-            .add(message.assigned(), message.in_flight_bytes());
-    }
-
-    /// Applies the failure policy to a message whose `attempts`-th attempt failed. Returns the
-    /// message when it counts as finished (skipped or dead-lettered); otherwise its lane is
-    /// parked, for a retry or for good.
-    async fn failed(
-        &mut self,
-        message: Message,
-        attempts: u32,
-        error: String,
-        permanent: bool,
-        abandoned: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    ) -> Option<Message> {
-        let metrics = &self.shared.metrics;
-        let lane = message.lane(self.shared.ordering);
-        let place = format!("{}@{}", message.topic_partition(), message.offset());
-        match self.shared.policy.after_failure(attempts, permanent) {
-            AfterFailure::RetryAfter(backoff) => {
-                log::warn!("{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}");
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
-                self.park(lane, message, attempts, Some(Instant::now() + backoff));
-                None
-            }
-            AfterFailure::GiveUp => match self.shared.policy.exhausted() {
-                Exhausted::Stop => {
-                    self.outcome
-                        .stop
-                        .get_or_insert(StopReason::ProcessingFailed {
-                            partition: message.topic_partition().clone(),
-                            offset: message.offset(),
-                            error: format!("{error} (after {attempts} attempts)"),
-                        });
-                    self.park(lane, message, attempts, None);
-                    None
-                }
-                Exhausted::Skip => {
-                    log::warn!("{place}: skipped after {attempts} attempts: {error}");
-                    metrics.skipped.fetch_add(1, Ordering::Relaxed);
-                    Some(message)
-                }
-                Exhausted::DeadLetter { .. } => {
-                    let dead_letters = self
-                        .shared
-                        .dead_letters
-                        .clone()
-                        .expect("a dead-letter policy has a producer");
-                    let produced = tokio::select! {
-                        biased;
-                        () = abandoned.as_mut() => Err("abandoned by the shutdown".to_owned()),
-                        produced = dead_letters.send(&message, &error, attempts) => produced,
-                    };
-                    match produced {
-                        Ok(topic) => {
-                            log::warn!(
-                                "{place}: sent to {topic} after {attempts} attempts: {error}"
-                            );
-                            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            Some(message)
-                        }
-                        Err(dlq_error) => {
-                            self.outcome
-                                .stop
-                                .get_or_insert(StopReason::DeadLetterFailed {
-                                    partition: message.topic_partition().clone(),
-                                    offset: message.offset(),
-                                    error: dlq_error,
-                                });
-                            self.park(lane, message, attempts, None);
-                            None
-                        }
-                    }
-                }
+    /// Runs `process` on `message`, catching a panic, its synchronous part included.
+    async fn process(&mut self, message: &Message) -> Attempt {
+        let Instance::Ready(processor) = self else {
+            return Attempt::Broken;
+        };
+        let outcome = AssertUnwindSafe(async { processor.process(message).await })
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(())) => Attempt::Finished,
+            Ok(Err(error)) => Attempt::Failed {
+                permanent: is_permanent(&error),
+                error: format!("{error:#}"),
+                panicked: false,
+            },
+            Err(panic) => Attempt::Failed {
+                error: format!("panicked: {}", panic_message(&panic)),
+                permanent: false,
+                panicked: true,
             },
         }
     }
 
-    fn park(&mut self, lane: Lane, message: Message, attempts: u32, retry_at: Option<Instant>) {
-        self.outcome.parked.push((
-            lane,
-            ParkedLane {
-                attempts,
-                retry_at,
-                messages: VecDeque::from([message]),
-            },
-        ));
+    /// Runs `on_stop` within `budget`, then drops the processor.
+    async fn stop(&mut self, index: usize, budget: Duration) -> Result<(), String> {
+        let Instance::Ready(processor) = std::mem::replace(self, Instance::Broken) else {
+            return Ok(());
+        };
+        let mut processor = processor;
+        let stopping = AssertUnwindSafe(async { processor.on_stop().await }).catch_unwind();
+        let result = match tokio::time::timeout(budget, stopping).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(format!("processor {index}: on_stop failed: {error:#}")),
+            Ok(Err(panic)) => Err(format!(
+                "processor {index}: on_stop panicked: {}",
+                panic_message(&panic)
+            )),
+            Err(_) => Err(format!(
+                "processor {index}: on_stop did not finish within {budget:?}"
+            )),
+        };
+        drop_quietly(processor);
+        result
     }
 }
 
-/// Tells the tracker what finished and releases what is done with.
-fn report(tracker: &Addr<OffsetTracker>, releases: &mut Releases, finished: &mut Vec<Position>) {
-    if !finished.is_empty() {
-        tracker.do_send(Finished(std::mem::take(finished)));
+/// Drops a processor, catching a panic in its `Drop`.
+fn drop_quietly<P>(processor: Box<P>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(processor))) {
+        log::warn!("dropping a processor panicked: {}", panic_message(&panic));
     }
-    releases.flush();
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|message| (*message).to_owned())
@@ -596,60 +346,560 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(a non-text panic payload)".to_owned())
 }
 
-/// Answers once every message queued before it was handled: the drain barrier. The Fetcher
-/// stops dispatching before the barrier is sent, so nothing can queue up behind it. Lanes
-/// waiting for a retry are given up: a shutdown does not wait out a backoff.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Drain;
+struct ProcessorTask<P> {
+    /// Borrowed by the attempt in progress, and by nothing else.
+    instance: Instance<P>,
+    /// Everything else: changed between attempts and by commands accepted during one.
+    state: TaskState<P>,
+}
 
-impl<P: Processor> Handler<Drain> for ProcessorActor<P> {
-    type Result = ();
+impl<P: Processor> ProcessorTask<P> {
+    async fn run(&mut self) {
+        let mut back_to_back: u32 = 0;
+        loop {
+            if back_to_back.is_multiple_of(INBOX_EVERY) {
+                self.state.accept_waiting();
+                self.state.flush_if_due();
+            }
+            if self.state.shared.abandon.is_cancelled() {
+                self.state.abandon();
+            }
+            let now = self.state.clock();
+            let next = self.state.work.next(now);
+            self.state.count_started();
+            if let Some(item) = next {
+                back_to_back = back_to_back.wrapping_add(1);
+                let state = &mut self.state;
+                if state.speed.started(&state.credit, state.shared.prefetch) {
+                    state.shared.fetcher_wakeup.notify_one();
+                }
+                self.run_item(item).await;
+                continue;
+            }
+            back_to_back = 0;
+            self.state.idle();
+            if let Some((budget, reply)) = self.state.stop.take() {
+                self.state.abandon();
+                let result = self.instance.stop(self.state.index, budget).await;
+                self.state.flush();
+                let _ = reply.send(result);
+                return;
+            }
+            if self.state.orphaned {
+                // Nobody can send anything any more: the system is gone.
+                self.state.abandon();
+                return;
+            }
+            self.state.wait().await;
+        }
+    }
 
-    fn handle(&mut self, _: Drain, _: &mut Self::Context) {
-        self.draining = true;
-        self.give_up_parked();
+    async fn run_item(&mut self, item: Item<Message>) {
+        let Item {
+            message,
+            failed_attempts,
+        } = item;
+        if message.assigned().tenure() == Tenure::Fenced {
+            // Nothing of a fenced partition can be committed: its next owner processes it.
+            let assignment = message.assigned().assignment;
+            drop(message);
+            drop(
+                self.state
+                    .work
+                    .give_up(|lane| lane.assignment() == assignment),
+            );
+            self.state.count_started();
+            return;
+        }
+        self.state.running = Some((message.position(), Instant::now()));
+        let attempt = self
+            .state
+            .serve_while(self.instance.process(&message))
+            .await;
+        self.state.running = None;
+        match attempt {
+            None => {
+                // Abandoned: dropped unfinished, and not reported, so it shows as abandoned.
+                drop(message);
+            }
+            Some(Attempt::Finished) => {
+                self.state.work.finished(&message);
+                self.state.finished(message);
+            }
+            Some(Attempt::Broken) => self.state.give_up_lane(message),
+            Some(Attempt::Failed {
+                error,
+                permanent,
+                panicked,
+            }) => {
+                if panicked {
+                    self.rebuild().await;
+                }
+                self.failed(message, failed_attempts + 1, error, permanent)
+                    .await;
+            }
+        }
+    }
+
+    /// Replaces the processor after a panic: it may have been left inconsistent.
+    async fn rebuild(&mut self) {
+        let state = &mut self.state;
+        state
+            .shared
+            .metrics
+            .processor_restarts
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "processor {} panicked: replacing it with a fresh one",
+            state.index
+        );
+        if let Instance::Ready(old) = std::mem::replace(&mut self.instance, Instance::Broken) {
+            drop_quietly(old);
+        }
+        let factory = state.shared.factory.clone();
+        match state.serve_while(Instance::start(&factory)).await {
+            Some(Ok(instance)) => self.instance = instance,
+            Some(Err(error)) => {
+                log::error!(
+                    "processor {}: the replacement failed to start: {error:#}",
+                    state.index
+                );
+                state
+                    .shared
+                    .stop
+                    .request_graceful(StopReason::ProcessorRestartFailed {
+                        processor: state.index,
+                        error: format!("{error:#}"),
+                    });
+            }
+            None => {}
+        }
+    }
+
+    /// Applies the failure policy to a message whose `attempts`-th attempt failed.
+    async fn failed(&mut self, message: Message, attempts: u32, error: String, permanent: bool) {
+        let state = &mut self.state;
+        let place = format!("{}@{}", message.topic_partition(), message.offset());
+        let metrics = state.shared.metrics.clone();
+        match state.shared.policy.after_failure(attempts, permanent) {
+            AfterFailure::RetryAfter(backoff) => {
+                if let Some(why) = state.cannot_wait(&message) {
+                    log::info!("{place}: attempt {attempts} failed ({error}); not retried: {why}");
+                    state.give_up_lane(message);
+                    return;
+                }
+                log::warn!("{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}");
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                state
+                    .work
+                    .park(message, attempts, Some(Instant::now() + backoff));
+            }
+            AfterFailure::GiveUp => match state.shared.policy.exhausted() {
+                Exhausted::Stop => {
+                    log::error!("{place}: failed after {attempts} attempts: {error}; stopping");
+                    state
+                        .shared
+                        .stop
+                        .request_graceful(StopReason::ProcessingFailed {
+                            partition: message.topic_partition().clone(),
+                            offset: message.offset(),
+                            error: format!("{error} (after {attempts} attempts)"),
+                        });
+                    // Parked for good: given up at the drain, delivered again after a restart.
+                    state.work.park(message, attempts, None);
+                }
+                Exhausted::Skip => {
+                    log::warn!("{place}: skipped after {attempts} attempts: {error}");
+                    metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                    state.work.finished(&message);
+                    state.finished(message);
+                }
+                Exhausted::DeadLetter { .. } => {
+                    let Some(dead_letters) = state.shared.dead_letters.clone() else {
+                        // The Supervisor makes a producer for every dead-letter policy.
+                        log::error!("{place}: no dead-letter producer; stopping");
+                        state
+                            .shared
+                            .stop
+                            .request_graceful(StopReason::InternalFailure(
+                                "a dead-letter policy without a producer".to_owned(),
+                            ));
+                        state.work.park(message, attempts, None);
+                        return;
+                    };
+                    let produced = state
+                        .serve_while(dead_letters.send(&message, &error, attempts))
+                        .await;
+                    match produced {
+                        Some(Ok(topic)) => {
+                            log::warn!(
+                                "{place}: sent to {topic} after {attempts} attempts: {error}"
+                            );
+                            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            state.work.finished(&message);
+                            state.finished(message);
+                        }
+                        Some(Err(dead_letter_error)) => {
+                            log::error!("{place}: {dead_letter_error}; stopping");
+                            state
+                                .shared
+                                .stop
+                                .request_graceful(StopReason::DeadLetterFailed {
+                                    partition: message.topic_partition().clone(),
+                                    offset: message.offset(),
+                                    error: dead_letter_error,
+                                });
+                            state.work.park(message, attempts, None);
+                        }
+                        // Abandoned: dropped unfinished.
+                        None => drop(message),
+                    }
+                }
+            },
+        }
     }
 }
 
-/// Runs the processor's [`on_stop`](Processor::on_stop) hook within `budget`, then stops the
-/// actor. Queued behind any batch in progress, so it runs after the drain.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub(crate) struct StopProcessor {
-    pub(crate) budget: Duration,
+/// A processor's speed, measured over runs of messages processed back to back, and the
+/// prefetch it implies.
+#[derive(Default)]
+struct Speed {
+    run_started: Option<Instant>,
+    run_length: u32,
+    /// Smoothed nanoseconds per message.
+    nanos_per_message: Option<f64>,
 }
 
-impl<P: Processor> Handler<StopProcessor> for ProcessorActor<P> {
-    type Result = AtomicResponse<Self, Result<(), String>>;
+impl Speed {
+    fn started(&mut self, credit: &Credit, limit: PrefetchLimit) -> bool {
+        match self.run_started {
+            None => self.run_started = Some(Instant::now()),
+            Some(_) if self.run_length >= MEASURE_EVERY => return self.measure(credit, limit),
+            Some(_) => {}
+        }
+        self.run_length += 1;
+        false
+    }
 
-    fn handle(
-        &mut self,
-        StopProcessor { budget }: StopProcessor,
-        _: &mut Self::Context,
-    ) -> Self::Result {
-        self.draining = true;
-        self.give_up_parked();
-        let mut processor = self.lend_processor();
-        let index = self.index;
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = match tokio::time::timeout(budget, processor.on_stop()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(format!("processor {index}: on_stop failed: {error:#}")),
-                    Err(_) => Err(format!(
-                        "processor {index}: on_stop did not finish within {budget:?}"
-                    )),
-                };
-                (processor, result)
+    /// Ends the run in progress (the queue ran dry, or it is long enough) and sets the
+    /// prefetch from it. Returns whether the prefetch grew.
+    fn measure(&mut self, credit: &Credit, limit: PrefetchLimit) -> bool {
+        let Some(started) = self.run_started.take() else {
+            return false;
+        };
+        let length = std::mem::take(&mut self.run_length);
+        if length == 0 {
+            return false;
+        }
+        let nanos = started.elapsed().as_nanos() as f64 / f64::from(length);
+        let smoothed = match self.nanos_per_message {
+            Some(previous) => previous * 0.75 + nanos * 0.25,
+            None => nanos,
+        };
+        self.nanos_per_message = Some(smoothed);
+        let by_work = limit.work.as_nanos() as f64 / smoothed.max(1.0);
+        let prefetch = (by_work as usize).clamp(1, limit.messages.max(1));
+        credit.set_prefetch(prefetch)
+    }
+}
+
+/// Everything of a processor task but the user's processor.
+struct TaskState<P> {
+    index: usize,
+    shared: ProcessorShared<P>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    credit: Arc<Credit>,
+    work: WorkQueue<Message>,
+    /// Finished and not reported yet: they stay in flight until reported.
+    done: Vec<Message>,
+    /// Given up unfinished on purpose and not reported yet.
+    released: Vec<Message>,
+    /// When the oldest unreported completion was added.
+    unreported_since: Option<Instant>,
+    /// The message in progress and when it started.
+    running: Option<(Position, Instant)>,
+    /// A drain was asked for: parked lanes are given up and nothing waits for a retry.
+    draining: bool,
+    drains: Vec<oneshot::Sender<()>>,
+    stop: Option<(Duration, oneshot::Sender<Result<(), String>>)>,
+    /// Every sender is gone.
+    orphaned: bool,
+    speed: Speed,
+    /// A moment to pass as "now" when no lane is parked (then time does not matter).
+    epoch: Instant,
+}
+
+impl<P> TaskState<P> {
+    fn new(
+        index: usize,
+        shared: ProcessorShared<P>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        credit: Arc<Credit>,
+    ) -> Self {
+        TaskState {
+            index,
+            shared,
+            commands,
+            credit,
+            work: WorkQueue::default(),
+            done: Vec::new(),
+            released: Vec::new(),
+            unreported_since: None,
+            running: None,
+            draining: false,
+            drains: Vec::new(),
+            stop: None,
+            orphaned: false,
+            speed: Speed::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Now, read from the clock only when a retry may be due.
+    fn clock(&self) -> Instant {
+        if self.work.has_parked() {
+            Instant::now()
+        } else {
+            self.epoch
+        }
+    }
+
+    /// Tells the credit about messages that left the ready queue, and the Fetcher when that
+    /// made room.
+    fn count_started(&mut self) {
+        let started = self.work.take_started();
+        if started > 0 && self.credit.started(started) {
+            self.shared.fetcher_wakeup.notify_one();
+        }
+    }
+
+    /// Accepts every command waiting, without waiting.
+    fn accept_waiting(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.accept(command),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.orphaned = true;
+                    return;
+                }
             }
-            .into_actor(self)
-            .map(|(processor, result), actor, _| {
-                actor.processor = Some(processor);
-                // Stopped for good: the supervisor restarts an actor only when it stops
-                // itself, and this one's mailbox is about to close with the system.
-                result
-            }),
-        ))
+        }
+    }
+
+    fn accept(&mut self, command: Command) {
+        match command {
+            Command::Work(messages) => self.work.push(messages),
+            Command::Forget(assignments) => {
+                // Retries of a revoked partition cannot be waited for, and what is fenced
+                // already is skipped: dropped at once, unreported (the tracker forgets them).
+                let given_up = self
+                    .work
+                    .give_up(|lane| assignments.contains(&lane.assignment()));
+                let fenced = self.work.remove(|message| {
+                    assignments.contains(&message.assigned().assignment)
+                        && message.assigned().tenure() == Tenure::Fenced
+                });
+                self.count_started();
+                drop((given_up, fenced));
+            }
+            Command::Drain(reply) => {
+                if !self.draining {
+                    self.draining = true;
+                    let given_up = self.work.give_up(|_| true);
+                    self.count_started();
+                    if !given_up.is_empty() {
+                        log::warn!(
+                            "processor {}: stopping with {} messages waiting for a retry; they \
+                             are not committed and are delivered again after the restart",
+                            self.index,
+                            given_up.len()
+                        );
+                    }
+                    for message in given_up {
+                        self.give_up(message);
+                    }
+                }
+                self.drains.push(reply);
+            }
+            Command::Stop { budget, reply } => self.stop = Some((budget, reply)),
+            Command::Locate { position, reply } => {
+                let _ = reply.send(self.locate(position));
+            }
+        }
+    }
+
+    fn locate(&self, position: Position) -> Option<Sighting> {
+        if let Some((running, since)) = self.running
+            && running == position
+        {
+            return Some(Sighting::InProgress {
+                processor: self.index,
+                since,
+            });
+        }
+        self.work
+            .locate(|message| message.position() == position)
+            .map(|whereabouts| Sighting::Held {
+                processor: self.index,
+                whereabouts,
+            })
+    }
+
+    /// Why a failed message cannot wait for a retry, if it cannot.
+    fn cannot_wait(&self, message: &Message) -> Option<&'static str> {
+        if self.draining || self.shared.abandon.is_cancelled() {
+            Some("the system is stopping")
+        } else if message.assigned().tenure() != Tenure::Held {
+            Some("its partition is being revoked")
+        } else {
+            None
+        }
+    }
+
+    /// Records a finished message; it is reported in the next batch.
+    fn finished(&mut self, message: Message) {
+        self.note_unreported();
+        self.done.push(message);
+        if self.done.len() + self.released.len() >= REPORT_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Gives up a message that ran (or could not run) and its lane: the messages behind it
+    /// must not run after it was given up.
+    fn give_up_lane(&mut self, message: Message) {
+        let lane = message.lane();
+        self.work.park(message, 0, None);
+        let given_up = self.work.give_up(|parked| *parked == lane);
+        self.count_started();
+        for message in given_up {
+            self.give_up(message);
+        }
+    }
+
+    /// Gives up a message unfinished, on purpose: reported as released, never committed.
+    fn give_up(&mut self, message: Message) {
+        self.note_unreported();
+        self.released.push(message);
+    }
+
+    /// Reports completions that waited for [`REPORT_INTERVAL`]: messages that run back to
+    /// back without ever waiting never reach the select that reports on time.
+    fn flush_if_due(&mut self) {
+        if self
+            .unreported_since
+            .is_some_and(|since| since.elapsed() >= REPORT_INTERVAL)
+        {
+            self.flush();
+        }
+    }
+
+    fn note_unreported(&mut self) {
+        if self.unreported_since.is_none() {
+            self.unreported_since = Some(Instant::now());
+        }
+    }
+
+    /// Tells the tracker what finished and what was given up, then lets go of the messages:
+    /// only then do they leave the in-flight counts, so that a revocation that waits for a
+    /// partition's in-flight work to reach zero also waits for its completions.
+    fn flush(&mut self) {
+        self.unreported_since = None;
+        if self.done.is_empty() && self.released.is_empty() {
+            return;
+        }
+        let finished = self.done.iter().map(Message::position).collect();
+        let released = self.released.iter().map(Message::position).collect();
+        self.shared
+            .tracker
+            .do_send(Completions { finished, released });
+        self.done.clear();
+        self.released.clear();
+    }
+
+    /// Nothing can run now: report, measure, and answer the drains once nothing is held.
+    fn idle(&mut self) {
+        if self.draining && self.work.has_parked() {
+            // Parked for good while draining (the system stops on a message): given up.
+            let given_up = self.work.give_up(|_| true);
+            self.count_started();
+            for message in given_up {
+                self.give_up(message);
+            }
+        }
+        let reported = self.unreported_since.is_some();
+        self.flush();
+        // What was reported left the in-flight counts: the Fetcher may resume a partition.
+        let grew = self.speed.measure(&self.credit, self.shared.prefetch);
+        if reported || grew {
+            self.shared.fetcher_wakeup.notify_one();
+        }
+        if self.draining && self.work.is_empty() {
+            for reply in self.drains.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Drops everything held unfinished, unreported: the drain was abandoned.
+    fn abandon(&mut self) {
+        let held = self.work.take_all();
+        self.count_started();
+        drop(held);
+        self.flush();
+    }
+
+    /// Waits for a command, a retry coming due, or the abandonment of the drain.
+    async fn wait(&mut self) {
+        let retry_at = self
+            .work
+            .next_retry_at()
+            .map(tokio::time::Instant::from_std);
+        let abandon = self.shared.abandon.clone();
+        tokio::select! {
+            biased;
+            () = abandon.cancelled(), if !abandon.is_cancelled() => {}
+            command = self.commands.recv() => match command {
+                Some(command) => self.accept(command),
+                None => self.orphaned = true,
+            },
+            () = sleep_until_some(retry_at) => {}
+        }
+    }
+
+    /// Runs `work` to its end while accepting commands and reporting completions on time.
+    /// `None` when the drain was abandoned meanwhile (`work` is dropped unfinished).
+    async fn serve_while<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        let mut work = pin!(work);
+        // Most work finishes at its first poll; only work that waits needs the select.
+        if let Poll::Ready(output) = futures::poll!(work.as_mut()) {
+            return Some(output);
+        }
+        let abandon = self.shared.abandon.clone();
+        let mut abandoned = pin!(abandon.cancelled());
+        loop {
+            let report_at = self
+                .unreported_since
+                .map(|since| tokio::time::Instant::from_std(since + REPORT_INTERVAL));
+            tokio::select! {
+                biased;
+                () = &mut abandoned => return None,
+                output = &mut work => return Some(output),
+                command = self.commands.recv(), if !self.orphaned => match command {
+                    Some(command) => self.accept(command),
+                    None => self.orphaned = true,
+                },
+                () = sleep_until_some(report_at) => self.flush(),
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

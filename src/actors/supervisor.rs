@@ -6,29 +6,26 @@
 //! which subscribes. Shutdown order: stop fetching, drain the processors' mailboxes, run their
 //! `on_stop` hooks, commit synchronously, close the consumer (leaving the group).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::fetcher::{
-    Close, FetchContext, Fetcher, FlowSettings, Revocation, StopFetching,
-};
-use crate::actors::offset_tracker::{AttachFetcher, CommitNow, OffsetTracker, Report};
-use crate::actors::processor::{
-    Drain, ProcessorActor, ProcessorShared, StartProcessor, StopProcessor,
-};
+use crate::actors::fetcher::{Close, FetchContext, Fetcher, Revocation, StopFetching};
+use crate::actors::offset_tracker::{Attach, CommitNow, OffsetTracker, Others, Report};
+use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
 use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
-use crate::revocation::RevocationBarrier;
+use crate::routes::FlowSettings;
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::{Error, Processor, Result};
 
@@ -37,6 +34,8 @@ use crate::{Error, Processor, Result};
 const FINAL_STEP_FLOOR: Duration = Duration::from_millis(500);
 /// The most of the shutdown timeout kept back from the drain for the later phases.
 const MAX_RESERVE: Duration = Duration::from_secs(5);
+/// How often the Supervisor checks that its actors are alive.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A started system: what `ConsumerSystem` needs to wait for it and clean up after it.
 pub(crate) struct Started {
@@ -45,28 +44,48 @@ pub(crate) struct Started {
     pub(crate) metrics: Arc<SystemMetrics>,
 }
 
-pub(crate) struct Supervisor<P: Processor> {
+pub(crate) struct Supervisor {
     /// Taken when the stop request arrives: a system shuts down once.
-    shutdown: Option<ShutdownPlan<P>>,
+    shutdown: Option<ShutdownPlan>,
     report_to: Option<oneshot::Sender<ShutdownReport>>,
+    /// The actors whose death stops the system.
+    watched: Option<(Addr<Fetcher>, Addr<OffsetTracker>, StopHandle)>,
 }
 
-impl<P: Processor> Supervisor<P> {
+impl Supervisor {
     /// Starts every actor of a system. Fails, having released what it started, when the
     /// brokers or topics cannot be reached or a processor fails to start.
-    pub(crate) async fn start<F>(
+    pub(crate) async fn start<P, F>(
         config: ConsumerConfig,
         factory: F,
         stop: StopHandle,
     ) -> Result<Started>
     where
+        P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
         let metrics = Arc::new(SystemMetrics::default());
-        let tracker = OffsetTracker::new(config.commit_interval, metrics.clone()).start();
-        let consumer: BaseConsumer<FetchContext> = config
-            .client_config()
-            .create_with_context(FetchContext::new(tracker.clone(), metrics.clone()))?;
+        let tracker = OffsetTracker::new(
+            config.commit_interval,
+            config.stall_timeout,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .start();
+        let flow = FlowSettings {
+            ordering: config.ordering,
+            partition_limit: config.partition_limit,
+            total_limit: config.total_limit,
+        };
+        let consumer: BaseConsumer<FetchContext> =
+            config
+                .client_config()
+                .create_with_context(FetchContext::new(
+                    tracker.clone(),
+                    metrics.clone(),
+                    config.processors,
+                    flow,
+                ))?;
         let consumer = check_cluster(consumer, &config).await?;
 
         let mut arbiters = Vec::new();
@@ -82,9 +101,8 @@ impl<P: Processor> Supervisor<P> {
             )?),
             _ => None,
         };
-        let barrier = Arc::new(RevocationBarrier::new(config.processors));
+        let fetcher_wakeup = Arc::new(Notify::new());
         let shared = ProcessorShared {
-            barrier: barrier.clone(),
             factory: Arc::new(factory),
             tracker: tracker.clone(),
             stop: stop.clone(),
@@ -92,21 +110,21 @@ impl<P: Processor> Supervisor<P> {
             metrics: metrics.clone(),
             policy: config.failure_policy.clone(),
             dead_letters,
-            ordering: config.ordering,
+            prefetch: config.prefetch,
+            fetcher_wakeup: fetcher_wakeup.clone(),
         };
-        // Supervised, so that a processor that panicked is restarted with a fresh instance.
-        let processors: Vec<Addr<ProcessorActor<P>>> = (0..config.processors)
+        let (processors, starts): (Vec<ProcessorHandle>, Vec<_>) = (0..config.processors)
             .map(|index| {
-                let shared = shared.clone();
-                actix::Supervisor::start_in_arbiter(
+                processor::spawn(
+                    index,
+                    shared.clone(),
                     &workers[index % workers.len()].handle(),
-                    move |_| ProcessorActor::new(index, shared),
                 )
             })
-            .collect();
+            .unzip();
         arbiters.extend(workers);
 
-        let starts = join_all(processors.iter().map(|p| p.send(StartProcessor))).await;
+        let starts = join_all(starts).await;
         let mut failed_start = None;
         let mut started = Vec::new();
         for (index, result) in starts.into_iter().enumerate() {
@@ -118,9 +136,9 @@ impl<P: Processor> Supervisor<P> {
                         source,
                     });
                 }
-                Err(error) => {
+                Err(_) => {
                     failed_start.get_or_insert(Error::Runtime(format!(
-                        "processor {index} vanished: {error}"
+                        "processor {index} vanished before it started"
                     )));
                 }
             }
@@ -128,34 +146,37 @@ impl<P: Processor> Supervisor<P> {
         if let Some(error) = failed_start {
             // Release what the processors that did start opened; the others opened nothing.
             let budget = config.shutdown_timeout;
-            let stops = join_all(started.iter().map(|p| p.send(StopProcessor { budget })));
+            let stops = join_all(started.iter().map(|p| p.stop(budget)));
             let _ = timeout(budget, stops).await;
             stop_arbiters(arbiters);
             return Err(error);
         }
 
         consumer.context().set_revocation(Revocation {
-            processors: processors.iter().map(|p| p.clone().recipient()).collect(),
+            processors: processors.clone(),
             drain_timeout: config.rebalance_drain_timeout,
-            barrier,
         });
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let fetch_arbiter =
             Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
-        let recipients = processors.iter().map(|p| p.clone().recipient()).collect();
         let fetcher_stop = stop.clone();
         let fetcher_tracker = tracker.clone();
-        let flow = FlowSettings {
-            ordering: config.ordering,
-            partition_limit: config.partition_limit,
-            total_limit: config.total_limit,
-        };
+        let fetcher_processors = processors.clone();
         let fetcher = Fetcher::start_in_arbiter(&fetch_arbiter.handle(), move |_| {
-            Fetcher::new(consumer, fetcher_tracker, recipients, flow, fetcher_stop)
+            Fetcher::new(
+                consumer,
+                fetcher_tracker,
+                fetcher_processors,
+                fetcher_stop,
+                fetcher_wakeup,
+            )
         });
         arbiters.push(fetch_arbiter);
-        tracker.do_send(AttachFetcher(fetcher.clone()));
+        tracker.do_send(Attach(Others {
+            fetcher: fetcher.clone(),
+            processors: processors.clone(),
+        }));
 
         let (report_to, report) = oneshot::channel();
         log::info!(
@@ -171,13 +192,14 @@ impl<P: Processor> Supervisor<P> {
             timeout: config.shutdown_timeout,
             requests: stop.subscribe(),
             abandon,
-            tracker,
-            fetcher,
+            tracker: tracker.clone(),
+            fetcher: fetcher.clone(),
             processors,
         };
         Supervisor {
             shutdown: Some(shutdown),
             report_to: Some(report_to),
+            watched: Some((fetcher, tracker, stop)),
         }
         .start();
         Ok(Started {
@@ -249,7 +271,7 @@ pub(crate) fn stop_arbiters(arbiters: Vec<Arbiter>) {
     }
 }
 
-impl<P: Processor> Actor for Supervisor<P> {
+impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -270,18 +292,35 @@ impl<P: Processor> Actor for Supervisor<P> {
                 ctx.stop();
             }),
         );
+        // An actor that dies (a bug of the framework) must not leave the system running
+        // without it: stop, and say which one.
+        ctx.run_interval(LIVENESS_INTERVAL, |supervisor, _| {
+            let Some((fetcher, tracker, stop)) = &supervisor.watched else {
+                return;
+            };
+            let dead = if !fetcher.connected() {
+                "the fetcher died"
+            } else if !tracker.connected() {
+                "the offset tracker died"
+            } else {
+                return;
+            };
+            log::error!("internal failure: {dead}; stopping");
+            stop.request_graceful(StopReason::InternalFailure(dead.to_owned()));
+            supervisor.watched = None;
+        });
     }
 }
 
 /// The shutdown phases and what they act on.
-struct ShutdownPlan<P: Processor> {
+struct ShutdownPlan {
     metrics: Arc<SystemMetrics>,
     timeout: Duration,
     requests: watch::Receiver<StopRequest>,
     abandon: CancellationToken,
     tracker: Addr<OffsetTracker>,
     fetcher: Addr<Fetcher>,
-    processors: Vec<Addr<ProcessorActor<P>>>,
+    processors: Vec<ProcessorHandle>,
 }
 
 /// Records the phases of one shutdown as they complete.
@@ -309,7 +348,28 @@ impl PhaseLog {
     }
 }
 
-impl<P: Processor> ShutdownPlan<P> {
+impl ShutdownPlan {
+    /// Waits for `phase` until `deadline`. A second stop request meanwhile abandons the
+    /// drain (the processors drop what they hold at once) and the wait goes on for what is
+    /// left of the phase, now short. Returns the phase's output, or `None` at the deadline.
+    async fn wait<F: Future>(&mut self, phase: F, deadline: Instant) -> Option<F::Output> {
+        let mut phase = std::pin::pin!(phase);
+        if !self.abandon.is_cancelled() {
+            tokio::select! {
+                output = &mut phase => return Some(output),
+                () = sleep_until(deadline) => return None,
+                () = abandon_requested(&mut self.requests) => {
+                    log::warn!("abandoning the drain on request");
+                    self.abandon.cancel();
+                }
+            }
+        }
+        tokio::select! {
+            output = phase => Some(output),
+            () = sleep_until(deadline) => None,
+        }
+    }
+
     /// Runs the phases. The drain gets the shutdown timeout less a reserve (a quarter of it, at
     /// most 5 s) for the stop hooks, the final commit and the close; the hooks get half of the
     /// reserve; the commit and the close get what is left, but never less than a floor.
@@ -324,51 +384,39 @@ impl<P: Processor> ShutdownPlan<P> {
         log::info!("stopping ({reason}) within {:?}", self.timeout);
 
         let started = Instant::now();
-        let outcome = match timeout(self.timeout, self.fetcher.send(StopFetching)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("the fetcher vanished: {error}")),
-            Err(_) => Err("the fetcher did not answer".to_owned()),
+        let fetcher = self.fetcher.clone();
+        let outcome = match self
+            .wait(fetcher.send(StopFetching), deadline - reserve)
+            .await
+        {
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(format!("the fetcher vanished: {error}")),
+            None => Err("the fetcher did not answer".to_owned()),
         };
         log.record(Phase::StopFetching, started, outcome);
 
         let started = Instant::now();
-        let drained = join_all(self.processors.iter().map(|p| p.send(Drain)));
-        let outcome = tokio::select! {
-            _ = drained => Ok(()),
-            () = sleep_until(deadline - reserve) => Err(format!(
-                "in-flight messages did not finish within {:?}; abandoned",
-                (deadline - reserve).saturating_duration_since(started)
-            )),
-            () = abandon_requested(&mut self.requests) => Err("abandoned on request".to_owned()),
+        let processors = self.processors.clone();
+        let drains = join_all(processors.iter().map(ProcessorHandle::drain));
+        let drained = self.wait(drains, deadline - reserve).await;
+        let outcome = match drained {
+            _ if self.abandon.is_cancelled() => Err("abandoned on request".to_owned()),
+            None => {
+                self.abandon.cancel();
+                Err(format!(
+                    "what the processors held did not finish within {:?}; abandoned",
+                    (deadline - reserve).saturating_duration_since(started)
+                ))
+            }
+            Some(results) => all_ok(results),
         };
-        if outcome.is_err() {
-            self.abandon.cancel();
-        }
         log.record(Phase::Drain, started, outcome);
 
         let started = Instant::now();
         let budget = (deadline - reserve / 2).saturating_duration_since(started);
-        let stops = join_all(
-            self.processors
-                .iter()
-                .map(|p| p.send(StopProcessor { budget })),
-        );
+        let stops = join_all(processors.iter().map(|p| p.stop(budget)));
         let outcome = match timeout(budget + FINAL_STEP_FLOOR, stops).await {
-            Ok(results) => {
-                let errors: Vec<String> = results
-                    .into_iter()
-                    .filter_map(|result| match result {
-                        Ok(Ok(())) => None,
-                        Ok(Err(error)) => Some(error),
-                        Err(error) => Some(format!("a processor vanished: {error}")),
-                    })
-                    .collect();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors.join("; "))
-                }
-            }
+            Ok(results) => all_ok(results),
             Err(_) => Err("the stop hooks did not finish in time".to_owned()),
         };
         log.record(Phase::StopProcessors, started, outcome);
@@ -377,7 +425,8 @@ impl<P: Processor> ShutdownPlan<P> {
         let budget = (deadline - reserve / 4)
             .saturating_duration_since(started)
             .max(FINAL_STEP_FLOOR);
-        let outcome = match timeout(budget, self.tracker.send(CommitNow)).await {
+        let commit = self.tracker.send(CommitNow { timeout: budget });
+        let outcome = match timeout(budget + FINAL_STEP_FLOOR, commit).await {
             Ok(Ok(result)) => result,
             Ok(Err(error)) => Err(format!("the offset tracker vanished: {error}")),
             Err(_) => Err(format!("the commit did not finish within {budget:?}")),
@@ -404,8 +453,8 @@ impl<P: Processor> ShutdownPlan<P> {
 
         let figures = self.metrics.snapshot();
         let processed = figures.processed;
-        let (committed, abandoned) = match tracked {
-            Ok(tracked) => (tracked.committed, tracked.abandoned),
+        let (committed, abandoned, released) = match tracked {
+            Ok(tracked) => (tracked.committed, tracked.abandoned, tracked.released),
             Err(error) => {
                 log.errors
                     .push(format!("the offset tracker vanished: {error}"));
@@ -425,8 +474,19 @@ impl<P: Processor> ShutdownPlan<P> {
             processor_restarts: figures.processor_restarts,
             committed,
             abandoned,
+            released,
             phases: log.phases,
             errors: log.errors,
         }
+    }
+}
+
+/// One error listing every failure, or `Ok` when there was none.
+fn all_ok(results: Vec<Result<(), String>>) -> Result<(), String> {
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
 }

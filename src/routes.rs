@@ -1,0 +1,581 @@
+//! What this member holds: each assigned partition with its processor, its pause state and
+//! its *backlog*, the messages taken from librdkafka and not handed to a processor yet.
+//!
+//! Pure code over records and messages: the Fetcher owns a `Routes` (inside its consumer
+//! context, so that the rebalance callbacks change it too) and carries out what it decides on
+//! the consumer (pause, resume, seek). Three rules live here:
+//!
+//! - **A partition's messages are handed out in offset order.** Each partition's backlog is a
+//!   queue, and only its head is ever handed out, to the processor its ordering mode names
+//!   (any processor with room, when unordered). So whatever processors hold of a partition
+//!   is always a prefix of what was taken, and a stop or a revocation that drops the backlogs
+//!   drops a suffix: finishing what processors hold leaves no gap behind the commit point.
+//! - **Processors are handed only what their credit allows**; the rest waits here, counted in
+//!   flight, until a processor has room.
+//! - **In-flight work never passes a limit by more than one message's bytes**: a partition is
+//!   paused the moment its count reaches its limit, every partition when the system's does,
+//!   and resumed at half; the resume starts at the first message not taken.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::flow::{AssignedPartition, InFlightLimit, Load};
+use crate::message::{Message, Record};
+use crate::offsets::{AssignmentId, Position, TopicPartition};
+use crate::routing::{OrderingMode, Router};
+use crate::stall::Sighting;
+
+/// How the Fetcher spreads messages and bounds the work in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowSettings {
+    pub(crate) ordering: OrderingMode,
+    pub(crate) partition_limit: InFlightLimit,
+    pub(crate) total_limit: InFlightLimit,
+}
+
+/// A message waiting in a backlog, with the processor that must take it (`None`: any).
+struct Waiting {
+    message: Message,
+    processor: Option<usize>,
+}
+
+/// One assigned partition.
+struct Route {
+    assigned: Arc<AssignedPartition>,
+    /// The partition's processor, for messages routed by partition.
+    processor: usize,
+    /// Paused because its in-flight work (or the system's) reached a limit, or because the
+    /// system stops.
+    paused: bool,
+    /// Where the partition resumes: the offset after the last message taken, or the first
+    /// one librdkafka returned after the partition was paused.
+    next_offset: Option<i64>,
+    backlog: VecDeque<Waiting>,
+}
+
+/// What one round took from librdkafka.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// The positions taken, in order: the OffsetTracker must hear of them before any
+    /// processor can finish one.
+    pub(crate) positions: Vec<Position>,
+    /// Partitions that reached a limit this round: to pause on the consumer.
+    pub(crate) to_pause: Vec<TopicPartition>,
+    /// The most one partition had in flight after the round, for the peak figures.
+    pub(crate) partition_peak: Load,
+}
+
+/// See the module documentation.
+pub(crate) struct Routes {
+    router: Router,
+    flow: FlowSettings,
+    table: Vec<Route>,
+    /// The route of the previous record: records come in runs of one partition.
+    last: usize,
+    /// Partitions no longer held whose messages are still in flight, counted in the total
+    /// until they are all done with.
+    retiring: Vec<Arc<AssignedPartition>>,
+    /// Where the next round's hand-out starts, so that partitions sharing a processor take
+    /// turns.
+    first_route: usize,
+    /// The processor the next message that may go anywhere goes to first.
+    next_any: usize,
+}
+
+impl Routes {
+    pub(crate) fn new(processors: usize, flow: FlowSettings) -> Self {
+        Routes {
+            router: Router::new(processors),
+            flow,
+            table: Vec::new(),
+            last: 0,
+            retiring: Vec::new(),
+            first_route: 0,
+            next_any: 0,
+        }
+    }
+
+    /// Adds newly assigned partitions, paused if the system is stopping. A partition held
+    /// already under an earlier assignment is replaced (its backlog dropped).
+    pub(crate) fn assign(&mut self, partitions: Vec<Arc<AssignedPartition>>, paused: bool) {
+        for assigned in partitions {
+            let partition = assigned.partition.clone();
+            self.revoke(|p| *p == partition);
+            self.table.push(Route {
+                processor: self
+                    .router
+                    .processor_for(assigned.partition.topic(), assigned.partition.partition()),
+                assigned,
+                paused,
+                next_offset: None,
+                backlog: VecDeque::new(),
+            });
+        }
+    }
+
+    /// Takes out the partitions `which` selects: their backlogs are dropped (never handed
+    /// out) and they count in the total until processors are done with what they hold.
+    /// Returns them as they were held.
+    pub(crate) fn revoke(
+        &mut self,
+        which: impl Fn(&TopicPartition) -> bool,
+    ) -> Vec<Arc<AssignedPartition>> {
+        let mut revoked = Vec::new();
+        self.table.retain(|route| {
+            if which(&route.assigned.partition) {
+                revoked.push(route.assigned.clone());
+                false
+            } else {
+                true
+            }
+        });
+        self.retiring.extend(revoked.iter().cloned());
+        self.last = 0;
+        revoked
+    }
+
+    pub(crate) fn ordering(&self) -> OrderingMode {
+        self.flow.ordering
+    }
+
+    /// The assignment a partition is held under, if it is held.
+    pub(crate) fn assignment_of(&self, partition: &TopicPartition) -> Option<AssignmentId> {
+        self.table
+            .iter()
+            .find(|route| route.assigned.partition == *partition)
+            .map(|route| route.assigned.assignment)
+    }
+
+    fn lookup(&mut self, topic: &str, partition: i32) -> Option<usize> {
+        let matches = |route: &Route| {
+            route.assigned.partition.partition() == partition
+                && route.assigned.partition.topic() == topic
+        };
+        if !self.table.get(self.last).is_some_and(matches) {
+            self.last = self.table.iter().position(matches)?;
+        }
+        Some(self.last)
+    }
+
+    /// Takes a round's records into the backlogs of their partitions, copying each
+    /// partition's keys and payloads into one buffer. Records of partitions not held or
+    /// paused are left out; a partition is paused the moment its in-flight work reaches its
+    /// limit, every partition when the system's does.
+    pub(crate) fn take<R: Record>(&mut self, records: Vec<R>) -> Taken {
+        let mut taken = Taken::default();
+        let total_before = self.total();
+        let mut round_total = Load::default();
+        // Per route: what it had in flight before the round, what the round adds, and the
+        // size of its buffer.
+        let mut before: Vec<Option<Load>> = vec![None; self.table.len()];
+        let mut round: Vec<Load> = vec![Load::default(); self.table.len()];
+        let mut planned: Vec<(R, usize)> = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(error) = record.error() {
+                log::warn!(
+                    "fetching {}/{} failed (librdkafka retries): {error}",
+                    record.topic(),
+                    record.partition()
+                );
+                continue;
+            }
+            let Some(index) = self.lookup(record.topic(), record.partition()) else {
+                log::debug!(
+                    "dropped {}/{}@{}: not assigned",
+                    record.topic(),
+                    record.partition(),
+                    record.offset()
+                );
+                continue;
+            };
+            let route = &mut self.table[index];
+            if route.paused {
+                // Paused during this round, after librdkafka returned the record: the resume
+                // fetches it again.
+                route.next_offset.get_or_insert(record.offset());
+                continue;
+            }
+            route.next_offset = Some(record.offset() + 1);
+            let bytes = Message::buffer_len(&record);
+            round[index].add(bytes);
+            round_total.add(bytes);
+            let load = before[index]
+                .get_or_insert_with(|| route.assigned.in_flight.load())
+                .plus(round[index]);
+            taken.partition_peak = taken.partition_peak.max(load);
+            planned.push((record, index));
+            if self.flow.partition_limit.is_reached_by(load) {
+                route.paused = true;
+                taken.to_pause.push(route.assigned.partition.clone());
+            }
+            if self
+                .flow
+                .total_limit
+                .is_reached_by(total_before.plus(round_total))
+            {
+                for route in self.table.iter_mut().filter(|route| !route.paused) {
+                    route.paused = true;
+                    taken.to_pause.push(route.assigned.partition.clone());
+                }
+            }
+        }
+        // The round's messages count in flight before they exist: each releases itself when
+        // dropped.
+        let mut buffers: Vec<Option<BytesMut>> = vec![None; self.table.len()];
+        for (index, load) in round.iter().enumerate() {
+            if load.messages > 0 {
+                self.table[index].assigned.in_flight.add(*load);
+                buffers[index] = Some(BytesMut::with_capacity(load.bytes));
+            }
+        }
+        taken.positions.reserve(planned.len());
+        for (record, index) in planned {
+            let route = &mut self.table[index];
+            let Some(buffer) = buffers[index].as_mut() else {
+                continue;
+            };
+            Message::copy_into(&record, buffer);
+            let bytes = buffer.split().freeze();
+            let message =
+                Message::from_kafka(&record, route.assigned.clone(), self.flow.ordering, bytes);
+            let processor = match self.flow.ordering {
+                OrderingMode::PerPartition => Some(route.processor),
+                OrderingMode::PerKey => Some(
+                    record
+                        .key()
+                        .map_or(route.processor, |key| self.router.processor_for_key(key)),
+                ),
+                OrderingMode::Unordered => None,
+            };
+            taken.positions.push(message.position());
+            route.backlog.push_back(Waiting { message, processor });
+        }
+        taken
+    }
+
+    /// Hands out backlog heads to processors with room, each partition in offset order;
+    /// `credits` holds each processor's room and is used up. Returns each processor's batch.
+    pub(crate) fn hand_out(&mut self, credits: &mut [usize]) -> Vec<Vec<Message>> {
+        let mut batches: Vec<Vec<Message>> = credits.iter().map(|_| Vec::new()).collect();
+        if self.table.is_empty() || credits.iter().all(|c| *c == 0) {
+            return batches;
+        }
+        let routes = self.table.len();
+        self.first_route = (self.first_route + 1) % routes;
+        for step in 0..routes {
+            let route = &mut self.table[(self.first_route + step) % routes];
+            while let Some(head) = route.backlog.front() {
+                let processor = match head.processor {
+                    Some(processor) if credits.get(processor).is_some_and(|c| *c > 0) => processor,
+                    Some(_) => break,
+                    None => match next_with_room(credits, &mut self.next_any) {
+                        Some(processor) => processor,
+                        None => break,
+                    },
+                };
+                credits[processor] -= 1;
+                if let Some(waiting) = route.backlog.pop_front() {
+                    batches[processor].push(waiting.message);
+                }
+            }
+        }
+        batches
+    }
+
+    /// The paused partitions whose in-flight work, and the system's, fell to half the
+    /// limits: marked resumed, and returned with the offset to resume from.
+    pub(crate) fn resumable(&mut self) -> Vec<(TopicPartition, Option<i64>)> {
+        if !self.table.iter().any(|route| route.paused) {
+            return Vec::new();
+        }
+        let total = self.total();
+        if !self.flow.total_limit.is_drained_by(total) {
+            return Vec::new();
+        }
+        let limit = self.flow.partition_limit;
+        self.table
+            .iter_mut()
+            .filter(|route| route.paused && limit.is_drained_by(route.assigned.in_flight.load()))
+            .map(|route| {
+                route.paused = false;
+                (route.assigned.partition.clone(), route.next_offset)
+            })
+            .collect()
+    }
+
+    /// Pauses every partition (the system stops): returns those not paused before.
+    pub(crate) fn pause_all(&mut self) -> Vec<TopicPartition> {
+        self.table
+            .iter_mut()
+            .filter(|route| !route.paused)
+            .map(|route| {
+                route.paused = true;
+                route.assigned.partition.clone()
+            })
+            .collect()
+    }
+
+    /// Drops every backlog (the system stops): nothing of it was started, so it is left for
+    /// the next reader. Returns the positions dropped.
+    pub(crate) fn drop_backlogs(&mut self) -> Vec<Position> {
+        let mut dropped = Vec::new();
+        for route in &mut self.table {
+            dropped.extend(route.backlog.drain(..).map(|w| w.message.position()));
+        }
+        dropped
+    }
+
+    /// What is in flight over every partition, those no longer held included (each one only
+    /// until its messages are all done with).
+    pub(crate) fn total(&mut self) -> Load {
+        self.retiring
+            .retain(|assigned| assigned.in_flight.load().messages > 0);
+        self.table
+            .iter()
+            .map(|route| &route.assigned)
+            .chain(&self.retiring)
+            .fold(Load::default(), |total, assigned| {
+                total.plus(assigned.in_flight.load())
+            })
+    }
+
+    pub(crate) fn paused(&self) -> usize {
+        self.table.iter().filter(|route| route.paused).count()
+    }
+
+    /// Messages waiting in backlogs.
+    pub(crate) fn waiting(&self) -> usize {
+        self.table.iter().map(|route| route.backlog.len()).sum()
+    }
+
+    /// Where the message at `position` waits, if it is in a backlog; `queued` tells what a
+    /// processor holds.
+    pub(crate) fn locate(
+        &self,
+        position: Position,
+        queued: impl Fn(usize) -> usize,
+    ) -> Option<Sighting> {
+        let route = self
+            .table
+            .iter()
+            .find(|route| route.assigned.assignment == position.assignment)?;
+        let ahead = route
+            .backlog
+            .iter()
+            .position(|waiting| waiting.message.offset() == position.offset)?;
+        let processor = route.backlog[ahead].processor;
+        Some(Sighting::InFetcher {
+            processor,
+            processor_queued: processor.map_or(0, queued),
+            ahead,
+        })
+    }
+}
+
+/// The next processor with room, round-robin from `next`.
+fn next_with_room(credits: &[usize], next: &mut usize) -> Option<usize> {
+    let processors = credits.len();
+    (0..processors)
+        .map(|step| (*next + step) % processors)
+        .find(|processor| credits[*processor] > 0)
+        .inspect(|processor| *next = (processor + 1) % processors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::OwnedHeaders;
+
+    /// A record as a test makes it.
+    struct TestRecord {
+        topic: &'static str,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    }
+
+    impl Record for TestRecord {
+        fn topic(&self) -> &str {
+            self.topic
+        }
+        fn partition(&self) -> i32 {
+            self.partition
+        }
+        fn offset(&self) -> i64 {
+            self.offset
+        }
+        fn key(&self) -> Option<&[u8]> {
+            self.key.as_deref()
+        }
+        fn payload(&self) -> Option<&[u8]> {
+            Some(&self.payload)
+        }
+        fn headers(&self) -> Option<OwnedHeaders> {
+            None
+        }
+        fn timestamp(&self) -> Option<i64> {
+            None
+        }
+        fn error(&self) -> Option<String> {
+            None
+        }
+    }
+
+    fn record(partition: i32, offset: i64, key: &str) -> TestRecord {
+        TestRecord {
+            topic: "t",
+            partition,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            payload: vec![0; 10],
+        }
+    }
+
+    fn limit(messages: usize) -> InFlightLimit {
+        InFlightLimit {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn routes(ordering: OrderingMode, processors: usize, partitions: i32) -> Routes {
+        let mut routes = Routes::new(
+            processors,
+            FlowSettings {
+                ordering,
+                partition_limit: limit(10),
+                total_limit: limit(15),
+            },
+        );
+        routes.assign(
+            (0..partitions)
+                .map(|p| {
+                    AssignedPartition::new(TopicPartition::new("t", p), AssignmentId(p as u64 + 1))
+                })
+                .collect(),
+            false,
+        );
+        routes
+    }
+
+    fn offsets(batch: &[Message]) -> Vec<(i32, i64)> {
+        batch.iter().map(|m| (m.partition(), m.offset())).collect()
+    }
+
+    #[test]
+    fn a_partition_pauses_at_its_limit_and_resumes_at_half_from_the_first_record_not_taken() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+        let taken = routes.take((0..12).map(|o| record(0, o, "k")).collect());
+        assert_eq!(taken.positions.len(), 10, "the limit's worth taken");
+        assert_eq!(taken.to_pause, [TopicPartition::new("t", 0)]);
+        assert_eq!(routes.paused(), 1);
+        // A processor with room for 6 takes 6; the partition is still above half.
+        let batches = routes.hand_out(&mut [6]);
+        assert_eq!(batches[0].len(), 6);
+        assert!(routes.resumable().is_empty());
+        drop(batches);
+        assert_eq!(
+            routes.resumable(),
+            [(TopicPartition::new("t", 0), Some(10))],
+            "resumes at half, from offset 10"
+        );
+    }
+
+    #[test]
+    fn the_total_limit_pauses_every_partition() {
+        let mut routes = routes(OrderingMode::PerPartition, 2, 2);
+        let records = (0..8)
+            .map(|o| record(0, o, "k"))
+            .chain((0..8).map(|o| record(1, o, "k")))
+            .collect();
+        let taken = routes.take(records);
+        assert_eq!(taken.positions.len(), 15);
+        assert_eq!(routes.paused(), 2);
+        assert_eq!(routes.total().messages, 15);
+    }
+
+    #[test]
+    fn partitions_are_handed_out_in_offset_order_within_credit() {
+        let mut routes = routes(OrderingMode::PerKey, 2, 1);
+        // Keys that go to different processors; the head blocks when its processor is full.
+        let key_a = "a";
+        let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+        let key_b = (0..100)
+            .map(|k| format!("b{k}"))
+            .find(|k| routes.router.processor_for_key(k.as_bytes()) != processor_a)
+            .unwrap();
+        let records = vec![
+            record(0, 0, key_a),
+            record(0, 1, key_a),
+            record(0, 2, &key_b),
+            record(0, 3, key_a),
+        ];
+        routes.take(records);
+        let mut credits = [0, 0];
+        credits[processor_a] = 1;
+        credits[1 - processor_a] = 5;
+        let batches = routes.hand_out(&mut credits);
+        // Offset 1 waits for processor A: nothing behind it goes out, though B has room.
+        assert_eq!(offsets(&batches[processor_a]), [(0, 0)]);
+        assert!(batches[1 - processor_a].is_empty());
+        assert_eq!(routes.waiting(), 3);
+    }
+
+    #[test]
+    fn unordered_messages_go_to_any_processor_with_room() {
+        let mut routes = routes(OrderingMode::Unordered, 3, 1);
+        routes.take((0..6).map(|o| record(0, o, "k")).collect());
+        let batches = routes.hand_out(&mut [1, 0, 4]);
+        assert_eq!(offsets(&batches[0]), [(0, 0)]);
+        assert_eq!(offsets(&batches[2]), [(0, 1), (0, 2), (0, 3), (0, 4)]);
+        assert_eq!(routes.waiting(), 1);
+    }
+
+    #[test]
+    fn a_revoked_partition_drops_its_backlog_and_counts_until_its_messages_are_done() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+        routes.take((0..4).map(|o| record(0, o, "k")).collect());
+        let held = routes.hand_out(&mut [2]);
+        let revoked = routes.revoke(|p| p.partition() == 0);
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(routes.waiting(), 0);
+        assert_eq!(
+            revoked[0].in_flight.load().messages,
+            2,
+            "what processors hold"
+        );
+        assert_eq!(routes.total().messages, 2);
+        drop(held);
+        assert_eq!(routes.total().messages, 0);
+        assert!(routes.assignment_of(&TopicPartition::new("t", 0)).is_none());
+    }
+
+    #[test]
+    fn a_stop_drops_the_backlogs_and_reports_what_it_dropped() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+        routes.take((0..4).map(|o| record(0, o, "k")).collect());
+        let held = routes.hand_out(&mut [1]);
+        let dropped: Vec<i64> = routes.drop_backlogs().iter().map(|p| p.offset).collect();
+        assert_eq!(dropped, [1, 2, 3], "a suffix of the partition");
+        assert_eq!(offsets(&held[0]), [(0, 0)]);
+        assert_eq!(routes.total().messages, 1);
+    }
+
+    #[test]
+    fn a_message_waiting_in_a_backlog_is_located() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+        let taken = routes.take((0..3).map(|o| record(0, o, "k")).collect());
+        let sighting = routes.locate(taken.positions[2], |_| 7);
+        assert_eq!(
+            sighting,
+            Some(Sighting::InFetcher {
+                processor: Some(0),
+                processor_queued: 7,
+                ahead: 2
+            })
+        );
+    }
+}
