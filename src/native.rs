@@ -234,7 +234,7 @@ impl CommitQueue {
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
         id: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitFailure> {
         // SAFETY: a live consumer, list and queue; the id travels as the commit's opaque and
         // is never dereferenced.
         let error = unsafe {
@@ -250,7 +250,7 @@ impl CommitQueue {
     }
 
     /// The results that arrived, each with its commit's id.
-    pub(crate) fn results(&self) -> Vec<(u64, Result<(), String>)> {
+    pub(crate) fn results(&self) -> Vec<(u64, Result<(), CommitFailure>)> {
         let mut results = Vec::new();
         loop {
             // SAFETY: a live queue; each event is destroyed by `commit_result`.
@@ -271,11 +271,11 @@ pub(crate) fn commit_within<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     offsets: &TopicPartitionList,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), CommitFailure> {
     // SAFETY: a queue of our own for the one answer, destroyed when this returns; an answer
     // that comes later is dropped by librdkafka with the queue.
     let queue = unsafe { QueueHandle::new(rd::rd_kafka_queue_new(consumer.client().native_ptr())) }
-        .ok_or("no queue for the commit's answer")?;
+        .ok_or_else(|| CommitFailure::Other("no queue for the commit's answer".to_owned()))?;
     // SAFETY: a live consumer, list and queue.
     let error = unsafe {
         rd::rd_kafka_commit_queue(
@@ -292,23 +292,52 @@ pub(crate) fn commit_within<C: ConsumerContext>(
     let event = unsafe { rd::rd_kafka_queue_poll(queue.ptr(), timeout_ms) };
     match NonNull::new(event) {
         Some(event) => commit_result(event),
-        None => Err(format!(
+        None => Err(CommitFailure::Other(format!(
             "no answer from the group coordinator within {timeout:?}"
-        )),
+        ))),
     }
 }
 
-fn check(error: rd::rd_kafka_resp_err_t) -> Result<(), String> {
-    if error == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        Ok(())
-    } else {
-        Err(RDKafkaErrorCode::from(error).to_string())
+/// Why a commit failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CommitFailure {
+    /// The group is rebalancing (or this member's generation is behind the group's, which a
+    /// rebalance in progress also causes): the commit may succeed once the rebalance is over.
+    Rebalancing,
+    Other(String),
+}
+
+impl std::fmt::Display for CommitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitFailure::Rebalancing => f.write_str("the group is rebalancing"),
+            CommitFailure::Other(error) => f.write_str(error),
+        }
+    }
+}
+
+impl From<String> for CommitFailure {
+    fn from(error: String) -> Self {
+        CommitFailure::Other(error)
+    }
+}
+
+fn check(error: rd::rd_kafka_resp_err_t) -> Result<(), CommitFailure> {
+    match error {
+        rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS
+        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION => {
+            Err(CommitFailure::Rebalancing)
+        }
+        other => Err(CommitFailure::Other(
+            RDKafkaErrorCode::from(other).to_string(),
+        )),
     }
 }
 
 /// The outcome of an offset-commit event: its error, or the first partition's error. Destroys
 /// the event.
-fn commit_result(event: NonNull<rd::rd_kafka_event_t>) -> Result<(), String> {
+fn commit_result(event: NonNull<rd::rd_kafka_event_t>) -> Result<(), CommitFailure> {
     // SAFETY: a live event, destroyed once at the end; the list belongs to the event.
     unsafe {
         let event = event.as_ptr();
@@ -318,10 +347,20 @@ fn commit_result(event: NonNull<rd::rd_kafka_event_t>) -> Result<(), String> {
             let count = usize::try_from((*list).cnt).unwrap_or(0);
             for index in 0..count {
                 let element = &*(*list).elems.add(index);
-                if let Err(error) = check(element.err) {
-                    let topic = CStr::from_ptr(element.topic).to_string_lossy();
-                    result = Err(format!("{topic}/{}: {error}", element.partition));
-                    break;
+                match check(element.err) {
+                    Ok(()) => {}
+                    Err(CommitFailure::Other(error)) => {
+                        let topic = CStr::from_ptr(element.topic).to_string_lossy();
+                        result = Err(CommitFailure::Other(format!(
+                            "{topic}/{}: {error}",
+                            element.partition
+                        )));
+                        break;
+                    }
+                    Err(failure) => {
+                        result = Err(failure);
+                        break;
+                    }
                 }
             }
         }

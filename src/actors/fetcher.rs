@@ -27,7 +27,7 @@ use crate::actors::offset_tracker::{
 use crate::actors::processor::ProcessorHandle;
 use crate::flow::{AssignedPartition, Tenure};
 use crate::metrics::SystemMetrics;
-use crate::native::{CommitQueue, FetchQueue, QueueWakeup, commit_within};
+use crate::native::{CommitFailure, CommitQueue, FetchQueue, QueueWakeup, commit_within};
 use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition};
 use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
@@ -582,7 +582,7 @@ fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<
 }
 
 /// The commit points as a partition list.
-fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, String> {
+fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> {
     let mut offsets = TopicPartitionList::new();
     for point in points {
         offsets
@@ -591,7 +591,7 @@ fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, String> {
                 point.partition.partition(),
                 Offset::Offset(point.offset),
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| CommitFailure::Other(error.to_string()))?;
     }
     Ok(offsets)
 }
@@ -601,7 +601,7 @@ fn commit(
     consumer: &BaseConsumer<FetchContext>,
     points: &[CommitPoint],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), CommitFailure> {
     if points.is_empty() {
         return Ok(());
     }
@@ -671,21 +671,22 @@ pub(crate) enum CommitMode {
 /// Commits the given commit points for the partitions still held under the same assignment
 /// (the others are fenced). Returns the commit points sent (periodic) or committed (final).
 #[derive(Message)]
-#[rtype(result = "Result<Vec<CommitPoint>, String>")]
+#[rtype(result = "Result<Vec<CommitPoint>, CommitFailure>")]
 pub(crate) struct Commit {
     pub(crate) points: Vec<CommitPoint>,
     pub(crate) mode: CommitMode,
 }
 
 impl Handler<Commit> for Fetcher {
-    type Result = Result<Vec<CommitPoint>, String>;
+    type Result = Result<Vec<CommitPoint>, CommitFailure>;
 
     fn handle(&mut self, Commit { points, mode }: Commit, _: &mut Self::Context) -> Self::Result {
+        let closed = || CommitFailure::Other("the consumer is closed".to_owned());
         let consumer = self
             .consumer
             .as_ref()
             .filter(|_| self.state != State::Closed)
-            .ok_or("the consumer is closed")?;
+            .ok_or_else(closed)?;
         let held: Vec<CommitPoint> = {
             let routes = consumer.context().routes();
             points
@@ -703,7 +704,7 @@ impl Handler<Commit> for Fetcher {
                 if held.is_empty() {
                     return Ok(held);
                 }
-                let queues = self.queues.as_ref().ok_or("the consumer is closed")?;
+                let queues = self.queues.as_ref().ok_or_else(closed)?;
                 let id = self.next_commit;
                 self.next_commit += 1;
                 queues.commits.send(consumer, &offsets(&held)?, id)?;

@@ -17,6 +17,7 @@ use futures::future::join_all;
 use crate::actors::fetcher::{Commit, CommitMode, Fetcher, Locate};
 use crate::actors::processor::ProcessorHandle;
 use crate::metrics::SystemMetrics;
+use crate::native::CommitFailure;
 use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
 use crate::stall::{PartitionState, Stall, StallWatch};
@@ -24,6 +25,8 @@ use crate::stop::StopHandle;
 
 /// How often partitions are checked for stalls.
 const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the final commit waits before it tries again while the group rebalances.
+const FINAL_COMMIT_RETRY: Duration = Duration::from_millis(100);
 
 pub(crate) struct OffsetTracker {
     book: OffsetBook,
@@ -62,10 +65,12 @@ impl OffsetTracker {
 
     /// Sends the book's commit points to the Fetcher. A periodic commit's acknowledgement
     /// comes later, as [`Committed`]; a final one's comes back here.
-    fn commit(&mut self, mode: CommitMode) -> ResponseActFuture<Self, Result<(), String>> {
+    fn commit(&mut self, mode: CommitMode) -> ResponseActFuture<Self, Result<(), CommitFailure>> {
         let points = self.book.uncommitted();
         let Some(fetcher) = self.others.as_ref().map(|others| others.fetcher.clone()) else {
-            return Box::pin(fut::ready(Err("no consumer to commit with".to_owned())));
+            return Box::pin(fut::ready(Err(CommitFailure::Other(
+                "no consumer to commit with".to_owned(),
+            ))));
         };
         if points.is_empty() {
             return Box::pin(fut::ready(Ok(())));
@@ -74,14 +79,40 @@ impl OffsetTracker {
             async move { fetcher.send(Commit { points, mode }).await }
                 .into_actor(self)
                 .map(move |result, tracker, _| {
-                    let sent =
-                        result.map_err(|error| format!("commit not delivered: {error}"))??;
+                    let sent = result.map_err(|error| {
+                        CommitFailure::Other(format!("commit not delivered: {error}"))
+                    })??;
                     if let CommitMode::Final(_) = mode {
                         tracker.acknowledged(sent);
                     }
                     Ok(())
                 }),
         )
+    }
+
+    /// The final commit, until `deadline`. A group that is rebalancing refuses commits for a
+    /// moment (the embedded cluster for the whole rebalance, Kafka while it completes one):
+    /// the commit is tried again meanwhile, as the Fetcher keeps serving the group's events so
+    /// that the rebalance can complete. A revocation in between commits its own partitions.
+    fn final_commit(&mut self, deadline: Instant) -> ResponseActFuture<Self, Result<(), String>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        Box::pin(self.commit(CommitMode::Final(remaining)).then(
+            move |result, tracker, _| -> ResponseActFuture<Self, Result<(), String>> {
+                match result {
+                    Err(CommitFailure::Rebalancing)
+                        if Instant::now() + FINAL_COMMIT_RETRY < deadline =>
+                    {
+                        log::info!("final commit refused while the group rebalances; retrying");
+                        Box::pin(
+                            tokio::time::sleep(FINAL_COMMIT_RETRY)
+                                .into_actor(tracker)
+                                .then(move |(), tracker, _| tracker.final_commit(deadline)),
+                        )
+                    }
+                    other => Box::pin(fut::ready(other.map_err(|error| error.to_string()))),
+                }
+            },
+        ))
     }
 
     fn acknowledged(&mut self, points: Vec<CommitPoint>) {
@@ -334,7 +365,7 @@ impl Handler<CommitNow> for OffsetTracker {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
     fn handle(&mut self, CommitNow { timeout }: CommitNow, _: &mut Self::Context) -> Self::Result {
-        self.commit(CommitMode::Final(timeout))
+        self.final_commit(Instant::now() + timeout)
     }
 }
 

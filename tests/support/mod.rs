@@ -573,18 +573,41 @@ pub fn read_ledger(path: &Path) -> Vec<(i32, i64)> {
         .collect()
 }
 
-/// The path of an example binary, built by `cargo test` alongside the tests.
+/// The path of an example binary. `cargo test` builds the examples with the tests, but
+/// `cargo test --tests` and `--all-targets` do not: then it is built here, once per test
+/// process, with the same cargo, profile and features.
 pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let test_binary = std::env::current_exe().expect("current exe");
     let profile_dir = test_binary
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
     let binary = profile_dir.join("examples").join(name);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        if cfg!(feature = "real-broker-tests") {
+            build.args(["--features", "real-broker-tests"]);
+        }
+        let status = build.status().expect("run cargo to build the example");
+        assert!(
+            status.success(),
+            "cargo build --example {name} failed: {status}"
+        );
+        built.push(name.to_owned());
+    }
     assert!(
         binary.exists(),
-        "{} not found: run the tests with plain `cargo test`, which builds the examples, \
-         or build it with `cargo build --example {name}`",
+        "{} not found after the build",
         binary.display()
     );
     binary

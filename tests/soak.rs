@@ -1,0 +1,749 @@
+//! The soak test: everything at once, randomized from one seed.
+//!
+//! A producer streams keyed messages while members of one group process them: random work
+//! times with some slow messages, transient failures (retried), permanent ones (dead-lettered),
+//! panics, graceful stops and restarts of the whole group, and members joining and leaving.
+//! The seed also picks the assignment strategy (eager or cooperative-sticky) and the pool
+//! sizes; each ordering mode has a test of its own. At the end, from an independent ledger (what
+//! the processors recorded) and from the topics themselves:
+//!
+//! - every produced message was processed or is in the dead-letter topic, with its provenance;
+//! - nothing was processed twice: none at all on a real broker; on the embedded cluster, which
+//!   refuses offset commits while a rebalance is in progress (Kafka accepts them), only what
+//!   a rebalance with other members around explains;
+//! - the group's committed offsets are the topic's end offsets;
+//! - every shutdown report is clean, no partition stalled, and the framework logged no error
+//!   and never panicked.
+//!
+//! It prints its seed; `SOAK_SEED=<seed>` replays one. `SOAK_SECONDS` (default 15) and
+//! `SOAK_RATE` (messages per second, default 800) size it: `.ci/run` runs it for minutes on the
+//! real broker.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use kafka_actors::{
+    ConsumerSystem, FailurePolicy, Message, OrderingMode, Permanent, Processor, RunningSystem,
+    dead_letter_headers,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use support::{Cluster, wait_until};
+
+/// What a message does when processed, decided by the producer and carried in its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Succeeds,
+    /// Fails this many attempts, then succeeds.
+    FailsTimes(u32),
+    /// Fails for good, marked permanent: goes to the dead-letter topic.
+    Poison,
+    /// Panics at its first attempt, then succeeds.
+    PanicsOnce,
+}
+
+impl Fate {
+    fn code(self) -> String {
+        match self {
+            Fate::Succeeds => "ok".to_owned(),
+            Fate::FailsTimes(times) => format!("fail{times}"),
+            Fate::Poison => "poison".to_owned(),
+            Fate::PanicsOnce => "panic".to_owned(),
+        }
+    }
+
+    fn parse(code: &str) -> Option<Fate> {
+        match code {
+            "ok" => Some(Fate::Succeeds),
+            "poison" => Some(Fate::Poison),
+            "panic" => Some(Fate::PanicsOnce),
+            other => other
+                .strip_prefix("fail")?
+                .parse()
+                .ok()
+                .map(Fate::FailsTimes),
+        }
+    }
+}
+
+/// A produced message's payload: `<id> <fate> <work in microseconds>`.
+fn payload(id: u64, fate: Fate, work_us: u64) -> String {
+    format!("{id} {} {work_us}", fate.code())
+}
+
+fn parse_payload(payload: &str) -> Option<(u64, Fate, u64)> {
+    let mut fields = payload.split(' ');
+    let id = fields.next()?.parse().ok()?;
+    let fate = Fate::parse(fields.next()?)?;
+    let work = fields.next()?.parse().ok()?;
+    Some((id, fate, work))
+}
+
+/// One successful processing, as the processor recorded it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    partition: i32,
+    offset: i64,
+    id: u64,
+    member: usize,
+    at: Instant,
+}
+
+/// What every processor of every member shares: the ledger and the attempts per message.
+#[derive(Clone, Default)]
+struct Shared {
+    ledger: Arc<Mutex<Vec<Entry>>>,
+    attempts: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+struct SoakProcessor {
+    shared: Shared,
+    member: usize,
+}
+
+impl Processor for SoakProcessor {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let (id, fate, work_us) = message
+            .payload_str()
+            .and_then(parse_payload)
+            .ok_or(Permanent)?;
+        let attempt = {
+            let mut attempts = self.shared.attempts.lock().unwrap();
+            let attempt = attempts.entry(id).or_default();
+            *attempt += 1;
+            *attempt
+        };
+        if work_us > 0 {
+            tokio::time::sleep(Duration::from_micros(work_us)).await;
+        }
+        match fate {
+            Fate::FailsTimes(times) if attempt <= times => {
+                anyhow::bail!("transient failure of {id} (attempt {attempt})")
+            }
+            Fate::Poison => return Err(anyhow::anyhow!("poison message {id}").context(Permanent)),
+            Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
+            _ => {}
+        }
+        self.shared.ledger.lock().unwrap().push(Entry {
+            partition: message.partition(),
+            offset: message.offset(),
+            id,
+            member: self.member,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+/// Log lines at `warn` and above from the framework, and panics, for the final checks.
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct CapturingLogger {
+    echo: bool,
+}
+
+impl log::Log for CapturingLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        if record.level() <= log::Level::Warn && record.target().starts_with("kafka_actors") {
+            WARNINGS.lock().unwrap().push(line.clone());
+        }
+        if self.echo || record.level() <= log::Level::Error {
+            eprintln!("{line}");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger and a panic hook that records where panics come from.
+fn capture_logs_and_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let echo = std::env::var("RUST_LOG").is_ok();
+        if log::set_boxed_logger(Box::new(CapturingLogger { echo })).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            PANICS.lock().unwrap().push(location);
+            default_hook(info);
+        }));
+    });
+}
+
+/// The run, as the seed decides it.
+#[derive(Debug, Clone)]
+struct Plan {
+    seed: u64,
+    ordering: OrderingMode,
+    /// `partition.assignment.strategy` of every member.
+    strategy: &'static str,
+    partitions: i32,
+    seconds: u64,
+    rate: u64,
+}
+
+impl Plan {
+    fn new(ordering: OrderingMode) -> Self {
+        let seed = std::env::var("SOAK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::rng().random());
+        let mut rng = StdRng::seed_from_u64(seed);
+        let strategies = ["range", "roundrobin", "cooperative-sticky"];
+        Plan {
+            seed,
+            ordering,
+            strategy: strategies[rng.random_range(0..strategies.len())],
+            partitions: rng.random_range(3..=8),
+            seconds: env_number("SOAK_SECONDS", 15),
+            rate: env_number("SOAK_RATE", 800),
+        }
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// When the test began, for the timestamps of its log lines.
+static BEGUN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A log line of the soak's own, with the seconds since the test began.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "soak {:>7.2}s: {}",
+            BEGUN.get_or_init(Instant::now).elapsed().as_secs_f64(),
+            format!($($arg)*)
+        )
+    };
+}
+
+/// A membership change, for telling duplicates a rebalance explains.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    at: Instant,
+    /// Members before and after.
+    before: usize,
+    after: usize,
+}
+
+impl Change {
+    /// Whether other members were rebalanced by it (and, on the embedded cluster, had their
+    /// revocation commits refused).
+    fn rebalances_others(&self) -> bool {
+        self.before.min(self.after) >= 1 && self.before.max(self.after) >= 2
+    }
+}
+
+struct Member {
+    index: usize,
+    system: RunningSystem,
+}
+
+/// The members of the group and what happened to them.
+struct Group<'a> {
+    cluster: &'a Cluster,
+    plan: &'a Plan,
+    topic: String,
+    group: String,
+    shared: Shared,
+    members: Vec<Member>,
+    next_member: usize,
+    changes: Vec<Change>,
+    rng: StdRng,
+}
+
+impl Group<'_> {
+    fn start_member(&mut self) {
+        let index = self.next_member;
+        self.next_member += 1;
+        let processors = self.rng.random_range(1..=6);
+        let mut config = self.cluster.config(&self.topic, &self.group);
+        if !self.cluster.is_real_broker() {
+            // The embedded cluster waits up to a session timeout for members in every
+            // rebalance; Kafka refuses sessions this short.
+            config = config
+                .kafka_option("session.timeout.ms", "3000")
+                .kafka_option("heartbeat.interval.ms", "300");
+        }
+        let config = config
+            .ordering(self.plan.ordering)
+            .processors(processors)
+            .shutdown_timeout(Duration::from_secs(15))
+            .stall_timeout(Some(Duration::from_secs(15)))
+            .failure_policy(
+                FailurePolicy::retry(self.rng.random_range(3..=5))
+                    .backoff(Duration::from_millis(20), Duration::from_millis(200))
+                    .then_dead_letter(),
+            )
+            .kafka_option("partition.assignment.strategy", self.plan.strategy)
+            .build()
+            .unwrap();
+        let shared = self.shared.clone();
+        let before = self.members.len();
+        let system = ConsumerSystem::spawn(config, move || SoakProcessor {
+            shared: shared.clone(),
+            member: index,
+        })
+        .unwrap_or_else(|error| panic!("member {index} did not start: {error}"));
+        note!("member {index} joins with {processors} processors");
+        self.members.push(Member { index, system });
+        self.changes.push(Change {
+            at: Instant::now(),
+            before,
+            after: self.members.len(),
+        });
+    }
+
+    /// Stops a member gracefully: its report must be clean and nothing may have stalled.
+    fn stop_member(&mut self, position: usize) {
+        let before = self.members.len();
+        let member = self.members.remove(position);
+        self.changes.push(Change {
+            at: Instant::now(),
+            before,
+            after: self.members.len(),
+        });
+        let metrics = member.system.metrics();
+        member.system.stop();
+        let report = member.system.join().unwrap();
+        note!("member {} left:\n{report}", member.index);
+        assert!(
+            report.is_clean(),
+            "seed {}: member {} stopped uncleanly:\n{report}",
+            self.plan.seed,
+            member.index
+        );
+        assert_eq!(
+            metrics.stalls, 0,
+            "seed {}: member {} saw stalled partitions",
+            self.plan.seed, member.index
+        );
+    }
+
+    fn stop_all(&mut self) {
+        while !self.members.is_empty() {
+            self.stop_member(0);
+        }
+    }
+}
+
+/// Produces `rate` messages a second until `stop` is set; returns the fates by id.
+fn stream(
+    brokers: String,
+    topic: String,
+    plan: Plan,
+    stop: Arc<AtomicBool>,
+    produced: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<HashMap<u64, Fate>> {
+    std::thread::spawn(move || {
+        let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed);
+        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", "60000")
+                .create()
+                .expect("create the soak producer");
+        let mut fates = HashMap::new();
+        let tick = Duration::from_millis(50);
+        let per_tick = (plan.rate / 20).max(1);
+        let mut next_id = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            for _ in 0..per_tick {
+                let roll = rng.random_range(0..10_000);
+                let fate = match roll {
+                    0..100 => Fate::FailsTimes(rng.random_range(1..=2)),
+                    100..110 => Fate::Poison,
+                    110..115 => Fate::PanicsOnce,
+                    _ => Fate::Succeeds,
+                };
+                let work_us = if rng.random_range(0..500) == 0 {
+                    rng.random_range(50_000..300_000)
+                } else {
+                    rng.random_range(0..200)
+                };
+                let key = format!("key-{}", rng.random_range(0..40));
+                let payload = payload(next_id, fate, work_us);
+                let mut record = BaseRecord::to(&topic).key(&key).payload(&payload);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, returned)) => {
+                            record = returned;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+                fates.insert(next_id, fate);
+                next_id += 1;
+            }
+            produced.store(next_id, Ordering::Relaxed);
+            std::thread::sleep(tick.saturating_sub(started.elapsed()));
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("every soak message delivered");
+        fates
+    })
+}
+
+/// A record read back: where it is, and what it carries.
+struct ReadBack {
+    partition: i32,
+    offset: i64,
+    payload: String,
+    headers: BTreeMap<String, String>,
+}
+
+/// Reads every record of `topic` up to its end offsets.
+fn read_all(cluster: &Cluster, topic: &str) -> Vec<ReadBack> {
+    let ends = cluster.end_offsets(topic);
+    let total: i64 = ends.values().sum();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.brokers())
+        .set("group.id", format!("soak-reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a reader");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in ends.keys() {
+        partitions
+            .add_partition_offset(topic, *partition, rdkafka::Offset::Beginning)
+            .expect("a partition to read");
+    }
+    consumer.assign(&partitions).expect("assign");
+    let mut records = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (records.len() as i64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {total} records of {topic}",
+            records.len()
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("read a record");
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                            (h.key.to_owned(), value.unwrap_or_default())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(ReadBack {
+                partition: message.partition(),
+                offset: message.offset(),
+                payload: String::from_utf8_lossy(message.payload().unwrap_or_default())
+                    .into_owned(),
+                headers,
+            });
+        }
+    }
+    records
+}
+
+fn soak(ordering: OrderingMode) {
+    capture_logs_and_panics();
+    BEGUN.get_or_init(Instant::now);
+    let plan = Plan::new(ordering);
+    eprintln!(
+        "soak seed {} (replay with SOAK_SEED={}): {plan:?}",
+        plan.seed, plan.seed
+    );
+    let cluster = Cluster::start();
+    let topic = cluster.topic(
+        &format!("soak-{ordering:?}").to_lowercase(),
+        plan.partitions,
+    );
+    let dead_letter_topic = format!("{topic}.dlq");
+    cluster.create_topic(&dead_letter_topic, 1);
+    let mut group = Group {
+        cluster: &cluster,
+        plan: &plan,
+        group: format!("soak-{ordering:?}-{}", std::process::id()).to_lowercase(),
+        topic: topic.clone(),
+        shared: Shared::default(),
+        members: Vec::new(),
+        next_member: 0,
+        changes: Vec::new(),
+        rng: StdRng::seed_from_u64(plan.seed),
+    };
+
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let producer = stream(
+        cluster.brokers(),
+        topic.clone(),
+        plan.clone(),
+        stop_producing.clone(),
+        produced.clone(),
+    );
+    group.start_member();
+    let started = Instant::now();
+    let run_for = Duration::from_secs(plan.seconds);
+    while started.elapsed() < run_for {
+        let pause = Duration::from_millis(group.rng.random_range(1_500..5_000));
+        std::thread::sleep(pause.min(run_for.saturating_sub(started.elapsed())));
+        match group.rng.random_range(0..10) {
+            // Stop the whole group gracefully and start it again.
+            0..3 => {
+                let count = group.members.len();
+                note!("restarting all {count} members");
+                group.stop_all();
+                for _ in 0..count {
+                    group.start_member();
+                }
+            }
+            // Another member joins.
+            3..6 if group.members.len() < 3 => group.start_member(),
+            // A member leaves.
+            _ if group.members.len() > 1 => {
+                let leaving = group.rng.random_range(0..group.members.len());
+                group.stop_member(leaving);
+            }
+            _ => group.start_member(),
+        }
+    }
+    stop_producing.store(true, Ordering::Relaxed);
+    let fates = producer.join().unwrap();
+    let end_offsets = cluster.end_offsets(&topic);
+    let total: i64 = end_offsets.values().sum();
+    assert_eq!(total as usize, fates.len(), "seed {}", plan.seed);
+    note!("produced {total} messages; waiting for the rest");
+
+    // Let the members finish: every message that does not go to the dead-letter topic is in
+    // the ledger.
+    let expected_processed = fates.values().filter(|f| **f != Fate::Poison).count();
+    wait_until(
+        &format!("seed {}: every message was processed", plan.seed),
+        Duration::from_secs(180),
+        || {
+            let ledger = group.shared.ledger.lock().unwrap();
+            let mut ids: Vec<u64> = ledger.iter().map(|e| e.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len() >= expected_processed
+        },
+    );
+    let expected_dead = fates.len() - expected_processed;
+    wait_until(
+        &format!("seed {}: every poison message was dead-lettered", plan.seed),
+        Duration::from_secs(60),
+        || {
+            cluster
+                .end_offsets(&dead_letter_topic)
+                .values()
+                .sum::<i64>() as usize
+                >= expected_dead
+        },
+    );
+    note!("everything processed; stopping");
+    group.stop_all();
+    note!("stopped; reading the topics back");
+
+    // The audit, from the topics themselves.
+    let originals = read_all(&cluster, &topic);
+    let dead_letters = read_all(&cluster, &dead_letter_topic);
+    let ledger = group.shared.ledger.lock().unwrap().clone();
+    let changes = group.changes.clone();
+    let explained = |first: Instant, second: Instant| {
+        !cluster.is_real_broker()
+            && changes.iter().any(|change| {
+                // The embedded cluster's rebalances wait up to a session timeout for members,
+                // and a change during one starts it over: allow them half a minute.
+                change.rebalances_others()
+                    && first < change.at + Duration::from_secs(30)
+                    && second > change.at
+            })
+    };
+    let mut processed: HashMap<(i32, i64), Vec<Entry>> = HashMap::new();
+    for entry in &ledger {
+        processed
+            .entry((entry.partition, entry.offset))
+            .or_default()
+            .push(*entry);
+    }
+    let mut dead: HashMap<(i32, i64), Vec<&ReadBack>> = HashMap::new();
+    for record in &dead_letters {
+        let partition = record.headers[dead_letter_headers::ORIGINAL_PARTITION]
+            .parse()
+            .unwrap();
+        let offset = record.headers[dead_letter_headers::ORIGINAL_OFFSET]
+            .parse()
+            .unwrap();
+        dead.entry((partition, offset)).or_default().push(record);
+    }
+    let (mut lost, mut duplicates, mut explained_duplicates) = (0, 0, 0);
+    for original in &originals {
+        let (id, fate, _) = parse_payload(&original.payload).expect("a soak payload");
+        let at = (original.partition, original.offset);
+        let entries = processed.get(&at).map_or(&[][..], Vec::as_slice);
+        let letters = dead.get(&at).map_or(&[][..], Vec::as_slice);
+        if fate == Fate::Poison {
+            assert!(
+                entries.is_empty(),
+                "seed {}: poison message {id} was processed",
+                plan.seed
+            );
+            if letters.is_empty() {
+                lost += 1;
+            }
+            for letter in letters {
+                assert_eq!(letter.payload, original.payload, "seed {}", plan.seed);
+                assert_eq!(
+                    letter.headers[dead_letter_headers::ORIGINAL_TOPIC],
+                    topic,
+                    "seed {}",
+                    plan.seed
+                );
+                assert_eq!(
+                    letter.headers[dead_letter_headers::ATTEMPTS],
+                    "1",
+                    "seed {}: a permanent failure is not retried",
+                    plan.seed
+                );
+                assert!(
+                    letter.headers[dead_letter_headers::ERROR]
+                        .contains(&format!("poison message {id}")),
+                    "seed {}: {:?}",
+                    plan.seed,
+                    letter.headers
+                );
+            }
+            // Dead letters carry no processing time: a repeat is explained by any
+            // rebalance with other members around on the embedded cluster.
+            if letters.len() > 1 {
+                duplicates += letters.len() - 1;
+                if !cluster.is_real_broker() && changes.iter().any(Change::rebalances_others) {
+                    explained_duplicates += letters.len() - 1;
+                }
+            }
+        } else {
+            assert!(
+                letters.is_empty(),
+                "seed {}: message {id} ({fate:?}) was dead-lettered",
+                plan.seed
+            );
+            if entries.is_empty() {
+                lost += 1;
+            }
+            for entry in entries {
+                assert_eq!(
+                    entry.id, id,
+                    "seed {}: the ledger's id at {at:?}",
+                    plan.seed
+                );
+            }
+            for pair in entries.windows(2) {
+                duplicates += 1;
+                if explained(pair[0].at, pair[1].at) {
+                    explained_duplicates += 1;
+                } else {
+                    note!(
+                        "{at:?} processed by member {} and again by member {} {:?} later",
+                        pair[0].member,
+                        pair[1].member,
+                        pair[1].at - pair[0].at
+                    );
+                }
+            }
+        }
+    }
+    note!(
+        "seed {}: {} messages, {} processed, {} dead letters, {lost} lost, {duplicates} \
+         repeated ({explained_duplicates} explained by the embedded cluster's rebalances), \
+         {} membership changes",
+        plan.seed,
+        originals.len(),
+        ledger.len(),
+        dead_letters.len(),
+        changes.len()
+    );
+    assert_eq!(lost, 0, "seed {}: messages lost", plan.seed);
+    assert_eq!(
+        duplicates, explained_duplicates,
+        "seed {}: messages repeated without a rebalance to explain it",
+        plan.seed
+    );
+    assert_eq!(
+        cluster.committed_offsets(&group.group, &topic),
+        end_offsets,
+        "seed {}: committed offsets at the final stop",
+        plan.seed
+    );
+    let framework_panics: Vec<String> = PANICS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|location| !location.starts_with("tests/soak.rs"))
+        .cloned()
+        .collect();
+    assert!(
+        framework_panics.is_empty(),
+        "seed {}: panics outside the soak's processor: {framework_panics:?}",
+        plan.seed
+    );
+    let alarming: Vec<String> = WARNINGS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| {
+            line.starts_with("ERROR")
+                || line.contains("internal failure")
+                || line.contains("stalled")
+        })
+        .cloned()
+        .collect();
+    assert!(
+        alarming.is_empty(),
+        "seed {}: the framework logged trouble: {alarming:#?}",
+        plan.seed
+    );
+}
+
+#[test]
+fn soak_per_partition() {
+    soak(OrderingMode::PerPartition);
+}
+
+#[test]
+fn soak_per_key() {
+    soak(OrderingMode::PerKey);
+}
+
+#[test]
+fn soak_unordered() {
+    soak(OrderingMode::Unordered);
+}
