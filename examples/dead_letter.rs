@@ -152,5 +152,12 @@ fn main() -> anyhow::Result<()> {
         print_dead_letters(&brokers, report.dead_lettered as usize)?;
     }
     drop(embedded);
+    // An unclean stop (a failure stopped it, or work was abandoned) is an error exit, so that
+    // a supervisor restarts the service and alerts someone.
+    anyhow::ensure!(
+        report.is_clean(),
+        "the system did not stop cleanly: {}",
+        report.reason
+    );
     Ok(())
 }

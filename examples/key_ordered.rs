@@ -110,6 +110,10 @@ fn main() -> anyhow::Result<()> {
     let report = system.join()?;
     println!("\n{report}");
     drop(embedded);
-    anyhow::ensure!(report.is_clean(), "the system did not stop cleanly");
+    anyhow::ensure!(
+        report.is_clean(),
+        "the system did not stop cleanly: {}",
+        report.reason
+    );
     Ok(())
 }

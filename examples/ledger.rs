@@ -102,5 +102,10 @@ fn main() -> anyhow::Result<()> {
         delay,
     })?;
     println!("{report}");
+    anyhow::ensure!(
+        report.is_clean(),
+        "the system did not stop cleanly: {}",
+        report.reason
+    );
     Ok(())
 }

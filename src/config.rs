@@ -468,9 +468,9 @@ fn contradictions(config: &ConsumerConfig) -> Result<Vec<String>> {
              ({max_poll_interval:?}): a long drain could outlast the group membership"
         ));
     }
-    if config.kafka_options.contains_key("group.instance.id") && shutdown > session_timeout {
+    if config.kafka_options.contains_key("group.instance.id") && shutdown >= session_timeout {
         warnings.push(format!(
-            "shutdown_timeout ({shutdown:?}) is longer than session.timeout.ms \
+            "shutdown_timeout ({shutdown:?}) is not below session.timeout.ms \
              ({session_timeout:?}) with static membership (group.instance.id): the broker may \
              hand this member's partitions to another member while it still drains them"
         ));
@@ -599,6 +599,25 @@ mod tests {
             .expect("valid");
         assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
         assert!(config.warnings()[0].contains("max.poll.interval.ms"));
+    }
+
+    #[test]
+    fn a_shutdown_as_long_as_the_session_is_warned_about_with_static_membership() {
+        let config = valid()
+            .shutdown_timeout(Duration::from_secs(45))
+            .kafka_option("group.instance.id", "instance-1")
+            .build()
+            .expect("valid");
+        assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
+        assert!(
+            valid()
+                .kafka_option("group.instance.id", "instance-1")
+                .build()
+                .expect("valid")
+                .warnings()
+                .is_empty(),
+            "the defaults fit: 20 s below 45 s"
+        );
     }
 
     #[test]

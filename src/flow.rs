@@ -10,7 +10,7 @@
 //! when it is paused and fetches it again after the resume.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::offsets::{AssignmentId, TopicPartition};
@@ -106,27 +106,15 @@ impl InFlight {
 }
 
 /// A partition under one assignment, as the messages fetched under it carry it: its name, its
-/// assignment id, what it has in flight, and how far its revocation went.
+/// assignment id, what it has in flight, and whether it was revoked.
 #[derive(Debug)]
 pub(crate) struct AssignedPartition {
     pub(crate) partition: TopicPartition,
     pub(crate) assignment: AssignmentId,
     pub(crate) in_flight: InFlight,
-    /// A [`Tenure`], as a number: read by processors once per message.
-    tenure: AtomicU8,
-}
-
-/// How far this member still holds a partition, as processors see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Tenure {
-    /// Held: process, retry, commit as usual.
-    Held = 0,
-    /// Being revoked gracefully: what processors hold of it is finished, but a failure is
-    /// given up rather than retried, since the revocation waits for the partition's work.
-    Revoking = 1,
-    /// Gone (lost, or the revocation stopped waiting): nothing of it can be committed any
-    /// more, so processors skip what they still hold of it.
-    Fenced = 2,
+    /// Set when the partition is revoked or lost: processors drop what they hold of it and
+    /// have not started, and retry nothing of it.
+    fenced: AtomicBool,
 }
 
 impl AssignedPartition {
@@ -135,21 +123,16 @@ impl AssignedPartition {
             partition,
             assignment,
             in_flight: InFlight::default(),
-            tenure: AtomicU8::new(Tenure::Held as u8),
+            fenced: AtomicBool::new(false),
         })
     }
 
-    /// Moves the partition on to `tenure`; a tenure never goes back.
-    pub(crate) fn set_tenure(&self, tenure: Tenure) {
-        self.tenure.fetch_max(tenure as u8, Ordering::AcqRel);
+    pub(crate) fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
     }
 
-    pub(crate) fn tenure(&self) -> Tenure {
-        match self.tenure.load(Ordering::Acquire) {
-            0 => Tenure::Held,
-            1 => Tenure::Revoking,
-            _ => Tenure::Fenced,
-        }
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 }
 
@@ -266,14 +249,5 @@ mod tests {
         assert!(credit.set_prefetch(8));
         assert!(!credit.set_prefetch(2));
         assert_eq!(credit.available(), 2);
-    }
-
-    #[test]
-    fn a_tenure_never_goes_back() {
-        let partition = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(1));
-        assert_eq!(partition.tenure(), Tenure::Held);
-        partition.set_tenure(Tenure::Fenced);
-        partition.set_tenure(Tenure::Revoking);
-        assert_eq!(partition.tenure(), Tenure::Fenced);
     }
 }

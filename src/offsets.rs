@@ -61,12 +61,76 @@ pub(crate) struct Position {
     pub(crate) offset: i64,
 }
 
-/// A partition's commit point, under the assignment it was computed for.
+/// A partition's commit point, under the assignment it was computed for, with the offsets
+/// beyond it that finished already (committed as the commit's metadata, so that the next
+/// reader of the partition skips them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CommitPoint {
     pub(crate) partition: TopicPartition,
     pub(crate) assignment: AssignmentId,
     pub(crate) offset: i64,
+    pub(crate) finished: Vec<i64>,
+}
+
+/// The prefix of the commit metadata this crate writes, naming its format.
+const METADATA_PREFIX: &str = "ka1:";
+/// Kafka refuses commit metadata longer than `offset.metadata.max.bytes` (4,096 by default).
+const METADATA_MAX: usize = 4_000;
+
+/// Encodes the offsets beyond `point` that finished, as ranges of their distances from it
+/// (`ka1:1-5,8,12-40`), as many as fit in Kafka's default metadata limit. Returns the metadata
+/// and how many offsets it holds: those left out are processed again by the next reader.
+pub(crate) fn encode_finished(point: i64, finished: &[i64]) -> (String, usize) {
+    let mut metadata = String::from(METADATA_PREFIX);
+    let mut encoded = 0;
+    let mut index = 0;
+    while index < finished.len() {
+        let start = finished[index];
+        let mut end = start;
+        let mut next = index + 1;
+        while next < finished.len() && finished[next] == end + 1 {
+            end = finished[next];
+            next += 1;
+        }
+        let range = if start == end {
+            format!("{}", start - point)
+        } else {
+            format!("{}-{}", start - point, end - point)
+        };
+        let separator = usize::from(encoded > 0);
+        if metadata.len() + separator + range.len() > METADATA_MAX {
+            break;
+        }
+        if separator == 1 {
+            metadata.push(',');
+        }
+        metadata.push_str(&range);
+        encoded += next - index;
+        index = next;
+    }
+    (metadata, encoded)
+}
+
+/// The offsets beyond `point` that commit metadata written by [`encode_finished`] names;
+/// nothing for metadata of another kind, or malformed.
+pub(crate) fn decode_finished(point: i64, metadata: &str) -> Vec<i64> {
+    let Some(ranges) = metadata.strip_prefix(METADATA_PREFIX) else {
+        return Vec::new();
+    };
+    let mut finished = Vec::new();
+    for range in ranges.split(',').filter(|r| !r.is_empty()) {
+        let bounds = match range.split_once('-') {
+            Some((start, end)) => start.parse::<i64>().ok().zip(end.parse::<i64>().ok()),
+            None => range.parse::<i64>().ok().map(|at| (at, at)),
+        };
+        match bounds {
+            Some((start, end)) if 0 < start && start <= end => {
+                finished.extend((start..=end).map(|distance| point + distance));
+            }
+            _ => return Vec::new(),
+        }
+    }
+    finished
 }
 
 /// What became of a message the book knows, as far as commits are concerned.
@@ -91,8 +155,9 @@ pub(crate) struct PartitionOffsets {
     released: usize,
     /// The highest offset taken + 1, once anything was taken.
     next_offset: Option<i64>,
-    /// The last commit point Kafka acknowledged.
-    committed: Option<i64>,
+    /// The last commit point Kafka acknowledged, and how many offsets beyond it it recorded
+    /// as finished.
+    committed: Option<(i64, usize)>,
 }
 
 impl PartitionOffsets {
@@ -158,24 +223,40 @@ impl PartitionOffsets {
             .or(self.next_offset)
     }
 
-    /// The commit point, if it is ahead of what Kafka already acknowledged.
-    pub(crate) fn uncommitted(&self) -> Option<i64> {
+    /// The offsets beyond the commit point that finished, in order.
+    pub(crate) fn finished_beyond(&self) -> Vec<i64> {
+        self.window
+            .iter()
+            .filter(|(_, fate)| *fate == Fate::Finished)
+            .map(|(offset, _)| *offset)
+            .collect()
+    }
+
+    /// The commit point and the offsets finished beyond it, if that is ahead of what Kafka
+    /// already acknowledged: a later point, or more finished beyond the same one.
+    pub(crate) fn uncommitted(&self) -> Option<(i64, Vec<i64>)> {
         let point = self.commit_point()?;
+        let finished = self.finished_beyond();
         match self.committed {
-            Some(committed) if committed >= point => None,
-            _ => Some(point),
+            Some((committed, _)) if committed > point => None,
+            Some((committed, recorded)) if committed == point && recorded >= finished.len() => None,
+            _ => Some((point, finished)),
         }
     }
 
-    /// Records that Kafka acknowledged a commit of `offset`. Acknowledgements may arrive out of
-    /// order; the highest wins.
-    pub(crate) fn committed(&mut self, offset: i64) {
-        self.committed = Some(self.committed.map_or(offset, |c| c.max(offset)));
+    /// Records that Kafka acknowledged a commit of `offset` that recorded `finished` offsets
+    /// beyond it. Acknowledgements may arrive out of order; the highest wins.
+    pub(crate) fn committed(&mut self, offset: i64, finished: usize) {
+        self.committed = Some(match self.committed {
+            Some((committed, recorded)) if committed > offset => (committed, recorded),
+            Some((committed, recorded)) if committed == offset => (offset, recorded.max(finished)),
+            _ => (offset, finished),
+        });
     }
 
     #[cfg(test)]
     pub(crate) fn last_committed(&self) -> Option<i64> {
-        self.committed
+        self.committed.map(|(offset, _)| offset)
     }
 
     /// Messages taken and neither finished nor released.
@@ -296,11 +377,14 @@ impl OffsetBook {
             .assignments
             .iter()
             .filter_map(|(id, a)| {
-                a.offsets.uncommitted().map(|offset| CommitPoint {
-                    partition: a.partition.clone(),
-                    assignment: *id,
-                    offset,
-                })
+                a.offsets
+                    .uncommitted()
+                    .map(|(offset, finished)| CommitPoint {
+                        partition: a.partition.clone(),
+                        assignment: *id,
+                        offset,
+                        finished,
+                    })
             })
             .collect();
         points.sort_by(|a, b| a.partition.cmp(&b.partition));
@@ -310,18 +394,23 @@ impl OffsetBook {
     /// The commit point of one assignment, if it is ahead of what Kafka acknowledged.
     pub(crate) fn uncommitted_of(&self, assignment: AssignmentId) -> Option<CommitPoint> {
         let a = self.assignments.get(&assignment)?;
-        a.offsets.uncommitted().map(|offset| CommitPoint {
-            partition: a.partition.clone(),
-            assignment,
-            offset,
-        })
+        a.offsets
+            .uncommitted()
+            .map(|(offset, finished)| CommitPoint {
+                partition: a.partition.clone(),
+                assignment,
+                offset,
+                finished,
+            })
     }
 
     /// Records Kafka's acknowledgement of a commit. Ignored when the assignment it was made
     /// for is over.
     pub(crate) fn committed(&mut self, point: &CommitPoint) {
         if let Some(assignment) = self.assignments.get_mut(&point.assignment) {
-            assignment.offsets.committed(point.offset);
+            assignment
+                .offsets
+                .committed(point.offset, point.finished.len());
         }
     }
 
@@ -370,6 +459,7 @@ mod tests {
             partition: TopicPartition::new("t", partition),
             assignment: AssignmentId(assignment),
             offset,
+            finished: Vec::new(),
         }
     }
 
@@ -442,15 +532,59 @@ mod tests {
         let mut offsets = PartitionOffsets::default();
         offsets.dispatched(0);
         offsets.finished(0);
-        assert_eq!(offsets.uncommitted(), Some(1));
-        offsets.committed(1);
+        assert_eq!(offsets.uncommitted(), Some((1, vec![])));
+        offsets.committed(1, 0);
         assert_eq!(offsets.uncommitted(), None);
-        offsets.committed(0);
+        offsets.committed(0, 0);
         assert_eq!(
             offsets.last_committed(),
             Some(1),
             "a late, lower ack is ignored"
         );
+    }
+
+    #[test]
+    fn offsets_finished_beyond_the_commit_point_are_committed_with_it() {
+        let mut offsets = PartitionOffsets::default();
+        for offset in 10..15 {
+            offsets.dispatched(offset);
+        }
+        offsets.finished(11);
+        offsets.finished(13);
+        assert_eq!(offsets.uncommitted(), Some((10, vec![11, 13])));
+        offsets.committed(10, 2);
+        assert_eq!(offsets.uncommitted(), None, "nothing new");
+        offsets.finished(14);
+        assert_eq!(
+            offsets.uncommitted(),
+            Some((10, vec![11, 13, 14])),
+            "more finished beyond the same point is worth a commit"
+        );
+        offsets.finished(10);
+        assert_eq!(offsets.uncommitted(), Some((12, vec![13, 14])));
+    }
+
+    #[test]
+    fn finished_offsets_survive_their_encoding_and_garbage_decodes_to_nothing() {
+        let finished = [101, 102, 103, 105, 108, 109];
+        let (metadata, encoded) = encode_finished(100, &finished);
+        assert_eq!(metadata, "ka1:1-3,5,8-9");
+        assert_eq!(encoded, 6);
+        assert_eq!(decode_finished(100, &metadata), finished);
+        assert_eq!(decode_finished(100, "ka1:"), Vec::<i64>::new());
+        for garbage in ["", "hello", "ka1:x", "ka1:0", "ka1:5-3", "ka1:-4", "ka2:1"] {
+            assert!(decode_finished(100, garbage).is_empty(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn what_does_not_fit_in_the_metadata_is_left_out_in_order() {
+        // Every other offset: no runs, the worst case.
+        let finished: Vec<i64> = (0..5_000).map(|i| 1 + 2 * i).collect();
+        let (metadata, encoded) = encode_finished(0, &finished);
+        assert!(metadata.len() <= METADATA_MAX);
+        assert!(encoded > 500 && encoded < finished.len(), "{encoded}");
+        assert_eq!(decode_finished(0, &metadata), finished[..encoded]);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   paused the moment its count reaches its limit, every partition when the system's does,
 //!   and resumed at half; the resume starts at the first message not taken.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -53,6 +53,17 @@ struct Route {
     /// one librdkafka returned after the partition was paused.
     next_offset: Option<i64>,
     backlog: VecDeque<Waiting>,
+    /// Offsets beyond the committed one that the previous reader finished (its commit's
+    /// metadata says so): skipped, not processed again.
+    finished_earlier: BTreeSet<i64>,
+}
+
+/// A record of a round, as the first pass decides it.
+enum Planned<R> {
+    /// To take into the backlog of the route at this index.
+    Take(R, usize),
+    /// Finished by an earlier reader: only the tracker hears of it.
+    FinishedEarlier(Position),
 }
 
 /// What one round took from librdkafka.
@@ -61,6 +72,8 @@ pub(crate) struct Taken {
     /// The positions taken, in order: the OffsetTracker must hear of them before any
     /// processor can finish one.
     pub(crate) positions: Vec<Position>,
+    /// Of those, the ones an earlier reader finished: skipped, and finished at once.
+    pub(crate) finished_earlier: Vec<Position>,
     /// Partitions that reached a limit this round: to pause on the consumer.
     pub(crate) to_pause: Vec<TopicPartition>,
     /// The most one partition had in flight after the round, for the peak figures.
@@ -97,10 +110,15 @@ impl Routes {
         }
     }
 
-    /// Adds newly assigned partitions, paused if the system is stopping. A partition held
-    /// already under an earlier assignment is replaced (its backlog dropped).
-    pub(crate) fn assign(&mut self, partitions: Vec<Arc<AssignedPartition>>, paused: bool) {
-        for assigned in partitions {
+    /// Adds newly assigned partitions, each with the offsets its previous reader finished
+    /// beyond the committed one; paused if the system is stopping. A partition held already
+    /// under an earlier assignment is replaced (its backlog dropped).
+    pub(crate) fn assign(
+        &mut self,
+        partitions: Vec<(Arc<AssignedPartition>, Vec<i64>)>,
+        paused: bool,
+    ) {
+        for (assigned, finished_earlier) in partitions {
             let partition = assigned.partition.clone();
             self.revoke(|p| *p == partition);
             self.table.push(Route {
@@ -111,6 +129,7 @@ impl Routes {
                 paused,
                 next_offset: None,
                 backlog: VecDeque::new(),
+                finished_earlier: finished_earlier.into_iter().collect(),
             });
         }
     }
@@ -134,10 +153,6 @@ impl Routes {
         self.retiring.extend(revoked.iter().cloned());
         self.last = 0;
         revoked
-    }
-
-    pub(crate) fn ordering(&self) -> OrderingMode {
-        self.flow.ordering
     }
 
     /// The assignment a partition is held under, if it is held.
@@ -171,7 +186,9 @@ impl Routes {
         // size of its buffer.
         let mut before: Vec<Option<Load>> = vec![None; self.table.len()];
         let mut round: Vec<Load> = vec![Load::default(); self.table.len()];
-        let mut planned: Vec<(R, usize)> = Vec::with_capacity(records.len());
+        // In pass 1 order: a record to copy into its route's backlog, or a position finished
+        // earlier; the tracker must hear of them in offset order.
+        let mut planned: Vec<Planned<R>> = Vec::with_capacity(records.len());
         for record in records {
             if let Some(error) = record.error() {
                 log::warn!(
@@ -198,6 +215,16 @@ impl Routes {
                 continue;
             }
             route.next_offset = Some(record.offset() + 1);
+            if !route.finished_earlier.is_empty() && route.finished_earlier.remove(&record.offset())
+            {
+                let position = Position {
+                    assignment: route.assigned.assignment,
+                    offset: record.offset(),
+                };
+                taken.finished_earlier.push(position);
+                planned.push(Planned::FinishedEarlier(position));
+                continue;
+            }
             let bytes = Message::buffer_len(&record);
             round[index].add(bytes);
             round_total.add(bytes);
@@ -205,7 +232,7 @@ impl Routes {
                 .get_or_insert_with(|| route.assigned.in_flight.load())
                 .plus(round[index]);
             taken.partition_peak = taken.partition_peak.max(load);
-            planned.push((record, index));
+            planned.push(Planned::Take(record, index));
             if self.flow.partition_limit.is_reached_by(load) {
                 route.paused = true;
                 taken.to_pause.push(route.assigned.partition.clone());
@@ -231,7 +258,14 @@ impl Routes {
             }
         }
         taken.positions.reserve(planned.len());
-        for (record, index) in planned {
+        for planned in planned {
+            let (record, index) = match planned {
+                Planned::Take(record, index) => (record, index),
+                Planned::FinishedEarlier(position) => {
+                    taken.positions.push(position);
+                    continue;
+                }
+            };
             let route = &mut self.table[index];
             let Some(buffer) = buffers[index].as_mut() else {
                 continue;
@@ -453,7 +487,11 @@ mod tests {
         routes.assign(
             (0..partitions)
                 .map(|p| {
-                    AssignedPartition::new(TopicPartition::new("t", p), AssignmentId(p as u64 + 1))
+                    let partition = TopicPartition::new("t", p);
+                    (
+                        AssignedPartition::new(partition, AssignmentId(p as u64 + 1)),
+                        Vec::new(),
+                    )
                 })
                 .collect(),
             false,
@@ -562,6 +600,45 @@ mod tests {
         assert_eq!(dropped, [1, 2, 3], "a suffix of the partition");
         assert_eq!(offsets(&held[0]), [(0, 0)]);
         assert_eq!(routes.total().messages, 1);
+    }
+
+    #[test]
+    fn messages_an_earlier_reader_finished_are_skipped_in_order() {
+        let mut routes = routes(OrderingMode::PerKey, 1, 0);
+        let assigned = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(9));
+        routes.assign(vec![(assigned, vec![11, 12])], false);
+        let taken = routes.take((10..14).map(|o| record(0, o, "k")).collect());
+        let offsets_of =
+            |positions: &[Position]| -> Vec<i64> { positions.iter().map(|p| p.offset).collect() };
+        assert_eq!(offsets_of(&taken.positions), [10, 11, 12, 13]);
+        assert_eq!(offsets_of(&taken.finished_earlier), [11, 12]);
+        let batches = routes.hand_out(&mut [10]);
+        assert_eq!(offsets(&batches[0]), [(0, 10), (0, 13)]);
+    }
+
+    #[test]
+    fn a_partition_assigned_again_never_resumes_where_its_earlier_assignment_paused() {
+        // The window the old Fetcher had: paused at offset 10 under one assignment, revoked and
+        // assigned again (from its committed offset, say 3) before the next round. A resume at
+        // 10 would skip 3..10, and commit past them.
+        let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+        routes.take((0..12).map(|o| record(0, o, "k")).collect());
+        assert_eq!(routes.paused(), 1);
+        let revoked = routes.revoke(|_| true);
+        let again = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(2));
+        routes.assign(vec![(again, Vec::new())], false);
+        drop(revoked);
+        assert_eq!(routes.paused(), 0, "a new assignment starts unpaused");
+        assert!(
+            routes.resumable().is_empty(),
+            "nothing to resume, and no position to seek to"
+        );
+        let taken = routes.take((3..5).map(|o| record(0, o, "k")).collect());
+        assert_eq!(
+            taken.positions.len(),
+            2,
+            "taken from where librdkafka starts it"
+        );
     }
 
     #[test]

@@ -127,3 +127,54 @@ fn the_coordinator_going_down_and_up_loses_nothing() {
         mock.broker_up(3).expect("bring the coordinator back");
     });
 }
+
+#[test]
+fn processing_goes_on_while_the_group_coordinator_is_unreachable() {
+    // Partitions led by broker 1, the group's coordinator on broker 2, which goes away: the
+    // periodic commits cannot complete meanwhile, and must not hold up the Fetcher, which
+    // must keep handing out messages (processors hold only a few) and resuming partitions.
+    let cluster = Cluster::embedded(2);
+    let topic = cluster.topic("coordinator-away", 2);
+    let group = group("coordinator-away");
+    let mock = cluster.mock();
+    for partition in 0..2 {
+        mock.partition_leader(&topic, partition, Some(1))
+            .expect("lead the partitions from broker 1");
+    }
+    mock.coordinator(MockCoordinator::Group(group.clone()), 2)
+        .expect("coordinate the group from broker 2");
+    let end_offsets = cluster.produce(&topic, 6_000);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .processors(2)
+        .commit_interval(Duration::from_millis(200))
+        .max_in_flight_per_partition(500, 1 << 20)
+        .max_in_flight(1_000, 1 << 20)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(1..2),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("500 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 500
+    });
+    mock.broker_down(2).expect("take the coordinator away");
+    let before = ledger.len();
+    wait_until(
+        "1,000 more messages are processed while the coordinator is away",
+        Duration::from_secs(4),
+        || ledger.len() >= before + 1_000,
+    );
+    mock.broker_up(2).expect("bring the coordinator back");
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}

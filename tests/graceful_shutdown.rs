@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kafka_actors::{ConsumerSystem, Message, Phase, Processor, StopReason};
+use kafka_actors::{ConsumerSystem, Message, OrderingMode, Phase, Processor, StopReason};
 use support::{
     Audit, Cluster, Ledger, LedgerProcess, Recorder, SCENARIO_TIMEOUT, audit, group, read_ledger,
     wait_until,
@@ -326,4 +326,73 @@ fn sigterm_stops_a_child_process_gracefully_and_a_restart_continues_exactly() {
         }
     );
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+/// A stop with a deep backlog of slow work: what processors hold finishes, what waits in the
+/// fetcher is left for the next reader, so the stop takes milliseconds, not the backlog's
+/// minutes; a restart then processes the rest exactly once.
+fn stop_with_a_deep_backlog(ordering: OrderingMode) {
+    let cluster = Cluster::start();
+    let name = format!("deep-backlog-{ordering:?}").to_lowercase();
+    let topic = cluster.topic(&name, 4);
+    let group = group(&name);
+    // 20,000 messages of 3 ms each: a minute of work for four processors.
+    let end_offsets = cluster.produce(&topic, 20_000);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .ordering(ordering)
+        .processors(4)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(3..4),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("300 messages are processed", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 300
+    });
+    let backlog = system.metrics().in_flight_messages;
+    let stopping = Instant::now();
+    system.stop();
+    let report = system.join().unwrap();
+    let took = stopping.elapsed();
+
+    // Generous: catches a drain of the backlog (tens of seconds), not slowness.
+    assert!(took < Duration::from_secs(5), "took {took:?}\n{report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.released > 0 && backlog > 100,
+        "a backlog of {backlog} was fetched and {} left for the next reader\n{report}",
+        report.released
+    );
+    let first_run = ledger.entries();
+    assert!(first_run.len() < 5_000, "{} processed", first_run.len());
+    assert_eq!(audit(&first_run, &end_offsets).duplicated, 0);
+    // The committed offsets are where each partition's processed run from 0 ends.
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        support::commit_points(&first_run),
+        "{report}"
+    );
+
+    let config = cluster.config(&topic, &group).ordering(ordering);
+    support::restart_and_finish(&cluster, config, &ledger, &topic, &group, &end_offsets);
+}
+
+#[test]
+fn a_stop_with_a_deep_backlog_is_short_per_partition() {
+    stop_with_a_deep_backlog(OrderingMode::PerPartition);
+}
+
+#[test]
+fn a_stop_with_a_deep_backlog_is_short_per_key() {
+    stop_with_a_deep_backlog(OrderingMode::PerKey);
+}
+
+#[test]
+fn a_stop_with_a_deep_backlog_is_short_unordered() {
+    stop_with_a_deep_backlog(OrderingMode::Unordered);
 }

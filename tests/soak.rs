@@ -143,43 +143,13 @@ impl Processor for SoakProcessor {
     }
 }
 
-/// Log lines at `warn` and above from the framework, and panics, for the final checks.
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Where panics came from, for the final check.
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-struct CapturingLogger {
-    echo: bool,
-}
-
-impl log::Log for CapturingLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-        if record.level() <= log::Level::Warn && record.target().starts_with("kafka_actors") {
-            WARNINGS.lock().unwrap().push(line.clone());
-        }
-        if self.echo || record.level() <= log::Level::Error {
-            eprintln!("{line}");
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the capturing logger and a panic hook that records where panics come from.
-fn capture_logs_and_panics() {
+/// Installs a panic hook that records where panics come from.
+fn capture_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        let echo = std::env::var("RUST_LOG").is_ok();
-        if log::set_boxed_logger(Box::new(CapturingLogger { echo })).is_ok() {
-            log::set_max_level(log::LevelFilter::Info);
-        }
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let location = info
@@ -475,7 +445,8 @@ fn read_all(cluster: &Cluster, topic: &str) -> Vec<ReadBack> {
 }
 
 fn soak(ordering: OrderingMode) {
-    capture_logs_and_panics();
+    support::capture_logs();
+    capture_panics();
     BEGUN.get_or_init(Instant::now);
     let plan = Plan::new(ordering);
     eprintln!(
@@ -569,7 +540,14 @@ fn soak(ordering: OrderingMode) {
                 >= expected_dead
         },
     );
-    note!("everything processed; stopping");
+    // And let the group commit it: a member that got a partition whose committed offset
+    // lags (with what finished beyond it recorded in the commit) reads on to the end.
+    wait_until(
+        &format!("seed {}: the group committed the end offsets", plan.seed),
+        Duration::from_secs(60),
+        || cluster.committed_offsets(&group.group, &topic) == end_offsets,
+    );
+    note!("everything processed and committed; stopping");
     group.stop_all();
     note!("stopped; reading the topics back");
 
@@ -715,16 +693,14 @@ fn soak(ordering: OrderingMode) {
         "seed {}: panics outside the soak's processor: {framework_panics:?}",
         plan.seed
     );
-    let alarming: Vec<String> = WARNINGS
-        .lock()
-        .unwrap()
-        .iter()
+    let alarming: Vec<String> = support::captured_logs()
+        .into_iter()
         .filter(|line| {
             line.starts_with("ERROR")
+                || line.contains("held nowhere")
                 || line.contains("internal failure")
                 || line.contains("stalled")
         })
-        .cloned()
         .collect();
     assert!(
         alarming.is_empty(),

@@ -212,6 +212,67 @@ pub fn serve(run: &Run) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes `work` over each message; announces its first message like `RangeRecorder`.
+struct Slow {
+    work: Duration,
+    announced: Arc<OnceLock<()>>,
+}
+
+impl Processor for Slow {
+    async fn process(&mut self, _: &Message) -> anyhow::Result<()> {
+        if self.announced.set(()).is_ok() {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+            println!("first-message {now}");
+            std::io::stdout().flush()?;
+        }
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+        Ok(())
+    }
+}
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    std::env::var(name).map_or(Ok(default), |value| Ok(value.parse()?))
+}
+
+/// A service with a deep backlog that gets SIGTERM a few seconds in: how long its stop takes.
+/// Set by the environment: `DRAIN_WORK_MS` (work per message, default 0), `DRAIN_PROCESSORS`
+/// (default 4), `DRAIN_ORDERING` (`per-partition`, the default, `per-key` or `unordered`).
+pub fn drain(run: &Run) -> anyhow::Result<()> {
+    let work = Duration::from_millis(env_number("DRAIN_WORK_MS", 0)?);
+    let processors = env_number("DRAIN_PROCESSORS", 4)? as usize;
+    let ordering = match std::env::var("DRAIN_ORDERING").as_deref() {
+        Ok("per-key") => kafka_actors::OrderingMode::PerKey,
+        Ok("unordered") => kafka_actors::OrderingMode::Unordered,
+        _ => kafka_actors::OrderingMode::PerPartition,
+    };
+    let announced = Arc::new(OnceLock::new());
+    let config = framework_config(run)
+        .processors(processors)
+        .ordering(ordering)
+        .build()?;
+    let report = ConsumerSystem::start(config, move || Slow {
+        work,
+        announced: announced.clone(),
+    })?;
+    let phase = |phase: kafka_actors::Phase| {
+        report
+            .phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map_or(0.0, |p| p.took.as_secs_f64())
+    };
+    print_json(json!({
+        "processed": report.processed,
+        "clean": report.is_clean(),
+        "drain_seconds": phase(kafka_actors::Phase::Drain),
+        "shutdown_seconds": report.shutdown_time().as_secs_f64(),
+        "abandoned": report.abandoned.iter().map(|a| a.messages).sum::<usize>(),
+    }));
+    Ok(())
+}
+
 /// Never finishes a message, so everything dispatched stays in flight.
 struct Hold(Arc<OnceLock<Instant>>);
 
@@ -222,8 +283,9 @@ impl Processor for Hold {
     }
 }
 
-/// Holds every message of the topic in flight, then abandons them; reports how many were in
-/// flight (from the shutdown report) so that the peak RSS can be read per in-flight message.
+/// Holds every message of the topic in flight (a processor holds a few, the fetcher the rest),
+/// then abandons them; reports how many were in flight (from the shutdown report) so that the
+/// peak RSS can be read per in-flight message.
 pub fn hold(run: &Run) -> anyhow::Result<()> {
     let first = Arc::new(OnceLock::new());
     let shared = first.clone();
@@ -236,8 +298,9 @@ pub fn hold(run: &Run) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     system.stop_now();
     let report = system.join()?;
-    let in_flight: usize = report.abandoned.iter().map(|a| a.messages).sum();
-    print_json(json!({ "in_flight": in_flight }));
+    // What the processors held is abandoned; what waited in the fetcher is released.
+    let held: usize = report.abandoned.iter().map(|a| a.messages).sum();
+    print_json(json!({ "in_flight": held as u64 + report.released }));
     Ok(())
 }
 

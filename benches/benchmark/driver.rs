@@ -22,6 +22,8 @@ pub struct Options {
     pub scale: f64,
     pub peers: bool,
     pub child_timeout: Duration,
+    /// Which parts run: `throughput`, `shutdown`, `drain`, `memory` (comma-separated).
+    pub sections: String,
 }
 
 struct Workload {
@@ -96,7 +98,15 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Resu
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir())?;
-    let sarama = if options.peers { build_sarama() } else { None };
+    let throughput = options
+        .sections
+        .split(',')
+        .any(|s| s.trim() == "throughput");
+    let sarama = if options.peers && throughput {
+        build_sarama()
+    } else {
+        None
+    };
     let mut report = String::new();
     writeln!(report, "{}", machine_description())?;
 
@@ -124,13 +134,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             other => bail!("unknown backend {other}"),
         };
         let real = backend._embedded.is_none();
-        writeln!(report, "\n## Throughput on the {}\n", backend.name)?;
-        writeln!(
-            report,
-            "Medians of {} runs; contenders alternate run after run.\n",
-            options.runs
-        )?;
-        for workload in WORKLOADS {
+        let section = |name: &str| options.sections.split(',').any(|s| s.trim() == name);
+        if section("throughput") {
+            writeln!(report, "\n## Throughput on the {}\n", backend.name)?;
+            writeln!(
+                report,
+                "Medians of {} runs; contenders alternate run after run.\n",
+                options.runs
+            )?;
+        }
+        for workload in WORKLOADS.iter().filter(|_| section("throughput")) {
             let mut messages = ((workload.messages as f64 * options.scale) as u64).max(1_000);
             if !real {
                 // The mock cluster keeps only about 5 MB per partition and drops older
@@ -187,14 +200,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             )?;
             report.push_str(&throughput_table(&kinds, &results));
         }
-        if real {
+        if real && section("shutdown") {
             report.push_str(&shutdown_figures(
                 &backend,
                 options.runs,
                 options.child_timeout,
             )?);
         }
-        if real || options.brokers.is_none() {
+        if section("drain") {
+            report.push_str(&drain_figures(
+                &backend,
+                options.runs,
+                options.child_timeout,
+            )?);
+        }
+        if (real || options.brokers.is_none()) && section("memory") {
             report.push_str(&memory_figures(&backend, options.child_timeout)?);
         }
     }
@@ -520,6 +540,102 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
         median(exits),
         median(drains),
         median(handovers)
+    ))
+}
+
+/// SIGTERM to exit with a deep backlog: 100,000 messages of 3 ms work (a few seconds in,
+/// almost all of it still waiting), per ordering mode and pool size; and 1,000,000 messages
+/// of 100 B with no work, one second in.
+fn drain_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow::Result<String> {
+    let real = backend._embedded.is_none();
+    let slow_topic = format!("bench-drain-slow-{}", std::process::id());
+    let slow_messages = 100_000u64;
+    backend.create_topic(&slow_topic, 8)?;
+    preload(&backend.brokers, &slow_topic, slow_messages, 100)?;
+    let fast_topic = format!("bench-drain-fast-{}", std::process::id());
+    // The mock cluster keeps about 4 MB per partition.
+    let fast_messages = if real {
+        1_000_000u64
+    } else {
+        8 * MOCK_PARTITION_BYTES / 120
+    };
+    backend.create_topic(&fast_topic, 8)?;
+    preload(&backend.brokers, &fast_topic, fast_messages, 100)?;
+
+    let mut rows = String::new();
+    let cases: Vec<(&str, u64, &str, &str, u64, Duration)> = [
+        ("per-partition", 4),
+        ("per-partition", 64),
+        ("per-key", 4),
+        ("per-key", 64),
+        ("unordered", 4),
+        ("unordered", 64),
+    ]
+    .into_iter()
+    .map(|(ordering, processors)| {
+        (
+            slow_topic.as_str(),
+            slow_messages,
+            "3 ms",
+            ordering,
+            processors,
+            Duration::from_secs(3),
+        )
+    })
+    .chain([(
+        fast_topic.as_str(),
+        fast_messages,
+        "none",
+        "per-partition",
+        4,
+        Duration::from_secs(1),
+    )])
+    .collect();
+    for (topic, messages, work, ordering, processors, after) in cases {
+        let (mut exits, mut drains, mut left, mut clean) = (vec![], vec![], vec![], true);
+        for round in 0..runs {
+            let group = format!("{topic}-{ordering}-{processors}-{round}");
+            let mut command = self_contender("drain", &backend.brokers, topic, &group, 0);
+            command
+                .env("DRAIN_WORK_MS", if work == "none" { "0" } else { "3" })
+                .env("DRAIN_PROCESSORS", processors.to_string())
+                .env("DRAIN_ORDERING", ordering);
+            let child = Child::spawn(&mut command)?;
+            child.wait_for_line("first-message", Duration::from_secs(60))?;
+            std::thread::sleep(after);
+            let signalled = Instant::now();
+            child.signal(libc::SIGTERM);
+            let finished = child.wait(timeout)?;
+            let exit = signalled.elapsed().as_secs_f64();
+            let json = finished.last_json()?;
+            clean &= json["clean"].as_bool() == Some(true);
+            let processed = json["processed"].as_u64().context("processed")?;
+            eprintln!(
+                "[drain] {work} {ordering} {processors}: exit {exit:.3}s, {processed} processed"
+            );
+            exits.push(exit);
+            drains.push(json["drain_seconds"].as_f64().unwrap_or(0.0));
+            left.push(messages.saturating_sub(processed) as f64);
+        }
+        writeln!(
+            rows,
+            "| {messages} x 100 B, {work} each | {ordering} | {processors} | {:.0} | {:.3} s | {:.3} s | {} |",
+            median(left),
+            median(exits),
+            median(drains),
+            if clean { "yes" } else { "no" }
+        )?;
+    }
+    Ok(format!(
+        "\n## Stopping with a deep backlog on the {}\n\n\
+         A service consumes a preloaded 8-partition topic; a few seconds in (1 s with no work) \
+         it gets SIGTERM, with most of the topic still to do. Its processors finish what they \
+         hold; what the fetcher took but did not hand out is left for the next reader. \
+         SIGTERM to exit includes the final commit and leaving the group. Medians of {runs} \
+         runs.\n\n\
+         | backlog | ordering | processors | left for the next reader | SIGTERM to exit | of which draining | clean |\n\
+         |---|---|---:|---:|---:|---:|---|\n{rows}",
+        backend.name
     ))
 }
 

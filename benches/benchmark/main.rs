@@ -4,7 +4,7 @@
 //! ```text
 //! scripts/bench.sh                                      # everything, writes BENCHMARKS.md
 //! cargo bench --bench benchmark -- --brokers 127.0.0.1:9092 [--runs 3] [--scale 0.1]
-//!     [--backends real,mock] [--no-peers]
+//!     [--backends real,mock] [--no-peers] [--sections throughput,shutdown,drain,memory]
 //! scripts/bench.sh ordering                             # the ordering-mode table only
 //! cargo bench --bench benchmark -- ordering [--processors 1000] [--brokers B]
 //! ```
@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             "b1" => contenders::raw_poll_loop(&run),
             "f" => contenders::framework(&run),
             "serve" => contenders::serve(&run),
+            "drain" => contenders::drain(&run),
             "hold" => contenders::hold(&run),
             // Not a contender: fills a topic, for profiling one contender by hand.
             "preload" => driver::create_and_preload(
@@ -80,6 +81,8 @@ fn main() -> anyhow::Result<()> {
         scale: value("--scale").map_or(Ok(1.0), |n| n.parse())?,
         peers: !args.iter().any(|arg| arg == "--no-peers"),
         child_timeout: Duration::from_secs(600),
+        sections: value("--sections")
+            .unwrap_or_else(|| "throughput,shutdown,drain,memory".to_owned()),
     };
     driver::run(options)
 }

@@ -25,13 +25,14 @@ use crate::actors::offset_tracker::{
     Assigned, CommitPointsOf, Committed, Completions, Fetched, OffsetTracker, Revoked,
 };
 use crate::actors::processor::ProcessorHandle;
-use crate::flow::{AssignedPartition, Tenure};
+use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
 use crate::native::{CommitFailure, CommitQueue, FetchQueue, QueueWakeup, commit_within};
-use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition};
+use crate::offsets::{
+    AssignmentId, CommitPoint, Position, TopicPartition, decode_finished, encode_finished,
+};
 use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
-use crate::routing::OrderingMode;
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
 
@@ -45,6 +46,8 @@ const MAX_EVENTS: usize = 16;
 /// The least a revocation's commit gets, even when the drain used up its timeout: skipping
 /// it would make the next owner repeat everything finished since the last periodic commit.
 const REVOCATION_COMMIT_FLOOR: Duration = Duration::from_secs(1);
+/// How long an assignment waits for the committed offsets' metadata.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The consumer's callbacks and what they share with the Fetcher. The callbacks run on the
 /// Fetcher's thread, inside `poll`, or on the thread that closes the consumer.
@@ -120,26 +123,17 @@ impl FetchContext {
         which: impl Fn(&TopicPartition) -> bool,
         lost: bool,
     ) {
-        let (revoked, ordering) = {
-            let mut routes = self.routes();
-            (routes.revoke(which), routes.ordering())
-        };
+        let revoked = self.routes().revoke(which);
         if revoked.is_empty() {
             return;
         }
-        // What processors hold of a partition is a prefix of what was taken. In per-partition
-        // order it all sits on one processor, in order, so what is not started yet is a suffix:
-        // dropping it leaves no gap behind a finished message, and the revocation need not
-        // wait behind another partition's long message. In the other modes the prefix is
-        // spread over processors, and is finished rather than leave a gap (which would make
-        // the next owner repeat what finished after it).
-        let tenure = if lost || ordering == OrderingMode::PerPartition {
-            Tenure::Fenced
-        } else {
-            Tenure::Revoking
-        };
+        // Processors drop what they hold of the partitions and have not started, so that the
+        // revocation waits only for the messages in progress, never behind another
+        // partition's long message. Where that leaves a gap below a finished message (per key
+        // or unordered), the commit records what finished beyond it, and the next owner
+        // processes only the gap.
         for partition in &revoked {
-            partition.set_tenure(tenure);
+            partition.fence();
         }
         let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
         if let Some(revocation) = self.revocation.get() {
@@ -161,8 +155,8 @@ impl FetchContext {
     }
 
     /// Waits until nothing of the revoked partitions is in flight: their backlogs were
-    /// dropped, and processors finish the message in progress, finish or drop what they hold
-    /// (see `revoke`), give up retries, and report before they let go of a message. Then their commit
+    /// dropped, and processors finish the message in progress, drop what they hold and have
+    /// not started, give up retries, and report before they let go of a message. Then their commit
     /// points are final: commits them. Runs inside `poll`; what it waits for (processors, the
     /// tracker) runs on other threads, so it cannot deadlock.
     fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &[Arc<AssignedPartition>]) {
@@ -178,10 +172,6 @@ impl FetchContext {
             std::thread::sleep(Duration::from_millis(1));
         }
         let left = in_flight();
-        // Whatever is still held is skipped from now on: the next owner processes it.
-        for partition in revoked {
-            partition.set_tenure(Tenure::Fenced);
-        }
         let (reply, answer) = mpsc::channel();
         let assignments = revoked.iter().map(|p| p.assignment).collect();
         self.tracker.do_send(CommitPointsOf { assignments, reply });
@@ -299,9 +289,61 @@ impl ConsumerContext for FetchContext {
                 .map(|a| (a.partition.clone(), a.assignment))
                 .collect(),
         ));
+        let mut earlier = finished_earlier(consumer, partitions);
+        let assigned = assigned
+            .into_iter()
+            .map(|a| {
+                let finished = earlier.remove(&a.partition).unwrap_or_default();
+                (a, finished)
+            })
+            .collect();
         self.routes().assign(assigned, stopping);
         self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The offsets beyond each partition's committed offset that its previous reader finished,
+/// as that commit's metadata records them: they are skipped, not processed again. Waits for
+/// the group coordinator at most a few seconds; without an answer, nothing is skipped (the
+/// next reader repeats them, as any consumer would).
+fn finished_earlier(
+    consumer: &BaseConsumer<FetchContext>,
+    partitions: &TopicPartitionList,
+) -> HashMap<TopicPartition, Vec<i64>> {
+    let committed = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
+        Ok(committed) => committed,
+        Err(error) => {
+            log::warn!(
+                "could not read the committed offsets of {} ({error}): messages the previous \
+                 reader finished beyond them are processed again",
+                names(partitions)
+            );
+            return HashMap::new();
+        }
+    };
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| {
+            let Offset::Offset(committed) = element.offset() else {
+                return None;
+            };
+            let finished = decode_finished(committed, element.metadata());
+            (!finished.is_empty()).then(|| {
+                log::info!(
+                    "{}/{}: skipping {} messages beyond offset {committed} that the previous \
+                     reader finished",
+                    element.topic(),
+                    element.partition(),
+                    finished.len()
+                );
+                (
+                    TopicPartition::new(element.topic(), element.partition()),
+                    finished,
+                )
+            })
+        })
+        .collect()
 }
 
 fn names(partitions: &TopicPartitionList) -> String {
@@ -399,7 +441,10 @@ impl Fetcher {
             self.metrics.record_peaks(taken.partition_peak, total);
             if !taken.positions.is_empty() {
                 // Before any processor can finish one of them.
-                self.tracker.do_send(Fetched(taken.positions));
+                self.tracker.do_send(Fetched {
+                    positions: taken.positions,
+                    finished_earlier: taken.finished_earlier,
+                });
             }
             let mut credits: Vec<usize> = self
                 .processors
@@ -581,17 +626,30 @@ fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<
     );
 }
 
-/// The commit points as a partition list.
+/// The commit points as a partition list, each with the offsets finished beyond it as its
+/// metadata.
 fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> {
     let mut offsets = TopicPartitionList::new();
     for point in points {
-        offsets
-            .add_partition_offset(
-                point.partition.topic(),
-                point.partition.partition(),
-                Offset::Offset(point.offset),
-            )
+        let mut element =
+            offsets.add_partition(point.partition.topic(), point.partition.partition());
+        element
+            .set_offset(Offset::Offset(point.offset))
             .map_err(|error| CommitFailure::Other(error.to_string()))?;
+        if !point.finished.is_empty() {
+            let (metadata, encoded) = encode_finished(point.offset, &point.finished);
+            if encoded < point.finished.len() {
+                log::info!(
+                    "{}: {} of {} messages finished beyond offset {} fit in the commit; the \
+                     next reader processes the rest again",
+                    point.partition,
+                    encoded,
+                    point.finished.len(),
+                    point.offset
+                );
+            }
+            element.set_metadata(metadata);
+        }
     }
     Ok(offsets)
 }

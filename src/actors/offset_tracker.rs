@@ -263,20 +263,25 @@ impl Handler<Revoked> for OffsetTracker {
     }
 }
 
-/// Messages the Fetcher took from librdkafka, in offset order per partition. Sent before it
-/// hands any of them to a processor, so a completion never arrives before its message.
+/// Messages the Fetcher took from librdkafka, in offset order per partition, and those of
+/// them that a previous reader finished (skipped, so finished at once). Sent before the
+/// Fetcher hands any of them to a processor, so a completion never arrives before its message.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Fetched(pub(crate) Vec<Position>);
+pub(crate) struct Fetched {
+    pub(crate) positions: Vec<Position>,
+    pub(crate) finished_earlier: Vec<Position>,
+}
 
 impl Handler<Fetched> for OffsetTracker {
     type Result = ();
 
-    fn handle(&mut self, Fetched(positions): Fetched, _: &mut Self::Context) {
-        let refused = self.book.dispatched(&positions);
+    fn handle(&mut self, fetched: Fetched, _: &mut Self::Context) {
+        let refused = self.book.dispatched(&fetched.positions);
         if refused > 0 {
             log::debug!("{refused} messages not tracked (fenced or behind their partition)");
         }
+        self.book.finished(&fetched.finished_earlier, |_, _| {});
     }
 }
 

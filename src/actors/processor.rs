@@ -36,7 +36,7 @@ use crate::Processor;
 use crate::actors::offset_tracker::{Completions, OffsetTracker};
 use crate::dead_letter::DeadLetters;
 use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
-use crate::flow::{Credit, PrefetchLimit, Tenure};
+use crate::flow::{Credit, PrefetchLimit};
 use crate::lanes::{Item, WorkQueue};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
@@ -92,8 +92,8 @@ impl<P> Clone for ProcessorShared<P> {
 enum Command {
     /// Messages handed out by the Fetcher, in offset order per partition.
     Work(Vec<Message>),
-    /// Partitions being revoked: their lanes parked for a retry are given up, and what is
-    /// held of those already fenced is dropped.
+    /// Partitions revoked (fenced): their lanes parked for a retry are given up, and what is
+    /// held of them and not started is dropped.
     Forget(Vec<AssignmentId>),
     /// Give up the parked lanes, finish what is queued, report, then answer.
     Drain(oneshot::Sender<()>),
@@ -399,7 +399,7 @@ impl<P: Processor> ProcessorTask<P> {
             message,
             failed_attempts,
         } = item;
-        if message.assigned().tenure() == Tenure::Fenced {
+        if message.assigned().is_fenced() {
             // Nothing of a fenced partition can be committed: its next owner processes it.
             let assignment = message.assigned().assignment;
             drop(message);
@@ -698,7 +698,7 @@ impl<P> TaskState<P> {
                     .give_up(|lane| assignments.contains(&lane.assignment()));
                 let fenced = self.work.remove(|message| {
                     assignments.contains(&message.assigned().assignment)
-                        && message.assigned().tenure() == Tenure::Fenced
+                        && message.assigned().is_fenced()
                 });
                 self.count_started();
                 drop((given_up, fenced));
@@ -750,8 +750,8 @@ impl<P> TaskState<P> {
     fn cannot_wait(&self, message: &Message) -> Option<&'static str> {
         if self.draining || self.shared.abandon.is_cancelled() {
             Some("the system is stopping")
-        } else if message.assigned().tenure() != Tenure::Held {
-            Some("its partition is being revoked")
+        } else if message.assigned().is_fenced() {
+            Some("its partition was revoked")
         } else {
             None
         }

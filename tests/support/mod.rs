@@ -48,10 +48,7 @@ impl Cluster {
     /// Starts an embedded cluster, or connects to `KAFKA_BROKERS`. A broker that is named but
     /// does not answer fails the test: no test passes because a broker is missing.
     pub fn start() -> Self {
-        let _ = env_logger::builder()
-            .is_test(true)
-            .format_timestamp_millis()
-            .try_init();
+        capture_logs();
         let backend = match std::env::var("KAFKA_BROKERS") {
             Ok(brokers) if !brokers.is_empty() => {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -73,10 +70,7 @@ impl Cluster {
     /// An embedded cluster of `brokers` brokers, whatever `KAFKA_BROKERS` says: for fault
     /// injection, which only the embedded cluster can do.
     pub fn embedded(brokers: i32) -> Self {
-        let _ = env_logger::builder()
-            .is_test(true)
-            .format_timestamp_millis()
-            .try_init();
+        capture_logs();
         let embedded = EmbeddedCluster::with_brokers(brokers).expect("start the embedded cluster");
         Cluster {
             backend: Backend::Embedded(embedded),
@@ -312,6 +306,60 @@ impl Cluster {
             .kafka_option("session.timeout.ms", SESSION_TIMEOUT_MS)
             .kafka_option("heartbeat.interval.ms", "500")
     }
+}
+
+/// The framework's log lines at `info` and above, as `LEVEL target: message`.
+static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records the framework's log lines at `info` and above for [`captured_logs`], and prints what
+/// `RUST_LOG` asks for (errors only, by default) on stderr, where the test harness captures it.
+struct CapturingLogger {
+    echo: log::LevelFilter,
+}
+
+impl log::Log for CapturingLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        if record.level() <= log::Level::Info && record.target().starts_with("kafka_actors") {
+            CAPTURED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.clone());
+        }
+        if record.level() <= self.echo {
+            static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            let at = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+            eprintln!("{at:9.3} {line}");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger once per test process.
+pub fn capture_logs() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let echo = match std::env::var("RUST_LOG").as_deref() {
+            Ok("trace") => log::LevelFilter::Trace,
+            Ok("debug") => log::LevelFilter::Debug,
+            Ok("info") => log::LevelFilter::Info,
+            Ok("warn") => log::LevelFilter::Warn,
+            _ => log::LevelFilter::Error,
+        };
+        if log::set_boxed_logger(Box::new(CapturingLogger { echo })).is_ok() {
+            log::set_max_level(log::LevelFilter::Info.max(echo));
+        }
+    });
+}
+
+/// The framework's log lines at `info` and above so far, from every test of this process.
+pub fn captured_logs() -> Vec<String> {
+    CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// A record as read back from a topic.

@@ -1,0 +1,197 @@
+//! Revocations, in one process with two members: a revocation waits only for the revoked
+//! partitions' own work (never for another partition's long message), and a second stop
+//! request abandons a revocation that waits.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kafka_actors::{ConsumerSystem, Message, OrderingMode, Processor};
+use support::{Cluster, Ledger, SCENARIO_TIMEOUT, audit, captured_logs, group, wait_until};
+
+/// Records what it processes; takes `long` over the first message of `long_topic`.
+struct Worker {
+    ledger: Ledger,
+    long_topic: Option<String>,
+    long: Duration,
+    in_long: Arc<AtomicBool>,
+}
+
+impl Processor for Worker {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if self.long_topic.as_deref() == Some(message.topic()) && message.offset() == 0 {
+            self.in_long.store(true, Ordering::SeqCst);
+            tokio::time::sleep(self.long).await;
+            return Ok(());
+        }
+        self.ledger.record(message.partition(), message.offset());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_revocation_does_not_wait_for_another_partitions_long_message() {
+    let cluster = Cluster::start();
+    // Member A reads both topics; member B only the second, so only partitions of the second
+    // ever move, and A's long message on the first is never revoked.
+    let long_topic = cluster.topic("long", 1);
+    let topic = cluster.topic("moving", 2);
+    let group = group("not-waiting");
+    cluster.produce(&topic, 100);
+    let (ledger_a, ledger_b) = (Ledger::default(), Ledger::default());
+    let in_long = Arc::new(AtomicBool::new(false));
+    let config = |topics: &[&str]| {
+        // Unordered: any processor with room takes the moving partitions' messages, so none
+        // waits behind the long one for its turn (in partition order it might, by routing).
+        let mut config = cluster
+            .config(topics[0], &group)
+            .ordering(OrderingMode::Unordered)
+            .processors(3)
+            .rebalance_drain_timeout(Duration::from_secs(90))
+            .shutdown_timeout(Duration::from_secs(3))
+            .kafka_option("partition.assignment.strategy", "cooperative-sticky");
+        for topic in &topics[1..] {
+            config = config.topic(*topic);
+        }
+        config.build().unwrap()
+    };
+    let (ledger, long_topic_name, flag) = (ledger_a.clone(), long_topic.clone(), in_long.clone());
+    let member_a = ConsumerSystem::spawn(config(&[&topic, &long_topic]), move || Worker {
+        ledger: ledger.clone(),
+        long_topic: Some(long_topic_name.clone()),
+        long: Duration::from_secs(120),
+        in_long: flag.clone(),
+    })
+    .unwrap();
+    wait_until("A has read the topic", SCENARIO_TIMEOUT, || {
+        ledger_a.len() == 100
+    });
+    // Only then the long message, so that nothing of the moving topic waits behind it yet.
+    cluster.produce(&long_topic, 1);
+    wait_until("A works on the long message", SCENARIO_TIMEOUT, || {
+        in_long.load(Ordering::SeqCst)
+    });
+
+    // Messages keep coming, so that B has something to read once a partition is its own.
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (brokers, topic, producing) = (cluster.brokers(), topic.clone(), producing.clone());
+        std::thread::spawn(move || {
+            while producing.load(Ordering::SeqCst) {
+                let records = (0..10).map(|i| (format!("k{i}"), "more"));
+                kafka_actors::testkit::produce(&brokers, &topic, records).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let joined = Instant::now();
+    let ledger = ledger_b.clone();
+    let member_b = ConsumerSystem::spawn(config(&[&topic]), move || Worker {
+        ledger: ledger.clone(),
+        long_topic: None,
+        long: Duration::ZERO,
+        in_long: Arc::default(),
+    })
+    .unwrap();
+    wait_until(
+        "B processes messages of a partition it took over",
+        SCENARIO_TIMEOUT,
+        || ledger_b.len() > 0,
+    );
+    let handover = joined.elapsed();
+    // A cooperative rebalance takes two rounds, and the embedded cluster waits seconds for
+    // members in each; a revocation that waited for the long message would take the whole
+    // drain timeout (90 s).
+    assert!(handover < Duration::from_secs(45), "B waited {handover:?}");
+    producing.store(false, Ordering::SeqCst);
+    producer.join().unwrap();
+    let end_offsets = cluster.end_offsets(&topic);
+    member_b.stop();
+    let report = member_b.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    // A is still on its long message: abandon it. A third member finishes the topic.
+    member_a.stop_now();
+    member_a.join().unwrap();
+    let ledger_c = Ledger::default();
+    let ledger = ledger_c.clone();
+    // The same assignor: the embedded cluster aborts on a group whose members disagree.
+    let config = cluster
+        .config(&topic, &group)
+        .kafka_option("partition.assignment.strategy", "cooperative-sticky")
+        .build()
+        .unwrap();
+    let member_c = ConsumerSystem::spawn(config, move || Worker {
+        ledger: ledger.clone(),
+        long_topic: None,
+        long: Duration::ZERO,
+        in_long: Arc::default(),
+    })
+    .unwrap();
+    let all = || {
+        let mut all = ledger_a.entries();
+        all.extend(ledger_b.entries());
+        all.extend(ledger_c.entries());
+        all
+    };
+    wait_until(
+        "the third member finished the topic",
+        SCENARIO_TIMEOUT,
+        || audit(&all(), &end_offsets).lost == 0,
+    );
+    member_c.stop();
+    assert!(member_c.join().unwrap().is_clean());
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    // The embedded cluster refuses commits while the group rebalances, so there the next
+    // owner repeats what A finished meanwhile; Kafka takes them.
+    if cluster.is_real_broker() {
+        assert_eq!(audit(&all(), &end_offsets).duplicated, 0);
+    }
+}
+
+#[test]
+fn a_second_stop_request_cuts_short_a_revocation_that_waits() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("revoking-stop", 1);
+    let group = group("revoking-stop");
+    cluster.produce(&topic, 1);
+    let in_long = Arc::new(AtomicBool::new(false));
+    let config = cluster
+        .config(&topic, &group)
+        .rebalance_drain_timeout(Duration::from_secs(60))
+        .shutdown_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (topic_name, flag) = (topic.clone(), in_long.clone());
+    let member_a = ConsumerSystem::spawn(config.clone(), move || Worker {
+        ledger: Ledger::default(),
+        long_topic: Some(topic_name.clone()),
+        long: Duration::from_secs(45),
+        in_long: flag.clone(),
+    })
+    .unwrap();
+    wait_until("A works on the long message", SCENARIO_TIMEOUT, || {
+        in_long.load(Ordering::SeqCst)
+    });
+    // B joins: A must revoke its partition, and waits for the long message.
+    let member_b = ConsumerSystem::spawn(config, || Worker {
+        ledger: Ledger::default(),
+        long_topic: None,
+        long: Duration::ZERO,
+        in_long: Arc::default(),
+    })
+    .unwrap();
+    let revoking = format!("revoking 1 partitions: {topic}/0");
+    wait_until("A's revocation waits", SCENARIO_TIMEOUT, || {
+        captured_logs().iter().any(|line| line.contains(&revoking))
+    });
+    let stopping = Instant::now();
+    member_a.stop();
+    member_a.stop_now();
+    let report = member_a.join().unwrap();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}\n{report}");
+    member_b.stop();
+    member_b.join().unwrap();
+}
