@@ -2,6 +2,18 @@
 # A single-node Apache Kafka (KRaft, combined broker and controller) on 127.0.0.1 for the
 # tests, the examples and CI, run from Kafka's official jars on Maven Central.
 #
+# Two listeners: PLAINTEXT on KAFKA_PORT (9092), where everyone is a super user, and
+# SASL_SSL on KAFKA_SASL_PORT (9094) with SCRAM-SHA-256/512, PLAIN and OAUTHBEARER (unsecured
+# JWTs, for tests), a certificate signed by a throwaway CA (.kafka/tls/ca.pem) and ACLs
+# (KRaft's StandardAuthorizer):
+#   admin    super user                       (password admin-secret)
+#   consumer READ, DESCRIBE, WRITE on topics "secure-ok-*", READ on groups "secure-ok-*";
+#            READ, DESCRIBE on topics "secure-nogroup-*" and "secure-nowrite-*", READ on
+#            groups "secure-noread-*" and "secure-nowrite-*"   (password consumer-secret)
+#   stranger no ACLs at all                   (password stranger-secret)
+# .kafka/tls/other-ca.pem is a second CA that signed nothing, for the untrusted-certificate
+# test.
+#
 #   scripts/kafka.sh start               fetch the jars (once), format a fresh log directory,
 #                                        start the broker and wait until it answers
 #   scripts/kafka.sh stop                stop the broker this script started, by its pid
@@ -10,8 +22,10 @@
 #                                        org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
 #
 # Everything lives under .kafka/ (ignored by git): libs/ (the jars), data/ (the log
-# directory, new at every start), logs/ (server.log, printed when the start fails).
-# KAFKA_PORT (default 9092) and KAFKA_CONTROLLER_PORT (default 9093) choose the ports.
+# directory, new at every start), tls/ (certificates, new at every start), logs/ (server.log,
+# printed when the start fails).
+# KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_SASL_PORT (9094) choose
+# the ports.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +37,10 @@ pidfile="$home/kafka.pid"
 pom="$root/scripts/kafka/pom.xml"
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
+sasl_port="${KAFKA_SASL_PORT:-9094}"
+tls="$home/tls"
+# Throwaway secrets for a broker that lives for one test run on 127.0.0.1.
+store_password="kafka-actors-test"
 start_timeout=120
 
 die() {
@@ -69,16 +87,59 @@ rootLogger.appenderRef.stderr.ref = stderr
 EOF
 }
 
+# A throwaway CA, the broker's certificate (for 127.0.0.1 and localhost) signed by it in a
+# PKCS12 keystore, and a second CA that signed nothing. Java's keytool only: no other tool.
+make_certificates() {
+  command -v keytool >/dev/null || die "keytool (Java 17) is needed to make the test certificates"
+  rm -rf "$tls"
+  mkdir -p "$tls"
+  local k=(keytool -storetype PKCS12 -storepass "$store_password" -noprompt)
+  for ca in ca other-ca; do
+    "${k[@]}" -genkeypair -alias "$ca" -keyalg RSA -keysize 2048 -validity 30 \
+      -dname "CN=kafka-actors test $ca" -ext bc:c -keystore "$tls/$ca.p12" >/dev/null 2>&1
+    "${k[@]}" -exportcert -rfc -alias "$ca" -keystore "$tls/$ca.p12" -file "$tls/$ca.pem" \
+      >/dev/null 2>&1
+  done
+  "${k[@]}" -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 30 \
+    -dname "CN=localhost" -keystore "$tls/broker.p12" >/dev/null 2>&1
+  "${k[@]}" -certreq -alias broker -keystore "$tls/broker.p12" -file "$tls/broker.csr" \
+    >/dev/null 2>&1
+  "${k[@]}" -gencert -alias ca -keystore "$tls/ca.p12" -infile "$tls/broker.csr" \
+    -outfile "$tls/broker.pem" -rfc -validity 30 -ext "SAN=IP:127.0.0.1,DNS:localhost" \
+    >/dev/null 2>&1
+  "${k[@]}" -importcert -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" \
+    >/dev/null 2>&1
+  "${k[@]}" -importcert -alias broker -file "$tls/broker.pem" -keystore "$tls/broker.p12" \
+    >/dev/null 2>&1
+}
+
 write_server_config() {
+  local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
   cat >"$home/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$sasl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sasl_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+# The secured listener.
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_admin="admin-secret" user_consumer="consumer-secret" user_stranger="stranger-secret";
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="admin";
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$store_password
+ssl.key.password=$store_password
+# ACLs. The plaintext listener and the controller are anonymous: super users, so that the
+# plain tests need no ACLs.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 log.dirs=$data
 # One node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -116,16 +177,25 @@ start() {
     return
   fi
   port_open "$port" && die "127.0.0.1:$port is taken by another process"
+  port_open "$sasl_port" && die "127.0.0.1:$sasl_port is taken by another process"
   fetch_jars
   write_logging_config
   write_server_config
   rm -rf "$data"
   : >"$logs/server.log"
   local cluster_id
+  make_certificates
   cluster_id="$(java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
     kafka.tools.StorageTool random-uuid)"
+  local users=()
+  for user in admin:admin-secret consumer:consumer-secret stranger:stranger-secret; do
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+      users+=(--add-scram "$mechanism=[name=${user%%:*},password=${user#*:}]")
+    done
+  done
   java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$home/server.properties" >"$logs/format.log"
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$home/server.properties" \
+    "${users[@]}" >"$logs/format.log"
 
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$home/log4j2.properties" \
@@ -150,7 +220,22 @@ start() {
     sleep 1
     waited=$((waited + 1))
   done
-  echo "kafka.sh: Kafka runs on 127.0.0.1:$port (pid $pid, started in ~${waited}s)"
+  add_acls
+  echo "kafka.sh: Kafka runs on 127.0.0.1:$port and (SASL_SSL) 127.0.0.1:$sasl_port" \
+    "(pid $pid, started in ~${waited}s)"
+}
+
+# The consumer user's ACLs; see the top of this file.
+add_acls() {
+  acl() {
+    java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
+      org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$port" --add \
+      --allow-principal User:consumer --resource-pattern-type prefixed "$@" >>"$logs/acls.log"
+  }
+  : >"$logs/acls.log"
+  acl --operation Read --operation Describe --operation Write --topic secure-ok-
+  acl --operation Read --operation Describe --topic secure-nogroup- --topic secure-nowrite-
+  acl --operation Read --group secure-ok- --group secure-noread- --group secure-nowrite-
 }
 
 stop() {

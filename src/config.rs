@@ -24,6 +24,53 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether a librdkafka property holds a secret, whose value is never printed: a password, a
+/// secret or passphrase, a private key, or the OAUTHBEARER configuration.
+pub(crate) fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "passphrase",
+        "private.key",
+        "key.pem",
+        "ssl_key",
+    ]
+    .iter()
+    .any(|part| key.contains(part))
+        || key == "sasl.oauthbearer.config"
+}
+
+/// Whether a librdkafka property says how to reach and authenticate with the brokers: the
+/// dead-letter producer takes these from the consumer's properties.
+fn is_connection_setting(key: &str) -> bool {
+    [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "enable.ssl.",
+        "enable.sasl.",
+    ]
+    .iter()
+    .any(|prefix| key.starts_with(prefix))
+        || matches!(key, "broker.address.family" | "client.dns.lookup")
+}
+
+/// Properties as `Debug` shows them: secret values replaced.
+struct Redacted<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let shown = if is_secret(key) { "[redacted]" } else { value };
+                (key, shown)
+            }))
+            .finish()
+    }
+}
+
 /// librdkafka's defaults for the properties the validation reasons about.
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(45_000);
 const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(300_000);
@@ -51,8 +98,10 @@ const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A validated configuration for a [`ConsumerSystem`](crate::ConsumerSystem).
 ///
-/// Build one with [`ConsumerConfig::builder`].
-#[derive(Debug, Clone)]
+/// Build one with [`ConsumerConfig::builder`]. Its `Debug` output never shows the value of a
+/// secret librdkafka property (a password, a secret, a private key): see
+/// [`ConsumerConfigBuilder::kafka_option`].
+#[derive(Clone)]
 pub struct ConsumerConfig {
     pub(crate) brokers: String,
     pub(crate) group_id: String,
@@ -75,7 +124,72 @@ pub struct ConsumerConfig {
     warnings: Vec<String>,
 }
 
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("processors", &self.processors)
+            .field("worker_threads", &self.worker_threads)
+            .field("ordering", &self.ordering)
+            .field("partition_limit", &self.partition_limit)
+            .field("total_limit", &self.total_limit)
+            .field("prefetch", &self.prefetch)
+            .field("failure_policy", &self.failure_policy)
+            .field("dead_letter_options", &Redacted(&self.dead_letter_options))
+            .field("commit_interval", &self.commit_interval)
+            .field("rebalance_drain_timeout", &self.rebalance_drain_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("handle_signals", &self.handle_signals)
+            .field("kafka_options", &Redacted(&self.kafka_options))
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ConsumerConfigBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfigBuilder")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("processors", &self.processors)
+            .field("worker_threads", &self.worker_threads)
+            .field("ordering", &self.ordering)
+            .field("partition_limit", &self.partition_limit)
+            .field("total_limit", &self.total_limit)
+            .field("prefetch", &self.prefetch)
+            .field("failure_policy", &self.failure_policy)
+            .field("dead_letter_options", &Redacted(&self.dead_letter_options))
+            .field("commit_interval", &self.commit_interval)
+            .field("rebalance_drain_timeout", &self.rebalance_drain_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("handle_signals", &self.handle_signals)
+            .field("kafka_options", &Redacted(&self.kafka_options))
+            .finish()
+    }
+}
+
 impl ConsumerConfig {
+    /// The librdkafka properties of the dead-letter producer: the consumer's connection
+    /// settings (security protocol, SASL, TLS), then the ones set with
+    /// [`dead_letter_option`](ConsumerConfigBuilder::dead_letter_option) over them.
+    pub(crate) fn dead_letter_client_options(&self) -> BTreeMap<String, String> {
+        let mut options: BTreeMap<String, String> = self
+            .kafka_options
+            .iter()
+            .filter(|(key, _)| is_connection_setting(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        options.extend(self.dead_letter_options.clone());
+        options
+    }
+
     /// Starts a builder with the defaults.
     pub fn builder() -> ConsumerConfigBuilder {
         ConsumerConfigBuilder::default()
@@ -128,7 +242,8 @@ impl ConsumerConfig {
 }
 
 /// Builds a [`ConsumerConfig`]. `brokers`, `group_id` and at least one topic are required;
-/// everything else has a default.
+/// everything else has a default. Its `Debug` output never shows the value of a secret
+/// librdkafka property.
 ///
 /// ```
 /// use std::time::Duration;
@@ -145,7 +260,7 @@ impl ConsumerConfig {
 /// assert!(config.warnings().is_empty());
 /// # Ok::<(), kafka_actors::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsumerConfigBuilder {
     brokers: String,
     group_id: String,
@@ -274,7 +389,8 @@ impl ConsumerConfigBuilder {
 
     /// Sets a librdkafka producer property of the dead-letter producer, such as
     /// `message.timeout.ms` (default here 30 000: how long a dead letter may take to be
-    /// acknowledged before the system gives up and stops) or security settings.
+    /// acknowledged before the system gives up and stops). The producer takes the consumer's
+    /// connection settings (`security.protocol`, `sasl.*`, `ssl.*`) unless they are set here.
     pub fn dead_letter_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.dead_letter_options.insert(key.into(), value.into());
         self
@@ -337,7 +453,9 @@ impl ConsumerConfigBuilder {
     /// `group.instance.id` or `auto.offset.reset` (defaults here: `auto.offset.reset=earliest`,
     /// `fetch.queue.backoff.ms=10`). See librdkafka's
     /// CONFIGURATION.md. The properties the framework owns (`bootstrap.servers`, `group.id`,
-    /// `enable.auto.commit`, `enable.auto.offset.store`) are refused by `build`.
+    /// `enable.auto.commit`, `enable.auto.offset.store`) are refused by `build`. The values of
+    /// secret properties (any whose name says password, secret, passphrase or private key,
+    /// and `sasl.oauthbearer.config`) never appear in `Debug` output, errors or logs.
     pub fn kafka_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.kafka_options.insert(key.into(), value.into());
         self
@@ -441,6 +559,11 @@ impl ConsumerConfigBuilder {
             .client_config()
             .create_native_config()
             .map_err(|error| match error {
+                // librdkafka's description may quote the value: not for a secret.
+                KafkaError::ClientConfig(_, _, key, _) if is_secret(&key) => Error::config(
+                    key,
+                    "has a value librdkafka refuses (not shown: it is secret)",
+                ),
                 KafkaError::ClientConfig(_, description, key, _) => Error::config(key, description),
                 other => Error::Kafka(other),
             })?;
@@ -639,6 +762,59 @@ mod tests {
             .expect("valid");
         assert_eq!(config.warnings().len(), 1, "{:?}", config.warnings());
         assert!(config.warnings()[0].contains("static membership"));
+    }
+
+    #[test]
+    fn secret_values_never_show_in_debug_output() {
+        let builder = valid()
+            .kafka_option("security.protocol", "sasl_ssl")
+            .kafka_option("sasl.mechanism", "SCRAM-SHA-512")
+            .kafka_option("sasl.username", "billing")
+            .kafka_option("sasl.password", "hunter2-consumer")
+            .kafka_option("ssl.key.password", "hunter2-key")
+            .dead_letter_option("sasl.password", "hunter2-producer");
+        let config = builder.clone().build().expect("valid");
+        for shown in [format!("{builder:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("[redacted]") && shown.contains("billing"),
+                "{shown}"
+            );
+        }
+        for secret in [
+            "sasl.password",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+            "sasl.oauthbearer.config",
+        ] {
+            assert!(is_secret(secret), "{secret}");
+        }
+        assert!(!is_secret("sasl.username"));
+    }
+
+    #[test]
+    fn the_dead_letter_producer_takes_the_consumers_connection_settings() {
+        let config = valid()
+            .kafka_option("security.protocol", "sasl_ssl")
+            .kafka_option("sasl.username", "billing")
+            .kafka_option("session.timeout.ms", "10000")
+            .dead_letter_option("sasl.username", "dead-letters")
+            .build()
+            .expect("valid");
+        let options = config.dead_letter_client_options();
+        assert_eq!(
+            options.get("security.protocol").map(String::as_str),
+            Some("sasl_ssl")
+        );
+        assert_eq!(
+            options.get("sasl.username").map(String::as_str),
+            Some("dead-letters")
+        );
+        assert!(
+            !options.contains_key("session.timeout.ms"),
+            "a consumer setting"
+        );
     }
 
     #[test]

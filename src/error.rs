@@ -35,6 +35,35 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// The brokers refused this client's credentials (SASL): a wrong user name or password, a
+    /// mechanism the listener does not offer, an expired token.
+    #[error("authentication with the brokers at `{brokers}` failed: {reason}")]
+    Authentication {
+        /// The bootstrap servers that were tried.
+        brokers: String,
+        /// What librdkafka reported.
+        reason: String,
+    },
+
+    /// A TLS connection to the brokers could not be made: an untrusted or expired broker
+    /// certificate, a host name that does not match it, a protocol mismatch.
+    #[error("TLS connection to the brokers at `{brokers}` failed: {reason}")]
+    Tls {
+        /// The bootstrap servers that were tried.
+        brokers: String,
+        /// What librdkafka reported.
+        reason: String,
+    },
+
+    /// The brokers' ACLs do not let this client do what it must, on the resource named.
+    #[error("not authorized: {resource} on the brokers at `{brokers}`")]
+    NotAuthorized {
+        /// What is refused, e.g. "READ on topic `orders`".
+        resource: String,
+        /// The bootstrap servers that were asked.
+        brokers: String,
+    },
+
     /// A subscribed topic does not exist on the cluster.
     #[error("topic `{topic}` does not exist on the brokers at `{brokers}`")]
     TopicNotFound {

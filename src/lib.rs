@@ -20,6 +20,7 @@ mod stall;
 mod stop;
 mod system;
 pub mod testkit;
+mod trouble;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};
 pub use dead_letter::headers as dead_letter_headers;

@@ -19,8 +19,9 @@ pub(crate) trait Record {
     fn headers(&self) -> Option<OwnedHeaders>;
     /// Milliseconds since the Unix epoch, if the record has a timestamp.
     fn timestamp(&self) -> Option<i64>;
-    /// The error librdkafka reports in place of a record (a partition it cannot fetch).
-    fn error(&self) -> Option<String>;
+    /// The error librdkafka reports in place of a record (a partition it cannot fetch or
+    /// read).
+    fn error(&self) -> Option<rdkafka::error::RDKafkaErrorCode>;
 }
 
 /// One Kafka record, owned, as fetched from its partition.

@@ -383,10 +383,10 @@ impl FetchedMessage<'_> {
 }
 
 impl Record for FetchedMessage<'_> {
-    fn error(&self) -> Option<String> {
+    fn error(&self) -> Option<RDKafkaErrorCode> {
         let error = self.raw().err;
         (error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
-            .then(|| RDKafkaErrorCode::from(error).to_string())
+            .then(|| RDKafkaErrorCode::from(error))
     }
 
     fn topic(&self) -> &str {

@@ -48,6 +48,24 @@ pub enum StopReason {
     /// framework, never of user code. The system stopped as gracefully as it could; please
     /// report it with the log.
     InternalFailure(String),
+    /// The brokers refused an operation the consumer needs (its ACLs do not allow it, or its
+    /// credentials were refused): nothing more could be read.
+    NotAuthorized {
+        /// What was refused, e.g. "READ on group `billing`".
+        resource: String,
+        /// What the broker or librdkafka reported.
+        error: String,
+    },
+    /// Messages of a partition cannot be read (a batch that cannot be decompressed or is
+    /// corrupt). The system stops rather than skip them; they stay uncommitted.
+    Unreadable {
+        /// The partition.
+        partition: TopicPartition,
+        /// The offset it could not read at.
+        offset: i64,
+        /// What librdkafka reported.
+        error: String,
+    },
 }
 
 impl fmt::Display for StopReason {
@@ -74,6 +92,17 @@ impl fmt::Display for StopReason {
                 "processor {processor} could not be restarted after a panic: {error}"
             ),
             StopReason::InternalFailure(what) => write!(f, "internal failure: {what}"),
+            StopReason::NotAuthorized { resource, error } => {
+                write!(f, "not authorized: {resource} ({error})")
+            }
+            StopReason::Unreadable {
+                partition,
+                offset,
+                error,
+            } => write!(
+                f,
+                "cannot read {partition} at offset {offset} (not committed, not skipped): {error}"
+            ),
         }
     }
 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use rdkafka::error::RDKafkaErrorCode;
 
 use crate::flow::{AssignedPartition, InFlightLimit, Load};
 use crate::message::{Message, Record};
@@ -78,6 +79,9 @@ pub(crate) struct Taken {
     pub(crate) to_pause: Vec<TopicPartition>,
     /// The most one partition had in flight after the round, for the peak figures.
     pub(crate) partition_peak: Load,
+    /// Errors librdkafka returned in place of records: the partition, the offset it was at,
+    /// and the error.
+    pub(crate) errors: Vec<(TopicPartition, i64, RDKafkaErrorCode)>,
 }
 
 /// See the module documentation.
@@ -191,11 +195,8 @@ impl Routes {
         let mut planned: Vec<Planned<R>> = Vec::with_capacity(records.len());
         for record in records {
             if let Some(error) = record.error() {
-                log::warn!(
-                    "fetching {}/{} failed (librdkafka retries): {error}",
-                    record.topic(),
-                    record.partition()
-                );
+                let partition = TopicPartition::new(record.topic(), record.partition());
+                taken.errors.push((partition, record.offset(), error));
                 continue;
             }
             let Some(index) = self.lookup(record.topic(), record.partition()) else {
@@ -429,6 +430,7 @@ mod tests {
         offset: i64,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
+        error: Option<RDKafkaErrorCode>,
     }
 
     impl Record for TestRecord {
@@ -453,8 +455,8 @@ mod tests {
         fn timestamp(&self) -> Option<i64> {
             None
         }
-        fn error(&self) -> Option<String> {
-            None
+        fn error(&self) -> Option<RDKafkaErrorCode> {
+            self.error
         }
     }
 
@@ -465,6 +467,7 @@ mod tests {
             offset,
             key: Some(key.as_bytes().to_vec()),
             payload: vec![0; 10],
+            error: None,
         }
     }
 
@@ -638,6 +641,23 @@ mod tests {
             taken.positions.len(),
             2,
             "taken from where librdkafka starts it"
+        );
+    }
+
+    #[test]
+    fn errors_in_place_of_records_are_returned_not_taken() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+        let mut broken = record(0, 1, "k");
+        broken.error = Some(RDKafkaErrorCode::BadCompression);
+        let taken = routes.take(vec![record(0, 0, "k"), broken]);
+        assert_eq!(taken.positions.len(), 1);
+        assert_eq!(
+            taken.errors,
+            [(
+                TopicPartition::new("t", 0),
+                1,
+                RDKafkaErrorCode::BadCompression
+            )]
         );
     }
 

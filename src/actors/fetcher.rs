@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
@@ -35,6 +35,7 @@ use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
+use crate::trouble::{Reported, Resource, Trouble};
 
 /// The longest the Fetcher waits between two rounds when nothing wakes it: keeps the consumer
 /// polled and the figures fresh.
@@ -64,6 +65,11 @@ pub(crate) struct FetchContext {
     /// Where the assigned partitions' messages go; set once the consumer exists, taken
     /// (destroyed) before the consumer is closed.
     fetch_queue: Mutex<Option<FetchQueue>>,
+    /// The consumer group, to name it when the brokers refuse it.
+    group_id: String,
+    /// The last error librdkafka reported, with its explanation; a refusal (credentials, TLS,
+    /// ACLs) stays until it is taken.
+    reported: Mutex<Option<Reported>>,
 }
 
 /// What the revocation callback needs besides the consumer.
@@ -80,6 +86,7 @@ impl FetchContext {
         metrics: Arc<SystemMetrics>,
         processors: usize,
         flow: FlowSettings,
+        group_id: String,
     ) -> Self {
         FetchContext {
             tracker,
@@ -89,7 +96,34 @@ impl FetchContext {
             stopping: AtomicBool::new(false),
             revocation: OnceLock::new(),
             fetch_queue: Mutex::new(None),
+            group_id,
+            reported: Mutex::new(None),
         }
+    }
+
+    /// The last error librdkafka reported, taken.
+    pub(crate) fn take_reported(&self) -> Option<Reported> {
+        self.reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// What the brokers refused, for a stop reason: the operation and resource, and why.
+    fn refusal(&self, trouble: Trouble, detail: String) -> Option<StopReason> {
+        let resource = match trouble {
+            Trouble::Authentication => "the credentials (SASL authentication)".to_owned(),
+            Trouble::NotAuthorized(Resource::Group) => {
+                format!("READ on group `{}`", self.group_id)
+            }
+            Trouble::NotAuthorized(Resource::Topic) => "READ on a subscribed topic".to_owned(),
+            Trouble::NotAuthorized(Resource::Cluster) => "an operation on the cluster".to_owned(),
+            Trouble::Transient | Trouble::Tls | Trouble::Unreadable => return None,
+        };
+        Some(StopReason::NotAuthorized {
+            resource,
+            error: detail,
+        })
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {
@@ -212,7 +246,33 @@ impl FetchContext {
     }
 }
 
-impl ClientContext for FetchContext {}
+impl ClientContext for FetchContext {
+    /// librdkafka's errors, with their explanation: logged, and kept for whoever acts on them
+    /// (the start, which fails fast on refused credentials or TLS, and the Fetcher).
+    fn error(&self, error: KafkaError, reason: &str) {
+        let trouble = Trouble::of(&error);
+        match trouble {
+            Trouble::Transient => log::warn!("{error} (librdkafka retries): {reason}"),
+            _ => log::error!("{error}: {reason}"),
+        }
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A refusal is not overwritten by the transient errors that follow it ("all brokers
+        // are down", after an authentication failure closed the connection).
+        if trouble != Trouble::Transient
+            || reported
+                .as_ref()
+                .is_none_or(|earlier| earlier.trouble == Trouble::Transient)
+        {
+            *reported = Some(Reported {
+                trouble,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
 
 impl ConsumerContext for FetchContext {
     /// On revocation: stop handing out the revoked partitions, wait for what processors hold
@@ -425,7 +485,7 @@ impl Fetcher {
         let mut routes = context.routes();
         if self.state == State::Fetching {
             resume(consumer, routes.resumable());
-            let taken = {
+            let mut taken = {
                 let queue = context.fetch_queue();
                 let Some(queue) = queue.as_ref() else {
                     return false;
@@ -436,6 +496,9 @@ impl Fetcher {
             };
             if !taken.to_pause.is_empty() {
                 pause(consumer, &taken.to_pause, &self.metrics);
+            }
+            if !taken.errors.is_empty() {
+                record_errors(consumer, &self.stop, std::mem::take(&mut taken.errors));
             }
             let total = routes.total();
             self.metrics.record_peaks(taken.partition_peak, total);
@@ -533,15 +596,55 @@ impl Fetcher {
     }
 }
 
-/// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself;
-/// only a fatal error ends the consumer.
+/// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself (the
+/// context logged them); a fatal error ends the consumer, and a refusal (credentials, ACLs)
+/// never heals, so both stop the system.
 fn poll_failed(consumer: &BaseConsumer<FetchContext>, stop: &StopHandle, error: KafkaError) {
-    match consumer.client().fatal_error() {
-        Some((_, reason)) => {
-            log::error!("consumer failed fatally: {reason}");
-            stop.request_graceful(StopReason::ConsumerFailed(reason));
-        }
-        None => log::warn!("consumer error (librdkafka retries): {error}"),
+    if let Some((_, reason)) = consumer.client().fatal_error() {
+        log::error!("consumer failed fatally: {reason}");
+        stop.request_graceful(StopReason::ConsumerFailed(reason));
+        return;
+    }
+    let context = consumer.context();
+    let detail = context
+        .take_reported()
+        .map_or_else(|| error.to_string(), |reported| reported.reason);
+    if let Some(refusal) = context.refusal(Trouble::of(&error), detail) {
+        log::error!("{refusal}; stopping");
+        stop.request_graceful(refusal);
+    }
+}
+
+/// Acts on errors librdkafka returned in place of records: an ACL that refuses a topic, or
+/// records that cannot be read, stop the system (the partition stays uncommitted, nothing is
+/// skipped); the rest librdkafka retries.
+fn record_errors(
+    consumer: &BaseConsumer<FetchContext>,
+    stop: &StopHandle,
+    errors: Vec<(TopicPartition, i64, RDKafkaErrorCode)>,
+) {
+    for (partition, offset, code) in errors {
+        let reason = match Trouble::of_code(code) {
+            Trouble::Transient | Trouble::Tls => {
+                log::warn!("fetching {partition} failed (librdkafka retries): {code}");
+                continue;
+            }
+            Trouble::Unreadable => StopReason::Unreadable {
+                partition,
+                offset,
+                error: code.to_string(),
+            },
+            Trouble::NotAuthorized(Resource::Topic) => StopReason::NotAuthorized {
+                resource: format!("READ on topic `{}`", partition.topic()),
+                error: code.to_string(),
+            },
+            trouble => match consumer.context().refusal(trouble, code.to_string()) {
+                Some(reason) => reason,
+                None => continue,
+            },
+        };
+        log::error!("{reason}; stopping");
+        stop.request_graceful(reason);
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::routes::FlowSettings;
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
+use crate::trouble::Trouble;
 use crate::{Error, Processor, Result};
 
 /// The least the final commit and the close get, even when the drain used up the deadline:
@@ -36,6 +38,8 @@ const FINAL_STEP_FLOOR: Duration = Duration::from_millis(500);
 const MAX_RESERVE: Duration = Duration::from_secs(5);
 /// How often the Supervisor checks that its actors are alive.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one metadata request at start waits, before the start looks at why it failed.
+const METADATA_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// A started system: what `ConsumerSystem` needs to wait for it and clean up after it.
 pub(crate) struct Started {
@@ -85,6 +89,7 @@ impl Supervisor {
                     metrics.clone(),
                     config.processors,
                     flow,
+                    config.group_id.clone(),
                 ))?;
         let consumer = check_cluster(consumer, &config).await?;
 
@@ -97,7 +102,7 @@ impl Supervisor {
             Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
                 &config.brokers,
                 topic.clone(),
-                &config.dead_letter_options,
+                &config.dead_letter_client_options(),
             )?),
             _ => None,
         };
@@ -229,25 +234,68 @@ async fn check_cluster(
     };
     // Fetching metadata blocks; keep it off the system's thread.
     tokio::task::spawn_blocking(move || {
-        let metadata =
-            consumer
-                .fetch_metadata(None, wait)
-                .map_err(|source| Error::BrokersUnreachable {
-                    brokers: brokers.clone(),
-                    timeout: wait,
-                    source,
-                })?;
+        let deadline = std::time::Instant::now() + wait;
+        let metadata = loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            match consumer.fetch_metadata(None, remaining.min(METADATA_ATTEMPT)) {
+                Ok(metadata) => break metadata,
+                Err(source) => {
+                    // librdkafka reports why as events: serve them, so that the context
+                    // learns it; refused credentials and failed TLS never heal by waiting.
+                    while consumer.poll(Duration::ZERO).is_some() {}
+                    let reported = consumer.context().take_reported();
+                    match reported.map(|r| (r.trouble, r.reason)) {
+                        Some((Trouble::Authentication, reason)) => {
+                            return Err(Error::Authentication { brokers, reason });
+                        }
+                        Some((Trouble::Tls, reason)) => {
+                            return Err(Error::Tls { brokers, reason });
+                        }
+                        _ => {}
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::BrokersUnreachable {
+                            brokers,
+                            timeout: wait,
+                            source,
+                        });
+                    }
+                }
+            }
+        };
         for topic in &topics {
-            if !metadata
+            if metadata
                 .topics()
                 .iter()
                 .any(|t| t.name() == topic && t.error().is_none())
             {
-                return Err(Error::TopicNotFound {
+                continue;
+            }
+            // A listing of every topic leaves out those this client may not see: asked for by
+            // name, the broker says whether the topic is missing or refused. (Consumers never
+            // ask brokers to create topics, so asking cannot create one.)
+            let remaining = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .max(METADATA_ATTEMPT);
+            let refused = consumer
+                .fetch_metadata(Some(topic), remaining)
+                .is_ok_and(|metadata| {
+                    metadata.topics().iter().any(|t| {
+                        t.error().map(RDKafkaErrorCode::from)
+                            == Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+                    })
+                });
+            return Err(if refused {
+                Error::NotAuthorized {
+                    resource: format!("READ on topic `{topic}`"),
+                    brokers,
+                }
+            } else {
+                Error::TopicNotFound {
                     topic: topic.clone(),
                     brokers,
-                });
-            }
+                }
+            });
         }
         for topic in &dead_letter_topics {
             if !metadata.topics().iter().any(|t| t.name() == topic) {

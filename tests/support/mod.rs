@@ -310,6 +310,8 @@ impl Cluster {
 
 /// The framework's log lines at `info` and above, as `LEVEL target: message`.
 static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Every log line, of every level and target, once [`capture_everything`] was called.
+static EVERYTHING: Mutex<Option<Vec<String>>> = Mutex::new(None);
 
 /// Records the framework's log lines at `info` and above for [`captured_logs`], and prints what
 /// `RUST_LOG` asks for (errors only, by default) on stderr, where the test harness captures it.
@@ -324,6 +326,13 @@ impl log::Log for CapturingLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        if let Some(everything) = EVERYTHING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            everything.push(line.clone());
+        }
         if record.level() <= log::Level::Info && record.target().starts_with("kafka_actors") {
             CAPTURED
                 .lock()
@@ -355,6 +364,25 @@ pub fn capture_logs() {
             log::set_max_level(log::LevelFilter::Info.max(echo));
         }
     });
+}
+
+/// From now on, keeps every log line of every level and target, for [`everything_logged`].
+pub fn capture_everything() {
+    capture_logs();
+    EVERYTHING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(Vec::new);
+    log::set_max_level(log::LevelFilter::Trace);
+}
+
+/// Every log line since [`capture_everything`].
+pub fn everything_logged() -> Vec<String> {
+    EVERYTHING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default()
 }
 
 /// The framework's log lines at `info` and above so far, from every test of this process.
