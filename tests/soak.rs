@@ -17,7 +17,10 @@
 //!
 //! It prints its seed; `SOAK_SEED=<seed>` replays one. `SOAK_SECONDS` (default 15) and
 //! `SOAK_RATE` (messages per second, default 800) size it: `.ci/run` runs it for minutes on the
-//! real broker.
+//! real broker. `SOAK_PARTITIONS` and `SOAK_PROCESSORS` fix what the seed would pick;
+//! `SOAK_SLOW_ONE_IN` (default 500, 0 for none) sets how rare slow messages are;
+//! `SOAK_RESTART_SECONDS` replaces the random membership changes with restarts of the whole
+//! group about that often.
 
 mod support;
 
@@ -97,10 +100,13 @@ struct Entry {
     at: Instant,
 }
 
-/// What every processor of every member shares: the ledger and the attempts per message.
+/// What every processor of every member shares: the ledger, the ids processed at least once
+/// (so that waiting for the rest stays cheap with hundreds of thousands of entries), and the
+/// attempts per message.
 #[derive(Clone, Default)]
 struct Shared {
     ledger: Arc<Mutex<Vec<Entry>>>,
+    processed_ids: Arc<Mutex<std::collections::HashSet<u64>>>,
     attempts: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
@@ -132,6 +138,7 @@ impl Processor for SoakProcessor {
             Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
             _ => {}
         }
+        self.shared.processed_ids.lock().unwrap().insert(id);
         self.shared.ledger.lock().unwrap().push(Entry {
             partition: message.partition(),
             offset: message.offset(),
@@ -186,7 +193,10 @@ impl Plan {
             seed,
             ordering,
             strategy: strategies[rng.random_range(0..strategies.len())],
-            partitions: rng.random_range(3..=8),
+            partitions: std::env::var("SOAK_PARTITIONS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| rng.random_range(3..=8)),
             seconds: env_number("SOAK_SECONDS", 15),
             rate: env_number("SOAK_RATE", 800),
         }
@@ -253,7 +263,10 @@ impl Group<'_> {
     fn start_member(&mut self) {
         let index = self.next_member;
         self.next_member += 1;
-        let processors = self.rng.random_range(1..=6);
+        let processors = match std::env::var("SOAK_PROCESSORS") {
+            Ok(n) => n.parse().expect("SOAK_PROCESSORS is a number"),
+            Err(_) => self.rng.random_range(1..=6),
+        };
         let mut config = self.cluster.config(&self.topic, &self.group);
         if !self.cluster.is_real_broker() {
             // The embedded cluster waits up to a session timeout for members in every
@@ -342,6 +355,7 @@ fn stream(
                 .create()
                 .expect("create the soak producer");
         let mut fates = HashMap::new();
+        let slow_one_in = env_number("SOAK_SLOW_ONE_IN", 500);
         let tick = Duration::from_millis(50);
         let per_tick = (plan.rate / 20).max(1);
         let mut next_id = 0u64;
@@ -355,7 +369,7 @@ fn stream(
                     110..115 => Fate::PanicsOnce,
                     _ => Fate::Succeeds,
                 };
-                let work_us = if rng.random_range(0..500) == 0 {
+                let work_us = if slow_one_in > 0 && rng.random_range(0..slow_one_in) == 0 {
                     rng.random_range(50_000..300_000)
                 } else {
                     rng.random_range(0..200)
@@ -484,10 +498,26 @@ fn soak(ordering: OrderingMode) {
     group.start_member();
     let started = Instant::now();
     let run_for = Duration::from_secs(plan.seconds);
+    // SOAK_RESTART_SECONDS: only restarts of the whole group, about that far apart.
+    let restart_every = std::env::var("SOAK_RESTART_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
     while started.elapsed() < run_for {
-        let pause = Duration::from_millis(group.rng.random_range(1_500..5_000));
+        let pause = match restart_every {
+            Some(seconds) => {
+                Duration::from_millis(group.rng.random_range(seconds * 800..=seconds * 1_200))
+            }
+            None => Duration::from_millis(group.rng.random_range(1_500..5_000)),
+        };
         std::thread::sleep(pause.min(run_for.saturating_sub(started.elapsed())));
-        match group.rng.random_range(0..10) {
+        if started.elapsed() >= run_for {
+            break;
+        }
+        let action = match restart_every {
+            Some(_) => 0,
+            None => group.rng.random_range(0..10),
+        };
+        match action {
             // Stop the whole group gracefully and start it again.
             0..3 => {
                 let count = group.members.len();
@@ -520,13 +550,7 @@ fn soak(ordering: OrderingMode) {
     wait_until(
         &format!("seed {}: every message was processed", plan.seed),
         Duration::from_secs(180),
-        || {
-            let ledger = group.shared.ledger.lock().unwrap();
-            let mut ids: Vec<u64> = ledger.iter().map(|e| e.id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids.len() >= expected_processed
-        },
+        || group.shared.processed_ids.lock().unwrap().len() >= expected_processed,
     );
     let expected_dead = fates.len() - expected_processed;
     wait_until(
