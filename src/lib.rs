@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod actors;
+mod commits;
 mod config;
 mod dead_letter;
 mod error;

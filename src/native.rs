@@ -3,9 +3,9 @@
 //! - [`FetchQueue`]: the queue the Fetcher reads messages from, a batch per call.
 //! - [`QueueWakeup`]: wakes the Fetcher when a librdkafka queue it reads stops being empty,
 //!   so that it waits on one [`Notify`] for messages, events and room in the processors.
-//! - [`CommitQueue`] and [`commit_within`]: commits whose results arrive on a queue of their
-//!   own, so that a periodic commit never blocks the Fetcher's thread and a synchronous one
-//!   is bounded.
+//! - [`CommitQueue`]: commits whose results arrive on a queue of their own, so that a
+//!   periodic commit never blocks the Fetcher's thread and a synchronous one is bounded (the
+//!   order they go in is `commits`' business).
 //!
 //! # The fetch queue
 //!
@@ -251,50 +251,21 @@ impl CommitQueue {
 
     /// The results that arrived, each with its commit's id.
     pub(crate) fn results(&self) -> Vec<(u64, Result<(), CommitFailure>)> {
-        let mut results = Vec::new();
-        loop {
-            // SAFETY: a live queue; each event is destroyed by `commit_result`.
-            let event = unsafe { rd::rd_kafka_queue_poll(self.wakeup.queue.ptr(), 0) };
-            let Some(event) = NonNull::new(event) else {
-                return results;
-            };
-            // SAFETY: a live event.
-            let id = unsafe { rd::rd_kafka_event_opaque(event.as_ptr()) } as usize as u64;
-            results.push((id, commit_result(event)));
-        }
+        std::iter::from_fn(|| self.next_result(Duration::ZERO)).collect()
     }
-}
 
-/// Commits `offsets` and waits at most `timeout` for the coordinator's answer: a synchronous
-/// commit that cannot hang (rdkafka's waits for as long as librdkafka retries).
-pub(crate) fn commit_within<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    offsets: &TopicPartitionList,
-    timeout: Duration,
-) -> Result<(), CommitFailure> {
-    // SAFETY: a queue of our own for the one answer, destroyed when this returns; an answer
-    // that comes later is dropped by librdkafka with the queue.
-    let queue = unsafe { QueueHandle::new(rd::rd_kafka_queue_new(consumer.client().native_ptr())) }
-        .ok_or_else(|| CommitFailure::Other("no queue for the commit's answer".to_owned()))?;
-    // SAFETY: a live consumer, list and queue.
-    let error = unsafe {
-        rd::rd_kafka_commit_queue(
-            consumer.client().native_ptr(),
-            offsets.ptr(),
-            queue.ptr(),
-            None,
-            std::ptr::null_mut(),
-        )
-    };
-    check(error)?;
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: a live queue.
-    let event = unsafe { rd::rd_kafka_queue_poll(queue.ptr(), timeout_ms) };
-    match NonNull::new(event) {
-        Some(event) => commit_result(event),
-        None => Err(CommitFailure::Other(format!(
-            "no answer from the group coordinator within {timeout:?}"
-        ))),
+    /// The next result, with its commit's id, waiting at most `timeout` for it.
+    pub(crate) fn next_result(
+        &self,
+        timeout: Duration,
+    ) -> Option<(u64, Result<(), CommitFailure>)> {
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: a live queue; the event is destroyed by `commit_result`.
+        let event = unsafe { rd::rd_kafka_queue_poll(self.wakeup.queue.ptr(), timeout_ms) };
+        let event = NonNull::new(event)?;
+        // SAFETY: a live event.
+        let id = unsafe { rd::rd_kafka_event_opaque(event.as_ptr()) } as usize as u64;
+        Some((id, commit_result(event)))
     }
 }
 

@@ -116,7 +116,9 @@ fn a_lost_assignment_commits_nothing_for_it_and_the_member_rejoins() {
 #[test]
 fn the_coordinator_going_down_and_up_loses_nothing() {
     // Three brokers: the group's coordinator moves to broker 3, which then goes away for
-    // 3 s, taking the partitions it leads with it.
+    // 3 s, taking the partitions it leads with it. The periodic commits sent meanwhile are
+    // held up: one that landed after the final commit would move the committed offsets back
+    // (it did, one run in three, before commits went one at a time).
     let cluster = Cluster::embedded(3);
     survive(&cluster, "coordinator-down", |cluster, group| {
         let mock = cluster.mock();

@@ -22,15 +22,14 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
 use crate::actors::offset_tracker::{
-    Assigned, CommitPointsOf, Committed, Completions, Fetched, OffsetTracker, Revoked,
+    Assigned, CommitPointsOf, Completions, Fetched, OffsetTracker, Revoked,
 };
 use crate::actors::processor::ProcessorHandle;
+use crate::commits::CommitLine;
 use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
-use crate::native::{CommitFailure, CommitQueue, FetchQueue, QueueWakeup, commit_within};
-use crate::offsets::{
-    AssignmentId, CommitPoint, Position, TopicPartition, decode_finished, encode_finished,
-};
+use crate::native::{CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
+use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition, decode_finished};
 use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
 use crate::stall::Sighting;
@@ -47,6 +46,8 @@ const MAX_EVENTS: usize = 16;
 /// The least a revocation's commit gets, even when the drain used up its timeout: skipping
 /// it would make the next owner repeat everything finished since the last periodic commit.
 const REVOCATION_COMMIT_FLOOR: Duration = Duration::from_secs(1);
+/// How long the close waits for the answer of a commit on its way.
+const SETTLE_BEFORE_CLOSE: Duration = Duration::from_secs(5);
 /// How long an assignment waits for the committed offsets' metadata.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,6 +66,9 @@ pub(crate) struct FetchContext {
     /// Where the assigned partitions' messages go; set once the consumer exists, taken
     /// (destroyed) before the consumer is closed.
     fetch_queue: Mutex<Option<FetchQueue>>,
+    /// The commits, sent one at a time; set once the consumer exists, taken (destroyed) once
+    /// it is closed.
+    commit_line: Mutex<Option<CommitLine>>,
     /// The consumer group, to name it when the brokers refuse it.
     group_id: String,
     /// The last error librdkafka reported, with its explanation; a refusal (credentials, TLS,
@@ -96,6 +100,7 @@ impl FetchContext {
             stopping: AtomicBool::new(false),
             revocation: OnceLock::new(),
             fetch_queue: Mutex::new(None),
+            commit_line: Mutex::new(None),
             group_id,
             reported: Mutex::new(None),
         }
@@ -138,6 +143,29 @@ impl FetchContext {
         self.fetch_queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn commit_line(&self) -> MutexGuard<'_, Option<CommitLine>> {
+        self.commit_line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Commits synchronously, after the commit on its way; see [`CommitLine::commit`].
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        points: Vec<CommitPoint>,
+        timeout: Duration,
+    ) -> Result<(), CommitFailure> {
+        if let Some(line) = self.commit_line().as_mut() {
+            return line.commit(consumer, points, timeout);
+        }
+        // The consumer is closing (its revocation commits what the final commit left), and the
+        // line, settled before the close, is gone: a line of its own, destroyed before the
+        // consumer is.
+        let queue = CommitQueue::new(consumer, Arc::new(Notify::new()));
+        CommitLine::new(queue, self.tracker.clone()).commit(consumer, points, timeout)
     }
 
     /// Completes the context once the processors exist (before the first poll).
@@ -222,18 +250,18 @@ impl FetchContext {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(REVOCATION_COMMIT_FLOOR);
-        let committed = commit(consumer, &points, wait);
-        match &committed {
-            Ok(()) => self.tracker.do_send(Committed(points.clone())),
-            Err(error) => log::warn!(
+        let count = points.len();
+        let committed = self.commit(consumer, points, wait);
+        if let Err(error) = &committed {
+            log::warn!(
                 "revocation: commit failed ({error}); the next owner repeats what finished \
                  since the last commit"
-            ),
+            );
         }
         log::info!(
             "revocation drained in {:?}: {} partitions committed{}",
             started.elapsed(),
-            if committed.is_ok() { points.len() } else { 0 },
+            if committed.is_ok() { count } else { 0 },
             match left {
                 0 => String::new(),
                 left => format!(
@@ -423,20 +451,11 @@ enum State {
     Closed,
 }
 
-/// The librdkafka queues the Fetcher reads besides the fetch queue; dropped before the
-/// consumer is closed.
-struct Queues {
-    events: Option<QueueWakeup>,
-    commits: CommitQueue,
-}
-
 pub(crate) struct Fetcher {
     /// `None` once closed.
     consumer: Option<BaseConsumer<FetchContext>>,
-    queues: Option<Queues>,
-    /// Periodic commits sent and not answered yet, by id.
-    commits_in_flight: HashMap<u64, Vec<CommitPoint>>,
-    next_commit: u64,
+    /// Wakes the Fetcher on the consumer's events; dropped before the consumer is closed.
+    events: Option<QueueWakeup>,
     tracker: Addr<OffsetTracker>,
     processors: Vec<ProcessorHandle>,
     metrics: Arc<SystemMetrics>,
@@ -453,17 +472,16 @@ impl Fetcher {
         stop: StopHandle,
         wakeup: Arc<Notify>,
     ) -> Self {
-        *consumer.context().fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
-        let queues = Queues {
-            events: QueueWakeup::consumer_events(&consumer, wakeup.clone()),
-            commits: CommitQueue::new(&consumer, wakeup.clone()),
-        };
+        let context = consumer.context();
+        *context.fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
+        *context.commit_line() = Some(CommitLine::new(
+            CommitQueue::new(&consumer, wakeup.clone()),
+            tracker.clone(),
+        ));
         Fetcher {
-            metrics: consumer.context().metrics.clone(),
+            metrics: context.metrics.clone(),
+            events: QueueWakeup::consumer_events(&consumer, wakeup.clone()),
             consumer: Some(consumer),
-            queues: Some(queues),
-            commits_in_flight: HashMap::new(),
-            next_commit: 1,
             tracker,
             processors,
             stop,
@@ -477,11 +495,13 @@ impl Fetcher {
     /// progress (then the next round follows at once).
     fn round(&mut self) -> bool {
         let mut progress = self.serve_events();
-        self.collect_commit_results();
         let Some(consumer) = &self.consumer else {
             return false;
         };
         let context = consumer.context();
+        if let Some(line) = context.commit_line().as_mut() {
+            line.collect();
+        }
         let mut routes = context.routes();
         if self.state == State::Fetching {
             resume(consumer, routes.resumable());
@@ -533,12 +553,7 @@ impl Fetcher {
         let Some(consumer) = &self.consumer else {
             return false;
         };
-        let waiting = || {
-            self.queues
-                .as_ref()
-                .and_then(|q| q.events.as_ref())
-                .map_or(0, QueueWakeup::waiting)
-        };
+        let waiting = || self.events.as_ref().map_or(0, QueueWakeup::waiting);
         for _ in 0..MAX_EVENTS {
             match consumer.poll(Duration::ZERO) {
                 None => {}
@@ -550,27 +565,6 @@ impl Fetcher {
             }
         }
         true
-    }
-
-    /// Passes the results of periodic commits on to the tracker.
-    fn collect_commit_results(&mut self) {
-        let Some(queues) = &self.queues else {
-            return;
-        };
-        for (id, result) in queues.commits.results() {
-            let Some(points) = self.commits_in_flight.remove(&id) else {
-                continue;
-            };
-            match result {
-                Ok(()) => {
-                    log::debug!("committed {} partitions", points.len());
-                    self.tracker.do_send(Committed(points));
-                }
-                Err(error) => {
-                    log::warn!("periodic commit failed (retried at the next interval): {error}")
-                }
-            }
-        }
     }
 
     /// Waits for a wakeup (or the poll interval), then runs the next round.
@@ -589,9 +583,9 @@ impl Fetcher {
         );
     }
 
-    /// Drops the native queues and hands the consumer to a thread that closes it.
+    /// Drops the events' wakeup and hands the consumer to a thread that closes it.
     fn close(&mut self) -> Option<mpsc::Receiver<()>> {
-        self.queues = None;
+        self.events = None;
         self.consumer.take().map(close_in_background)
     }
 }
@@ -729,46 +723,6 @@ fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<
     );
 }
 
-/// The commit points as a partition list, each with the offsets finished beyond it as its
-/// metadata.
-fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> {
-    let mut offsets = TopicPartitionList::new();
-    for point in points {
-        let mut element =
-            offsets.add_partition(point.partition.topic(), point.partition.partition());
-        element
-            .set_offset(Offset::Offset(point.offset))
-            .map_err(|error| CommitFailure::Other(error.to_string()))?;
-        if !point.finished.is_empty() {
-            let (metadata, encoded) = encode_finished(point.offset, &point.finished);
-            if encoded < point.finished.len() {
-                log::info!(
-                    "{}: {} of {} messages finished beyond offset {} fit in the commit; the \
-                     next reader processes the rest again",
-                    point.partition,
-                    encoded,
-                    point.finished.len(),
-                    point.offset
-                );
-            }
-            element.set_metadata(metadata);
-        }
-    }
-    Ok(offsets)
-}
-
-/// Commits commit points synchronously, waiting at most `timeout` for the answer.
-fn commit(
-    consumer: &BaseConsumer<FetchContext>,
-    points: &[CommitPoint],
-    timeout: Duration,
-) -> Result<(), CommitFailure> {
-    if points.is_empty() {
-        return Ok(());
-    }
-    commit_within(consumer, &offsets(points)?, timeout)
-}
-
 impl Actor for Fetcher {
     type Context = Context<Self>;
 
@@ -793,6 +747,16 @@ fn close_in_background(consumer: BaseConsumer<FetchContext>) -> mpsc::Receiver<(
     let spawned = std::thread::Builder::new()
         .name("kafka-consumer-close".to_owned())
         .spawn(move || {
+            // The commit line's queue must not outlive the consumer either. The commit on its
+            // way is answered first, so that the close's revocation commit comes after it.
+            let line = consumer.context().commit_line().take();
+            if let Some(mut line) = line
+                && !line.settle(SETTLE_BEFORE_CLOSE)
+            {
+                log::warn!(
+                    "a commit was still unanswered after {SETTLE_BEFORE_CLOSE:?}; closing anyway"
+                );
+            }
             drop(consumer);
             let _ = closed_tx.send(());
         });
@@ -857,29 +821,13 @@ impl Handler<Commit> for Fetcher {
         };
         match mode {
             CommitMode::Periodic => {
-                // A commit of the same point still on its way is not sent again.
-                let held: Vec<CommitPoint> = held
-                    .into_iter()
-                    .filter(|p| !self.commits_in_flight.values().flatten().any(|q| q == p))
-                    .collect();
-                if held.is_empty() {
-                    return Ok(held);
-                }
-                let queues = self.queues.as_ref().ok_or_else(closed)?;
-                let id = self.next_commit;
-                self.next_commit += 1;
-                queues.commits.send(consumer, &offsets(&held)?, id)?;
-                self.commits_in_flight.insert(id, held.clone());
-                Ok(held)
+                let mut line = consumer.context().commit_line();
+                line.as_mut()
+                    .ok_or_else(closed)?
+                    .send_periodic(consumer, held)
             }
             CommitMode::Final(timeout) => {
-                let started = Instant::now();
-                commit(consumer, &held, timeout)?;
-                log::debug!(
-                    "committed {} partitions in {:?}",
-                    held.len(),
-                    started.elapsed()
-                );
+                consumer.context().commit(consumer, held.clone(), timeout)?;
                 Ok(held)
             }
         }

@@ -313,7 +313,7 @@ static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Every log line, of every level and target, once [`capture_everything`] was called.
 static EVERYTHING: Mutex<Option<Vec<String>>> = Mutex::new(None);
 
-/// Records the framework's log lines at `info` and above for [`captured_logs`], and prints what
+/// Records the framework's (and the rdkafka crate's) log lines at `info` and above for [`captured_logs`], and prints what
 /// `RUST_LOG` asks for (errors only, by default) on stderr, where the test harness captures it.
 struct CapturingLogger {
     echo: log::LevelFilter,
@@ -333,7 +333,11 @@ impl log::Log for CapturingLogger {
         {
             everything.push(line.clone());
         }
-        if record.level() <= log::Level::Info && record.target().starts_with("kafka_actors") {
+        // The framework's lines, and those of the rdkafka crate, which reports misuse of it
+        // (librdkafka's own, under `librdkafka`, report the cluster's trouble).
+        let ours =
+            record.target().starts_with("kafka_actors") || record.target().starts_with("rdkafka::");
+        if record.level() <= log::Level::Info && ours {
             CAPTURED
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -385,7 +389,7 @@ pub fn everything_logged() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The framework's log lines at `info` and above so far, from every test of this process.
+/// The framework's (and the rdkafka crate's) log lines at `info` and above so far, from every test of this process.
 pub fn captured_logs() -> Vec<String> {
     CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }

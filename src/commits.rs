@@ -1,0 +1,199 @@
+//! Commits go to the group coordinator one at a time.
+//!
+//! Kafka keeps the last commit it applies, not the highest. A commit held up on its way (the
+//! coordinator unreachable, a request retried) that lands after a newer one moves the
+//! committed offset back, and the next owner processes again what was already committed.
+//! So the [`CommitLine`] sends a commit only once the previous one was answered:
+//!
+//! - a periodic commit is not sent while another is on its way; the next interval sends the
+//!   newer commit points instead;
+//! - a synchronous commit (a revocation's, the shutdown's) first waits for the answer of the
+//!   one on its way, then sends its own and waits for it, all within its timeout. When that
+//!   runs out, its answer is still awaited before anything else is sent.
+//!
+//! Every successful answer, whoever sent the commit, reaches the tracker as [`Committed`].
+
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+
+use crate::actors::offset_tracker::{Committed, OffsetTracker};
+use crate::native::{CommitFailure, CommitQueue};
+use crate::offsets::{CommitPoint, encode_finished};
+
+/// The commits of one consumer, in order; see the module's documentation.
+pub(crate) struct CommitLine {
+    queue: CommitQueue,
+    tracker: Addr<OffsetTracker>,
+    /// The commit sent and not answered yet.
+    on_its_way: Option<Sent>,
+    next_id: u64,
+}
+
+struct Sent {
+    id: u64,
+    points: Vec<CommitPoint>,
+    /// Sent by a synchronous commit: its caller reports its outcome, unless it stopped
+    /// waiting.
+    synchronous: bool,
+    at: Instant,
+}
+
+impl CommitLine {
+    pub(crate) fn new(queue: CommitQueue, tracker: Addr<OffsetTracker>) -> Self {
+        CommitLine {
+            queue,
+            tracker,
+            on_its_way: None,
+            next_id: 1,
+        }
+    }
+
+    /// Sends a periodic commit without waiting for its answer, unless a commit is on its way.
+    /// Returns the commit points sent: none in that case.
+    pub(crate) fn send_periodic<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        points: Vec<CommitPoint>,
+    ) -> Result<Vec<CommitPoint>, CommitFailure> {
+        self.collect();
+        if self.on_its_way.is_some() || points.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(consumer, points.clone(), false)?;
+        Ok(points)
+    }
+
+    /// Commits synchronously: waits for the answer of the commit on its way, then sends this
+    /// one and waits for its answer, all within `timeout`.
+    pub(crate) fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        points: Vec<CommitPoint>,
+        timeout: Duration,
+    ) -> Result<(), CommitFailure> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        while self.on_its_way.is_some() {
+            // Its outcome was recorded: a success reached the tracker, a failure is retried by
+            // this commit.
+            let _previous = self.wait_for_answer(deadline).ok_or_else(|| {
+                CommitFailure::Other(format!(
+                    "the previous commit was not answered within {timeout:?}"
+                ))
+            })?;
+        }
+        let id = self.send(consumer, points, true)?;
+        loop {
+            let (answered, result) = self.wait_for_answer(deadline).ok_or_else(|| {
+                CommitFailure::Other(format!(
+                    "no answer from the group coordinator within {timeout:?}"
+                ))
+            })?;
+            if answered == id {
+                return result;
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the answer of the commit on its way, if any. Returns
+    /// whether the line is free.
+    pub(crate) fn settle(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.on_its_way.is_some() {
+            if self.wait_for_answer(deadline).is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Passes the answers that arrived on to the tracker, without waiting.
+    pub(crate) fn collect(&mut self) {
+        for (id, result) in self.queue.results() {
+            self.answered(id, result);
+        }
+    }
+
+    fn send<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        points: Vec<CommitPoint>,
+        synchronous: bool,
+    ) -> Result<u64, CommitFailure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.send(consumer, &offsets(&points)?, id)?;
+        self.on_its_way = Some(Sent {
+            id,
+            points,
+            synchronous,
+            at: Instant::now(),
+        });
+        Ok(id)
+    }
+
+    /// Waits until `deadline` for one answer, records it and returns it.
+    fn wait_for_answer(&mut self, deadline: Instant) -> Option<(u64, Result<(), CommitFailure>)> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let (id, result) = self.queue.next_result(wait)?;
+        self.answered(id, result.clone());
+        Some((id, result))
+    }
+
+    /// Records the answer to commit `id`: the line is free again, and a success reaches the
+    /// tracker.
+    fn answered(&mut self, id: u64, result: Result<(), CommitFailure>) {
+        let Some(sent) = self.on_its_way.take_if(|sent| sent.id == id) else {
+            return;
+        };
+        match &result {
+            Ok(()) => {
+                log::debug!(
+                    "committed {} partitions in {:?}",
+                    sent.points.len(),
+                    sent.at.elapsed()
+                );
+                self.tracker.do_send(Committed(sent.points));
+            }
+            // A synchronous commit's caller reports its own failure.
+            Err(error) if !sent.synchronous => {
+                log::warn!("periodic commit failed (retried at the next interval): {error}")
+            }
+            Err(error) => log::debug!("commit failed after {:?}: {error}", sent.at.elapsed()),
+        }
+    }
+}
+
+/// The commit points as a partition list, each with the offsets finished beyond it as its
+/// metadata.
+fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> {
+    let mut offsets = TopicPartitionList::new();
+    for point in points {
+        let mut element =
+            offsets.add_partition(point.partition.topic(), point.partition.partition());
+        element
+            .set_offset(Offset::Offset(point.offset))
+            .map_err(|error| CommitFailure::Other(error.to_string()))?;
+        if !point.finished.is_empty() {
+            let (metadata, encoded) = encode_finished(point.offset, &point.finished);
+            if encoded < point.finished.len() {
+                log::info!(
+                    "{}: {} of {} messages finished beyond offset {} fit in the commit; the \
+                     next reader processes the rest again",
+                    point.partition,
+                    encoded,
+                    point.finished.len(),
+                    point.offset
+                );
+            }
+            element.set_metadata(metadata);
+        }
+    }
+    Ok(offsets)
+}
