@@ -89,7 +89,7 @@ const DEFAULT_TOTAL_LIMIT: InFlightLimit = InFlightLimit {
 /// waits for the fetcher, little enough that a stop or a revocation waits for a few
 /// milliseconds of work.
 const DEFAULT_PREFETCH: PrefetchLimit = PrefetchLimit {
-    messages: 1024,
+    messages: 8_192,
     work: Duration::from_millis(10),
 };
 /// Below a 30 s Kubernetes grace period, with room for a preStop hook.
@@ -362,9 +362,11 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// What each processor holds beyond the message in progress (default 1,024 messages and
+    /// What each processor holds beyond the message in progress (default 8,192 messages and
     /// 10 ms of work): at most `messages`, and no more than it is measured to finish in
-    /// `work`. The rest of what was fetched waits in the fetcher (counted in the in-flight
+    /// `work`. The message cap matters only for fast processors: one that takes microseconds
+    /// per message needs thousands at hand to keep up with the fetcher (with 1,024 a no-op
+    /// processor on one partition ran 28 % slower). The rest of what was fetched waits in the fetcher (counted in the in-flight
     /// limits), so a stop or a revocation waits only for what processors hold: about `work`
     /// plus the slowest message in progress, whatever the backlog. Larger values smooth out
     /// processors whose message times vary a lot; smaller ones make stops shorter.

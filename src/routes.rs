@@ -5,11 +5,15 @@
 //! context, so that the rebalance callbacks change it too) and carries out what it decides on
 //! the consumer (pause, resume, seek). Three rules live here:
 //!
-//! - **A partition's messages are handed out in offset order.** Each partition's backlog is a
-//!   queue, and only its head is ever handed out, to the processor its ordering mode names
-//!   (any processor with room, when unordered). So whatever processors hold of a partition
-//!   is always a prefix of what was taken, and a stop or a revocation that drops the backlogs
-//!   drops a suffix: finishing what processors hold leaves no gap behind the commit point.
+//! - **A partition's messages are handed out in offset order, looking at most
+//!   [`LOOK_AHEAD`] messages past the first one waiting.** Each partition's backlog is a
+//!   queue handed out from its head, to the processor its ordering mode names (any processor
+//!   with room, when unordered). Per key, when the head's processor has no room, messages
+//!   behind it whose processors have room go out (a busy key must not hold up the others),
+//!   but no further than the look-ahead. So a stop or a revocation that drops the backlogs
+//!   leaves at most that many offsets finished beyond the first one dropped, which the
+//!   commit's metadata records (`offsets::encode_finished`); the next reader processes only
+//!   what was dropped.
 //! - **Processors are handed only what their credit allows**; the rest waits here, counted in
 //!   flight, until a processor has room.
 //! - **In-flight work never passes a limit by more than one message's bytes**: a partition is
@@ -36,10 +40,82 @@ pub(crate) struct FlowSettings {
     pub(crate) total_limit: InFlightLimit,
 }
 
+/// How many messages past the first one waiting (per key) the Fetcher looks for messages
+/// whose processor has room. Bounded so that what a stop leaves finished beyond its commit
+/// point fits in the commit's metadata: at most half as many ranges as this, each a few
+/// characters, against Kafka's 4,096-byte limit.
+pub(crate) const LOOK_AHEAD: usize = 512;
+
 /// A message waiting in a backlog, with the processor that must take it (`None`: any).
 struct Waiting {
     message: Message,
     processor: Option<usize>,
+}
+
+/// What becomes of a waiting message in a hand-out.
+enum Handing {
+    /// To this processor.
+    To(usize),
+    /// It waits; look at the next one.
+    Skip,
+    /// It waits, and so does everything behind it.
+    Stop,
+}
+
+/// A partition's waiting messages in offset order. A message handed out from behind the head
+/// leaves a hole, gone once the messages before it are handed out too.
+#[derive(Default)]
+struct Backlog {
+    slots: VecDeque<Option<Waiting>>,
+    waiting: usize,
+}
+
+impl Backlog {
+    fn push(&mut self, waiting: Waiting) {
+        self.slots.push_back(Some(waiting));
+        self.waiting += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.waiting
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Waiting> {
+        self.slots.iter().flatten()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Waiting> + '_ {
+        self.waiting = 0;
+        self.slots.drain(..).flatten()
+    }
+
+    /// Hands out, in offset order among the first `look_ahead` slots, what `decide` sends to
+    /// a processor, into `batches`.
+    fn hand_out(
+        &mut self,
+        look_ahead: usize,
+        batches: &mut [Vec<Message>],
+        mut decide: impl FnMut(&Waiting) -> Handing,
+    ) {
+        for index in 0..self.slots.len().min(look_ahead) {
+            let Some(waiting) = &self.slots[index] else {
+                continue;
+            };
+            match decide(waiting) {
+                Handing::To(processor) => {
+                    if let Some(waiting) = self.slots[index].take() {
+                        batches[processor].push(waiting.message);
+                        self.waiting -= 1;
+                    }
+                }
+                Handing::Skip => {}
+                Handing::Stop => break,
+            }
+        }
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+        }
+    }
 }
 
 /// One assigned partition.
@@ -53,7 +129,7 @@ struct Route {
     /// Where the partition resumes: the offset after the last message taken, or the first
     /// one librdkafka returned after the partition was paused.
     next_offset: Option<i64>,
-    backlog: VecDeque<Waiting>,
+    backlog: Backlog,
     /// Offsets beyond the committed one that the previous reader finished (its commit's
     /// metadata says so): skipped, not processed again.
     finished_earlier: BTreeSet<i64>,
@@ -132,7 +208,7 @@ impl Routes {
                 assigned,
                 paused,
                 next_offset: None,
-                backlog: VecDeque::new(),
+                backlog: Backlog::default(),
                 finished_earlier: finished_earlier.into_iter().collect(),
             });
         }
@@ -285,36 +361,49 @@ impl Routes {
                 OrderingMode::Unordered => None,
             };
             taken.positions.push(message.position());
-            route.backlog.push_back(Waiting { message, processor });
+            route.backlog.push(Waiting { message, processor });
         }
         taken
     }
 
-    /// Hands out backlog heads to processors with room, each partition in offset order;
-    /// `credits` holds each processor's room and is used up. Returns each processor's batch.
+    /// Hands out waiting messages to processors with room, each partition in offset order
+    /// (per key, looking past a head whose processor is full); `credits` holds each
+    /// processor's room and is used up. Returns each processor's batch.
     pub(crate) fn hand_out(&mut self, credits: &mut [usize]) -> Vec<Vec<Message>> {
         let mut batches: Vec<Vec<Message>> = credits.iter().map(|_| Vec::new()).collect();
-        if self.table.is_empty() || credits.iter().all(|c| *c == 0) {
+        let mut with_room = credits.iter().filter(|c| **c > 0).count();
+        if self.table.is_empty() || with_room == 0 {
             return batches;
         }
+        // Only per key do a partition's messages go to different processors by content.
+        let look_ahead = match self.flow.ordering {
+            OrderingMode::PerKey => LOOK_AHEAD,
+            OrderingMode::PerPartition | OrderingMode::Unordered => usize::MAX,
+        };
         let routes = self.table.len();
         self.first_route = (self.first_route + 1) % routes;
+        let next_any = &mut self.next_any;
         for step in 0..routes {
             let route = &mut self.table[(self.first_route + step) % routes];
-            while let Some(head) = route.backlog.front() {
-                let processor = match head.processor {
+            route.backlog.hand_out(look_ahead, &mut batches, |waiting| {
+                if with_room == 0 {
+                    return Handing::Stop;
+                }
+                let processor = match waiting.processor {
                     Some(processor) if credits.get(processor).is_some_and(|c| *c > 0) => processor,
-                    Some(_) => break,
-                    None => match next_with_room(credits, &mut self.next_any) {
+                    Some(_) if look_ahead == usize::MAX => return Handing::Stop,
+                    Some(_) => return Handing::Skip,
+                    None => match next_with_room(credits, next_any) {
                         Some(processor) => processor,
-                        None => break,
+                        None => return Handing::Stop,
                     },
                 };
                 credits[processor] -= 1;
-                if let Some(waiting) = route.backlog.pop_front() {
-                    batches[processor].push(waiting.message);
+                if credits[processor] == 0 {
+                    with_room -= 1;
                 }
-            }
+                Handing::To(processor)
+            });
         }
         batches
     }
@@ -357,7 +446,7 @@ impl Routes {
     pub(crate) fn drop_backlogs(&mut self) -> Vec<Position> {
         let mut dropped = Vec::new();
         for route in &mut self.table {
-            dropped.extend(route.backlog.drain(..).map(|w| w.message.position()));
+            dropped.extend(route.backlog.drain().map(|w| w.message.position()));
         }
         dropped
     }
@@ -396,11 +485,12 @@ impl Routes {
             .table
             .iter()
             .find(|route| route.assigned.assignment == position.assignment)?;
-        let ahead = route
+        let (ahead, waiting) = route
             .backlog
             .iter()
-            .position(|waiting| waiting.message.offset() == position.offset)?;
-        let processor = route.backlog[ahead].processor;
+            .enumerate()
+            .find(|(_, waiting)| waiting.message.offset() == position.offset)?;
+        let processor = waiting.processor;
         Some(Sighting::InFetcher {
             processor,
             processor_queued: processor.map_or(0, queued),
@@ -479,12 +569,22 @@ mod tests {
     }
 
     fn routes(ordering: OrderingMode, processors: usize, partitions: i32) -> Routes {
+        routes_within(ordering, processors, partitions, (10, 15))
+    }
+
+    /// Routes with (per partition, total) message limits.
+    fn routes_within(
+        ordering: OrderingMode,
+        processors: usize,
+        partitions: i32,
+        (partition_limit, total_limit): (usize, usize),
+    ) -> Routes {
         let mut routes = Routes::new(
             processors,
             FlowSettings {
                 ordering,
-                partition_limit: limit(10),
-                total_limit: limit(15),
+                partition_limit: limit(partition_limit),
+                total_limit: limit(total_limit),
             },
         );
         routes.assign(
@@ -538,30 +638,79 @@ mod tests {
         assert_eq!(routes.total().messages, 15);
     }
 
-    #[test]
-    fn partitions_are_handed_out_in_offset_order_within_credit() {
-        let mut routes = routes(OrderingMode::PerKey, 2, 1);
-        // Keys that go to different processors; the head blocks when its processor is full.
-        let key_a = "a";
+    /// Two keys that go to different processors of `routes`.
+    fn two_keys(routes: &Routes) -> (String, String) {
+        let key_a = "a".to_owned();
         let processor_a = routes.router.processor_for_key(key_a.as_bytes());
         let key_b = (0..100)
             .map(|k| format!("b{k}"))
             .find(|k| routes.router.processor_for_key(k.as_bytes()) != processor_a)
             .unwrap();
+        (key_a, key_b)
+    }
+
+    #[test]
+    fn per_key_a_full_processor_holds_up_only_its_own_keys() {
+        let mut routes = routes(OrderingMode::PerKey, 2, 1);
+        let (key_a, key_b) = two_keys(&routes);
+        let processor_a = routes.router.processor_for_key(key_a.as_bytes());
         let records = vec![
-            record(0, 0, key_a),
-            record(0, 1, key_a),
+            record(0, 0, &key_a),
+            record(0, 1, &key_a),
             record(0, 2, &key_b),
-            record(0, 3, key_a),
+            record(0, 3, &key_a),
+            record(0, 4, &key_b),
         ];
         routes.take(records);
         let mut credits = [0, 0];
         credits[processor_a] = 1;
         credits[1 - processor_a] = 5;
         let batches = routes.hand_out(&mut credits);
-        // Offset 1 waits for processor A: nothing behind it goes out, though B has room.
+        // Offset 1 waits for processor A, and so does offset 3 behind it; B's keys go on.
         assert_eq!(offsets(&batches[processor_a]), [(0, 0)]);
-        assert!(batches[1 - processor_a].is_empty());
+        assert_eq!(offsets(&batches[1 - processor_a]), [(0, 2), (0, 4)]);
+        assert_eq!(routes.waiting(), 2);
+        // A has room again: its messages follow, in offset order.
+        let mut credits = [0, 0];
+        credits[processor_a] = 5;
+        let batches = routes.hand_out(&mut credits);
+        assert_eq!(offsets(&batches[processor_a]), [(0, 1), (0, 3)]);
+        assert_eq!(routes.waiting(), 0);
+    }
+
+    #[test]
+    fn per_key_looks_no_further_than_the_look_ahead() {
+        let mut routes = routes_within(OrderingMode::PerKey, 2, 1, (10_000, 10_000));
+        let (key_a, key_b) = two_keys(&routes);
+        let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+        let total = LOOK_AHEAD as i64 + 10;
+        let records = std::iter::once(record(0, 0, &key_a))
+            .chain((1..total).map(|o| record(0, o, &key_b)))
+            .collect();
+        routes.take(records);
+        let mut credits = [0, 0];
+        credits[1 - processor_a] = usize::MAX;
+        let batches = routes.hand_out(&mut credits);
+        // Offset 0 waits: only the look-ahead's worth behind it goes out.
+        let handed = offsets(&batches[1 - processor_a]);
+        assert_eq!(handed.len(), LOOK_AHEAD - 1);
+        assert_eq!(handed.last(), Some(&(0, LOOK_AHEAD as i64 - 1)));
+        assert_eq!(routes.waiting(), total as usize - (LOOK_AHEAD - 1));
+        let dropped: Vec<i64> = routes.drop_backlogs().iter().map(|p| p.offset).collect();
+        assert_eq!(dropped[0], 0);
+        assert_eq!(dropped[1], LOOK_AHEAD as i64);
+    }
+
+    #[test]
+    fn per_partition_a_full_processor_holds_up_its_partition() {
+        let mut routes = routes(OrderingMode::PerPartition, 2, 1);
+        routes.take((0..4).map(|o| record(0, o, "k")).collect());
+        let processor = routes.table[0].processor;
+        let mut credits = [5, 5];
+        credits[processor] = 1;
+        let batches = routes.hand_out(&mut credits);
+        assert_eq!(offsets(&batches[processor]), [(0, 0)]);
+        assert!(batches[1 - processor].is_empty());
         assert_eq!(routes.waiting(), 3);
     }
 

@@ -360,13 +360,15 @@ impl<P: Processor> ProcessorTask<P> {
             if back_to_back.is_multiple_of(INBOX_EVERY) {
                 self.state.accept_waiting();
                 self.state.flush_if_due();
+                // The credit is shared with the Fetcher's thread: written once in a while, not
+                // per message (it then overstates what is queued, which only hands out less).
+                self.state.count_started();
             }
             if self.state.shared.abandon.is_cancelled() {
                 self.state.abandon();
             }
             let now = self.state.clock();
             let next = self.state.work.next(now);
-            self.state.count_started();
             if let Some(item) = next {
                 back_to_back = back_to_back.wrapping_add(1);
                 let state = &mut self.state;
@@ -377,6 +379,7 @@ impl<P: Processor> ProcessorTask<P> {
                 continue;
             }
             back_to_back = 0;
+            self.state.count_started();
             self.state.idle();
             if let Some((budget, reply)) = self.state.stop.take() {
                 self.state.abandon();
@@ -411,12 +414,10 @@ impl<P: Processor> ProcessorTask<P> {
             self.state.count_started();
             return;
         }
-        self.state.running = Some((message.position(), Instant::now()));
         let attempt = self
             .state
-            .serve_while(self.instance.process(&message))
+            .serve_process(message.position(), self.instance.process(&message))
             .await;
-        self.state.running = None;
         match attempt {
             None => {
                 // Abandoned: dropped unfinished, and not reported, so it shows as abandoned.
@@ -866,6 +867,21 @@ impl<P> TaskState<P> {
             },
             () = sleep_until_some(retry_at) => {}
         }
+    }
+
+    /// Runs a message's `process` as [`serve_while`](Self::serve_while) does, and records
+    /// the message as in progress while it waits.
+    async fn serve_process<F: Future>(&mut self, position: Position, work: F) -> Option<F::Output> {
+        let mut work = pin!(work);
+        // Most work finishes at its first poll: then no clock is read (nothing can ask where
+        // the message is before it waits).
+        if let Poll::Ready(output) = futures::poll!(work.as_mut()) {
+            return Some(output);
+        }
+        self.running = Some((position, Instant::now()));
+        let output = self.serve_while(work).await;
+        self.running = None;
+        output
     }
 
     /// Runs `work` to its end while accepting commands and reporting completions on time.
