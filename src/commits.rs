@@ -79,14 +79,12 @@ impl CommitLine {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
-        while self.on_its_way.is_some() {
-            // Its outcome was recorded: a success reached the tracker, a failure is retried by
-            // this commit.
-            let _previous = self.wait_for_answer(deadline).ok_or_else(|| {
-                CommitFailure::Other(format!(
-                    "the previous commit was not answered within {timeout:?}"
-                ))
-            })?;
+        // The previous commit's outcome is recorded: a success reached the tracker, a failure
+        // is made good by this commit.
+        if !self.settle(timeout) {
+            return Err(CommitFailure::Other(format!(
+                "the previous commit was not answered within {timeout:?}"
+            )));
         }
         let id = self.send(consumer, points, true)?;
         loop {

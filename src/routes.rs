@@ -376,10 +376,8 @@ impl Routes {
             return batches;
         }
         // Only per key do a partition's messages go to different processors by content.
-        let look_ahead = match self.flow.ordering {
-            OrderingMode::PerKey => LOOK_AHEAD,
-            OrderingMode::PerPartition | OrderingMode::Unordered => usize::MAX,
-        };
+        let per_key = self.flow.ordering == OrderingMode::PerKey;
+        let look_ahead = if per_key { LOOK_AHEAD } else { usize::MAX };
         let routes = self.table.len();
         self.first_route = (self.first_route + 1) % routes;
         let next_any = &mut self.next_any;
@@ -391,8 +389,10 @@ impl Routes {
                 }
                 let processor = match waiting.processor {
                     Some(processor) if credits.get(processor).is_some_and(|c| *c > 0) => processor,
-                    Some(_) if look_ahead == usize::MAX => return Handing::Stop,
-                    Some(_) => return Handing::Skip,
+                    // Per key a full processor holds up only its own keys; otherwise the
+                    // partition's order is at stake.
+                    Some(_) if per_key => return Handing::Skip,
+                    Some(_) => return Handing::Stop,
                     None => match next_with_room(credits, next_any) {
                         Some(processor) => processor,
                         None => return Handing::Stop,
