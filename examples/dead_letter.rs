@@ -127,13 +127,14 @@ fn main() -> anyhow::Result<()> {
 
     let config = ConsumerConfig::builder()
         .brokers(&brokers)
-        .group_id(env("KAFKA_GROUP").unwrap_or_else(|| "payments".to_owned()))
+        .group_id("payments")
         .topic("payments")
         .failure_policy(
             FailurePolicy::retry(5)
                 .backoff(Duration::from_millis(50), Duration::from_secs(5))
                 .then_dead_letter(),
         )
+        .apply_env()?
         .build()?;
     let calls = Arc::new(AtomicU64::new(0));
     let system = ConsumerSystem::spawn(config, move || Payments {

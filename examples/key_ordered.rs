@@ -11,7 +11,7 @@
 //! update waits 5 ms, like a database write), checks that every account saw its updates in
 //! order, and stops. One partition in partition order would need 2,000 × 5 ms = 10 s; per key
 //! it takes a fraction of that. Against a real cluster:
-//! `KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPIC=accounts cargo run --example key_ordered`
+//! `KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPICS=accounts cargo run --example key_ordered`
 //! (payloads `<sequence>`, keyed by account) runs until Ctrl-C.
 
 use std::collections::HashMap;
@@ -62,11 +62,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut embedded = None;
     let (brokers, topic, expected) = match env("KAFKA_BROKERS") {
-        Some(brokers) => (
-            brokers,
-            env("KAFKA_TOPIC").unwrap_or_else(|| "accounts".to_owned()),
-            None,
-        ),
+        Some(brokers) => (brokers, "accounts".to_owned(), None),
         None => {
             let cluster = EmbeddedCluster::start()?;
             let brokers = cluster.bootstrap_servers();
@@ -82,10 +78,11 @@ fn main() -> anyhow::Result<()> {
 
     let config = ConsumerConfig::builder()
         .brokers(brokers)
-        .group_id(env("KAFKA_GROUP").unwrap_or_else(|| "key-ordered".to_owned()))
+        .group_id("key-ordered")
         .topic(topic)
         .ordering(OrderingMode::PerKey)
         .processors(64)
+        .apply_env()?
         .build()?;
     let applied = Balances::default();
     let shared = applied.clone();

@@ -9,12 +9,14 @@
 //! opens the ledger in `on_start` and syncs it to disk in `on_stop`.
 //!
 //! ```text
-//! KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPIC=orders KAFKA_GROUP=ledger LEDGER_FILE=ledger.txt \
+//! KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPICS=orders KAFKA_GROUP=ledger LEDGER_FILE=ledger.txt \
 //!     cargo run --example ledger
 //! ```
 //!
-//! Optional: `PROCESS_DELAY_MS` (simulated work per message), `SHUTDOWN_TIMEOUT_MS`, and
-//! `KAFKA_OPTIONS` (comma-separated `key=value` librdkafka properties).
+//! The whole configuration comes from the environment (`ConsumerConfig::from_env`: for
+//! example `KAFKA_SHUTDOWN_TIMEOUT=25s`, `KAFKA_OPTION_SESSION_TIMEOUT_MS=10000`,
+//! `HTTP_ADDR=0.0.0.0:9464` for metrics and health); `PROCESS_DELAY_MS` adds simulated work
+//! per message. This is the program `deploy/` packages into a container.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -82,21 +84,9 @@ fn main() -> anyhow::Result<()> {
     let path = PathBuf::from(required("LEDGER_FILE")?);
     let delay = millis("PROCESS_DELAY_MS", 0)?;
 
-    let mut builder = ConsumerConfig::builder()
-        .brokers(required("KAFKA_BROKERS")?)
-        .topic(required("KAFKA_TOPIC")?)
-        .group_id(required("KAFKA_GROUP")?)
-        .shutdown_timeout(millis("SHUTDOWN_TIMEOUT_MS", 30_000)?);
-    for option in std::env::var("KAFKA_OPTIONS")
-        .unwrap_or_default()
-        .split(',')
-    {
-        if let Some((key, value)) = option.split_once('=') {
-            builder = builder.kafka_option(key.trim(), value.trim());
-        }
-    }
+    let config = ConsumerConfig::from_env()?;
 
-    let report = ConsumerSystem::start(builder.build()?, move || LedgerWriter {
+    let report = ConsumerSystem::start(config, move || LedgerWriter {
         path: path.clone(),
         file: None,
         delay,

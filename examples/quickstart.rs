@@ -9,8 +9,11 @@
 //! guarantees).
 //!
 //! Against a real cluster:
-//! `KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPIC=orders KAFKA_GROUP=quickstart cargo run --example quickstart`
-//! runs until Ctrl-C, or until `STOP_AFTER` messages were processed.
+//! `KAFKA_BROKERS=127.0.0.1:9092 KAFKA_TOPICS=orders KAFKA_GROUP=quickstart cargo run --example quickstart`
+//! runs until Ctrl-C, or until `STOP_AFTER` messages were processed. Every setting can come
+//! from the environment (`ConsumerConfigBuilder::apply_env`); with `HTTP_ADDR=127.0.0.1:9464`
+//! it serves Prometheus metrics on `/metrics` and health on `/health/live` and
+//! `/health/ready`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,9 +67,8 @@ fn main() -> anyhow::Result<()> {
     let mut embedded = None;
     let (brokers, topic, stop_after) = match env("KAFKA_BROKERS") {
         Some(brokers) => {
-            let topic = env("KAFKA_TOPIC").unwrap_or_else(|| "quickstart".to_owned());
             let stop_after = env("STOP_AFTER").map(|n| n.parse()).transpose()?;
-            (brokers, topic, stop_after)
+            (brokers, "quickstart".to_owned(), stop_after)
         }
         None => {
             let cluster = EmbeddedCluster::start()?;
@@ -86,12 +88,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    // Defaults in code; the environment (KAFKA_GROUP, KAFKA_TOPICS, HTTP_ADDR, ...) overrides.
     let config = ConsumerConfig::builder()
         .brokers(brokers)
-        .group_id(env("KAFKA_GROUP").unwrap_or_else(|| "quickstart".to_owned()))
+        .group_id("quickstart")
         .topic(topic)
         .processors(4)
         .shutdown_timeout(Duration::from_secs(10))
+        .apply_env()?
         .build()?;
 
     let processed = Arc::new(AtomicU64::new(0));

@@ -21,6 +21,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 
 use crate::actors::offset_tracker::{Committed, OffsetTracker};
+use crate::instruments::GroupInstruments;
 use crate::native::{CommitFailure, CommitQueue};
 use crate::offsets::{CommitPoint, encode_finished};
 
@@ -31,6 +32,7 @@ pub(crate) struct CommitLine {
     /// The commit sent and not answered yet.
     on_its_way: Option<Sent>,
     next_id: u64,
+    instruments: GroupInstruments,
 }
 
 struct Sent {
@@ -43,12 +45,17 @@ struct Sent {
 }
 
 impl CommitLine {
-    pub(crate) fn new(queue: CommitQueue, tracker: Addr<OffsetTracker>) -> Self {
+    pub(crate) fn new(
+        queue: CommitQueue,
+        tracker: Addr<OffsetTracker>,
+        instruments: GroupInstruments,
+    ) -> Self {
         CommitLine {
             queue,
             tracker,
             on_its_way: None,
             next_id: 1,
+            instruments,
         }
     }
 
@@ -150,6 +157,11 @@ impl CommitLine {
         let Some(sent) = self.on_its_way.take_if(|sent| sent.id == id) else {
             return;
         };
+        self.instruments.commit_duration.record(sent.at.elapsed());
+        match &result {
+            Ok(()) => self.instruments.commits_succeeded.increment(1),
+            Err(_) => self.instruments.commits_failed.increment(1),
+        }
         match &result {
             Ok(()) => {
                 log::debug!(

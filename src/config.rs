@@ -1,6 +1,7 @@
 //! Configuration: a builder that validates its input before anything starts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -71,6 +72,23 @@ impl std::fmt::Debug for Redacted<'_> {
     }
 }
 
+/// The address to serve HTTP on: an IP address and a port (a host name would resolve to
+/// several).
+fn parse_http_addr(addr: &str) -> Result<SocketAddr> {
+    if !cfg!(feature = "http") {
+        return Err(Error::config(
+            "http_addr",
+            "needs the crate's `http` feature, which this build leaves out",
+        ));
+    }
+    addr.trim().parse().map_err(|_| {
+        Error::config(
+            "http_addr",
+            format!("is {addr:?}, which is not an IP address and port such as 0.0.0.0:9464"),
+        )
+    })
+}
+
 /// librdkafka's defaults for the properties the validation reasons about.
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_millis(45_000);
 const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(300_000);
@@ -95,6 +113,9 @@ const DEFAULT_PREFETCH: PrefetchLimit = PrefetchLimit {
 /// Below a 30 s Kubernetes grace period, with room for a preStop hook.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Far above the poll interval (a healthy loop runs at least every few milliseconds), below
+/// Kubernetes' usual liveness budget (3 failures, 10 s apart).
+const DEFAULT_POLL_TTL: Duration = Duration::from_secs(20);
 
 /// A validated configuration for a [`ConsumerSystem`](crate::ConsumerSystem).
 ///
@@ -120,6 +141,8 @@ pub struct ConsumerConfig {
     pub(crate) startup_timeout: Duration,
     pub(crate) stall_timeout: Option<Duration>,
     pub(crate) handle_signals: bool,
+    pub(crate) http_addr: Option<SocketAddr>,
+    pub(crate) poll_ttl: Duration,
     pub(crate) kafka_options: BTreeMap<String, String>,
     warnings: Vec<String>,
 }
@@ -144,6 +167,8 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("startup_timeout", &self.startup_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("http_addr", &self.http_addr)
+            .field("poll_ttl", &self.poll_ttl)
             .field("kafka_options", &Redacted(&self.kafka_options))
             .field("warnings", &self.warnings)
             .finish()
@@ -170,6 +195,8 @@ impl std::fmt::Debug for ConsumerConfigBuilder {
             .field("startup_timeout", &self.startup_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("http_addr", &self.http_addr)
+            .field("poll_ttl", &self.poll_ttl)
             .field("kafka_options", &Redacted(&self.kafka_options))
             .finish()
     }
@@ -279,6 +306,8 @@ pub struct ConsumerConfigBuilder {
     startup_timeout: Duration,
     stall_timeout: Option<Duration>,
     handle_signals: bool,
+    http_addr: Option<String>,
+    poll_ttl: Duration,
     kafka_options: BTreeMap<String, String>,
 }
 
@@ -302,6 +331,8 @@ impl Default for ConsumerConfigBuilder {
             startup_timeout: Duration::from_secs(30),
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             handle_signals: true,
+            http_addr: None,
+            poll_ttl: DEFAULT_POLL_TTL,
             kafka_options: BTreeMap::new(),
         }
     }
@@ -323,6 +354,11 @@ impl ConsumerConfigBuilder {
     /// Adds a topic to subscribe to. At least one is required.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
+        self
+    }
+
+    pub(crate) fn replace_topics(mut self, topics: Vec<String>) -> Self {
+        self.topics = topics;
         self
     }
 
@@ -451,6 +487,26 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// Serves HTTP on `addr` (`host:port`, for example `0.0.0.0:9464`) while the system runs,
+    /// with the `http` feature (on by default): `GET /metrics` in Prometheus' text format,
+    /// `GET /health/live` and `GET /health/ready` (200, or 503 with a JSON reason). The
+    /// system installs a Prometheus recorder for the `metrics` facade, once per process,
+    /// unless the application installed a recorder of its own (then `/metrics` says so, and
+    /// the application's exporter has the figures). A port in use fails the start with
+    /// [`Error::Http`].
+    pub fn http_addr(mut self, addr: impl Into<String>) -> Self {
+        self.http_addr = Some(addr.into());
+        self
+    }
+
+    /// How long the poll loop may go without a round before `/health/live` says the system
+    /// is not alive (default 20 s). A revocation that waits for work in progress does not
+    /// count: the loop waits on purpose.
+    pub fn poll_ttl(mut self, ttl: Duration) -> Self {
+        self.poll_ttl = ttl;
+        self
+    }
+
     /// Sets a librdkafka consumer property, such as `session.timeout.ms`,
     /// `group.instance.id` or `auto.offset.reset` (defaults here: `auto.offset.reset=earliest`,
     /// `fetch.queue.backoff.ms=10`). See librdkafka's
@@ -520,11 +576,13 @@ impl ConsumerConfigBuilder {
             ("rebalance_drain_timeout", self.rebalance_drain_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("startup_timeout", self.startup_timeout),
+            ("poll_ttl", self.poll_ttl),
         ] {
             if value.is_zero() {
                 return Err(Error::config(setting, "must be longer than zero"));
             }
         }
+        let http_addr = self.http_addr.as_deref().map(parse_http_addr).transpose()?;
         self.failure_policy
             .validate()
             .map_err(|reason| Error::config("failure_policy", reason))?;
@@ -553,6 +611,8 @@ impl ConsumerConfigBuilder {
             startup_timeout: self.startup_timeout,
             stall_timeout: self.stall_timeout,
             handle_signals: self.handle_signals,
+            http_addr,
+            poll_ttl: self.poll_ttl,
             kafka_options: self.kafka_options,
             warnings: Vec::new(),
         };

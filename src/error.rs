@@ -87,6 +87,16 @@ pub enum Error {
     #[error("kafka client error: {0}")]
     Kafka(#[from] KafkaError),
 
+    /// The HTTP server could not listen on its address (the port is in use, or the address
+    /// is not this machine's).
+    #[error("could not serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address from `http_addr`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+
     /// The actor runtime failed (a thread could not be started, or an actor vanished).
     #[error("actor runtime failure: {0}")]
     Runtime(String),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::instruments::PartitionInstruments;
 use crate::offsets::{AssignmentId, TopicPartition};
 
 /// How much may be in flight: messages and bytes (keys plus payloads). Used per partition and
@@ -112,17 +113,24 @@ pub(crate) struct AssignedPartition {
     pub(crate) partition: TopicPartition,
     pub(crate) assignment: AssignmentId,
     pub(crate) in_flight: InFlight,
+    /// Its figures, recorded by whoever handles its messages.
+    pub(crate) instruments: PartitionInstruments,
     /// Set when the partition is revoked or lost: processors drop what they hold of it and
     /// have not started, and retry nothing of it.
     fenced: AtomicBool,
 }
 
 impl AssignedPartition {
-    pub(crate) fn new(partition: TopicPartition, assignment: AssignmentId) -> Arc<Self> {
+    pub(crate) fn new(
+        partition: TopicPartition,
+        assignment: AssignmentId,
+        instruments: PartitionInstruments,
+    ) -> Arc<Self> {
         Arc::new(AssignedPartition {
             partition,
             assignment,
             in_flight: InFlight::default(),
+            instruments,
             fenced: AtomicBool::new(false),
         })
     }

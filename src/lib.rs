@@ -5,11 +5,17 @@ mod actors;
 mod commits;
 mod config;
 mod dead_letter;
+mod env;
 mod error;
 mod failure;
 mod flow;
+mod health;
+#[cfg(feature = "http")]
+mod http;
+mod instruments;
 mod lanes;
 mod message;
+pub mod metric_names;
 mod metrics;
 mod native;
 mod offsets;
@@ -21,6 +27,7 @@ mod stall;
 mod stop;
 mod system;
 pub mod testkit;
+mod trace;
 mod trouble;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder};

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::flow::Load;
+use crate::health::Health;
+use crate::instruments::{GroupInstruments, PartitionInstruments};
 
 /// A snapshot of a running system's figures, from
 /// [`RunningSystem::metrics`](crate::RunningSystem::metrics). Counters count from the start of
@@ -55,8 +57,9 @@ pub struct Metrics {
     pub stalled_partitions: usize,
 }
 
-/// The counters behind [`Metrics`], shared by the actors.
-#[derive(Debug, Default)]
+/// The counters behind [`Metrics`], shared by the actors, and the same figures through the
+/// `metrics` facade: each method updates both.
+#[derive(Debug)]
 pub(crate) struct SystemMetrics {
     in_flight_messages: AtomicUsize,
     in_flight_bytes: AtomicUsize,
@@ -66,21 +69,51 @@ pub(crate) struct SystemMetrics {
     peak_bytes: AtomicUsize,
     peak_partition_messages: AtomicUsize,
     peak_partition_bytes: AtomicUsize,
-    pub(crate) pauses: AtomicU64,
-    pub(crate) assignments: AtomicU64,
-    pub(crate) revocations: AtomicU64,
-    pub(crate) lost_assignments: AtomicU64,
+    pauses: AtomicU64,
+    assignments: AtomicU64,
+    revocations: AtomicU64,
+    lost_assignments: AtomicU64,
     /// Messages done with for good: processed, skipped or dead-lettered.
-    pub(crate) finished: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) skipped: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) processor_restarts: AtomicU64,
-    pub(crate) stalls: AtomicU64,
-    pub(crate) stalled_partitions: AtomicUsize,
+    finished: AtomicU64,
+    retries: AtomicU64,
+    skipped: AtomicU64,
+    dead_lettered: AtomicU64,
+    processor_restarts: AtomicU64,
+    stalls: AtomicU64,
+    stalled_partitions: AtomicUsize,
+    assigned_partitions: AtomicUsize,
+    pub(crate) instruments: GroupInstruments,
+    pub(crate) health: Health,
 }
 
 impl SystemMetrics {
+    pub(crate) fn new(group: &str) -> Self {
+        SystemMetrics {
+            in_flight_messages: AtomicUsize::default(),
+            in_flight_bytes: AtomicUsize::default(),
+            waiting: AtomicUsize::default(),
+            paused_partitions: AtomicUsize::default(),
+            peak_messages: AtomicUsize::default(),
+            peak_bytes: AtomicUsize::default(),
+            peak_partition_messages: AtomicUsize::default(),
+            peak_partition_bytes: AtomicUsize::default(),
+            pauses: AtomicU64::default(),
+            assignments: AtomicU64::default(),
+            revocations: AtomicU64::default(),
+            lost_assignments: AtomicU64::default(),
+            finished: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            processor_restarts: AtomicU64::default(),
+            stalls: AtomicU64::default(),
+            stalled_partitions: AtomicUsize::default(),
+            assigned_partitions: AtomicUsize::default(),
+            instruments: GroupInstruments::new(group),
+            health: Health::default(),
+        }
+    }
+
     /// The Fetcher's figures after a round: what is in flight, what waits in it, what is paused.
     pub(crate) fn set_flow(&self, in_flight: Load, waiting: usize, paused: usize) {
         self.in_flight_messages
@@ -89,6 +122,11 @@ impl SystemMetrics {
             .store(in_flight.bytes, Ordering::Relaxed);
         self.waiting.store(waiting, Ordering::Relaxed);
         self.paused_partitions.store(paused, Ordering::Relaxed);
+        let instruments = &self.instruments;
+        instruments.in_flight.set(in_flight.messages as f64);
+        instruments.bytes_in_flight.set(in_flight.bytes as f64);
+        instruments.waiting.set(waiting as f64);
+        instruments.paused.set(paused as f64);
     }
 
     /// Records the most a partition had in flight in a round, and the total after it.
@@ -100,6 +138,78 @@ impl SystemMetrics {
         self.peak_messages
             .fetch_max(total.messages, Ordering::Relaxed);
         self.peak_bytes.fetch_max(total.bytes, Ordering::Relaxed);
+    }
+
+    /// `partitions` were paused because their in-flight work reached a limit.
+    pub(crate) fn paused(&self, partitions: usize) {
+        self.pauses.fetch_add(partitions as u64, Ordering::Relaxed);
+        self.instruments.pauses.increment(partitions as u64);
+    }
+
+    /// A rebalance assigned partitions; `now` are assigned in all.
+    pub(crate) fn assigned(&self, now: usize) {
+        self.assignments.fetch_add(1, Ordering::Relaxed);
+        self.instruments.assignments.increment(1);
+        self.set_assigned(now);
+    }
+
+    /// A rebalance revoked (or took, when `lost`) partitions; `now` are assigned in all.
+    pub(crate) fn revoked(&self, lost: bool, now: usize) {
+        if lost {
+            self.lost_assignments.fetch_add(1, Ordering::Relaxed);
+            self.instruments.lost_assignments.increment(1);
+        }
+        self.revocations.fetch_add(1, Ordering::Relaxed);
+        self.instruments.revocations.increment(1);
+        self.set_assigned(now);
+    }
+
+    fn set_assigned(&self, partitions: usize) {
+        self.assigned_partitions
+            .store(partitions, Ordering::Relaxed);
+        self.instruments.assigned.set(partitions as f64);
+    }
+
+    /// Partitions assigned now.
+    pub(crate) fn assigned_partitions(&self) -> usize {
+        self.assigned_partitions.load(Ordering::Relaxed)
+    }
+
+    /// Partitions stalled now.
+    pub(crate) fn stalled_partitions(&self) -> usize {
+        self.stalled_partitions.load(Ordering::Relaxed)
+    }
+
+    /// Messages done with for good, as the tracker hears of them.
+    pub(crate) fn finished(&self, messages: usize) {
+        self.finished.fetch_add(messages as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self, partition: &PartitionInstruments) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        partition.retries.increment(1);
+    }
+
+    pub(crate) fn skipped(&self, partition: &PartitionInstruments) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        partition.skipped.increment(1);
+    }
+
+    pub(crate) fn dead_lettered(&self, partition: &PartitionInstruments) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        partition.dead_lettered.increment(1);
+    }
+
+    pub(crate) fn processor_restarted(&self) {
+        self.processor_restarts.fetch_add(1, Ordering::Relaxed);
+        self.instruments.processor_restarts.increment(1);
+    }
+
+    /// After a stall check: `new` partitions have just stalled, `now` are stalled in all.
+    pub(crate) fn stalls(&self, new: usize, now: usize) {
+        self.stalls.fetch_add(new as u64, Ordering::Relaxed);
+        self.stalled_partitions.store(now, Ordering::Relaxed);
+        self.instruments.stalled.set(now as f64);
     }
 
     pub(crate) fn snapshot(&self) -> Metrics {

@@ -35,6 +35,28 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::Notify;
 
 use crate::message::Record;
+use crate::offsets::TopicPartition;
+
+/// The partition's high watermark as librdkafka last heard of it in a fetch response: no
+/// request, so it is as fresh as the fetching. `None` before the first fetch.
+pub(crate) fn high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partition: &TopicPartition,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(partition.topic()).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: a live client, a NUL-terminated topic name, and two offsets to write to.
+    let error = unsafe {
+        rd::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition.partition(),
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
 
 /// A queue handle of the consumer's, destroyed when dropped. Every handle here is dropped
 /// before the consumer is (the Fetcher drops them before it closes the consumer).

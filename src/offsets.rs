@@ -155,6 +155,9 @@ pub(crate) struct PartitionOffsets {
     released: usize,
     /// The highest offset taken + 1, once anything was taken.
     next_offset: Option<i64>,
+    /// The first offset taken: where this assignment started reading (the group's committed
+    /// offset, or where the offset reset policy pointed).
+    first_offset: Option<i64>,
     /// The last commit point Kafka acknowledged, and how many offsets beyond it it recorded
     /// as finished.
     committed: Option<(i64, usize)>,
@@ -170,6 +173,7 @@ impl PartitionOffsets {
         }
         self.window.push_back((offset, Fate::Unfinished));
         self.unfinished += 1;
+        self.first_offset.get_or_insert(offset);
         self.next_offset = Some(offset + 1);
         true
     }
@@ -254,9 +258,22 @@ impl PartitionOffsets {
         });
     }
 
-    #[cfg(test)]
     pub(crate) fn last_committed(&self) -> Option<i64> {
         self.committed.map(|(offset, _)| offset)
+    }
+
+    /// The offset the group has committed for the partition as far as this assignment knows:
+    /// its last acknowledged commit, or else where it started reading.
+    pub(crate) fn committed_or_start(&self) -> Option<i64> {
+        self.last_committed().or(self.first_offset)
+    }
+
+    /// How many offsets beyond the commit point finished.
+    pub(crate) fn finished_beyond_count(&self) -> usize {
+        self.window
+            .iter()
+            .filter(|(_, fate)| *fate == Fate::Finished)
+            .count()
     }
 
     /// Messages taken and neither finished nor released.

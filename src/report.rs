@@ -124,6 +124,19 @@ pub enum Phase {
     Close,
 }
 
+impl Phase {
+    /// The phase's name, as in its `Debug` form and the metrics' `phase` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::StopFetching => "StopFetching",
+            Phase::Drain => "Drain",
+            Phase::StopProcessors => "StopProcessors",
+            Phase::Commit => "Commit",
+            Phase::Close => "Close",
+        }
+    }
+}
+
 /// How long a shutdown phase took, and whether it completed or ran out of time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhaseReport {

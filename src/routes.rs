@@ -235,6 +235,19 @@ impl Routes {
         revoked
     }
 
+    /// The partitions held.
+    pub(crate) fn partitions(&self) -> Vec<TopicPartition> {
+        self.table
+            .iter()
+            .map(|route| route.assigned.partition.clone())
+            .collect()
+    }
+
+    /// How many partitions are held.
+    pub(crate) fn held(&self) -> usize {
+        self.table.len()
+    }
+
     /// The assignment a partition is held under, if it is held.
     pub(crate) fn assignment_of(&self, partition: &TopicPartition) -> Option<AssignmentId> {
         self.table
@@ -592,7 +605,11 @@ mod tests {
                 .map(|p| {
                     let partition = TopicPartition::new("t", p);
                     (
-                        AssignedPartition::new(partition, AssignmentId(p as u64 + 1)),
+                        AssignedPartition::new(
+                            partition,
+                            AssignmentId(p as u64 + 1),
+                            Default::default(),
+                        ),
                         Vec::new(),
                     )
                 })
@@ -757,7 +774,11 @@ mod tests {
     #[test]
     fn messages_an_earlier_reader_finished_are_skipped_in_order() {
         let mut routes = routes(OrderingMode::PerKey, 1, 0);
-        let assigned = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(9));
+        let assigned = AssignedPartition::new(
+            TopicPartition::new("t", 0),
+            AssignmentId(9),
+            Default::default(),
+        );
         routes.assign(vec![(assigned, vec![11, 12])], false);
         let taken = routes.take((10..14).map(|o| record(0, o, "k")).collect());
         let offsets_of =
@@ -777,7 +798,11 @@ mod tests {
         routes.take((0..12).map(|o| record(0, o, "k")).collect());
         assert_eq!(routes.paused(), 1);
         let revoked = routes.revoke(|_| true);
-        let again = AssignedPartition::new(TopicPartition::new("t", 0), AssignmentId(2));
+        let again = AssignedPartition::new(
+            TopicPartition::new("t", 0),
+            AssignmentId(2),
+            Default::default(),
+        );
         routes.assign(vec![(again, Vec::new())], false);
         drop(revoked);
         assert_eq!(routes.paused(), 0, "a new assignment starts unpaused");

@@ -4,6 +4,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use crate::actors::supervisor::{Supervisor, stop_arbiters};
+use crate::health::Stage;
 use crate::metrics::SystemMetrics;
 use crate::stop::listen_for_signals;
 use crate::{ConsumerConfig, Error, Metrics, Processor, Result, ShutdownReport, StopHandle};
@@ -147,8 +148,26 @@ where
     P: Processor,
     F: Fn() -> P + Send + Sync + 'static,
 {
+    // The recorder first: the figures' handles are bound to the recorder installed when they
+    // are made.
+    #[cfg(feature = "http")]
+    if config.http_addr.is_some() {
+        crate::http::prometheus();
+    }
+    let metrics = Arc::new(SystemMetrics::new(&config.group_id));
+    #[cfg(feature = "http")]
+    let _server = match config.http_addr {
+        Some(addr) => Some(crate::http::HttpServer::start(
+            addr,
+            metrics.clone(),
+            config.poll_ttl,
+        )?),
+        None => None,
+    };
     let system = actix::System::new();
+    let running_metrics = metrics.clone();
     let outcome: Result<_> = system.block_on(async move {
+        let metrics = running_metrics;
         let signals =
             match config.handle_signals {
                 true => Some(listen_for_signals(stop.clone()).map_err(|error| {
@@ -156,7 +175,8 @@ where
                 })?),
                 false => None,
             };
-        let running = Supervisor::start(config, factory, stop).await?;
+        let running = Supervisor::start(config, factory, stop, metrics.clone()).await?;
+        metrics.health.enter(Stage::Running);
         if let Some(started) = started {
             let _ = started.send(running.metrics.clone());
         }
@@ -169,5 +189,6 @@ where
     });
     let (report, arbiters) = outcome?;
     stop_arbiters(arbiters);
+    metrics.health.enter(Stage::Stopped);
     Ok(report)
 }

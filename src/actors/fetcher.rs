@@ -28,7 +28,7 @@ use crate::actors::processor::ProcessorHandle;
 use crate::commits::CommitLine;
 use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
-use crate::native::{CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
+use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
 use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition, decode_finished};
 use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
@@ -165,7 +165,8 @@ impl FetchContext {
         // line, settled before the close, is gone: a line of its own, destroyed before the
         // consumer is.
         let queue = CommitQueue::new(consumer, Arc::new(Notify::new()));
-        CommitLine::new(queue, self.tracker.clone()).commit(consumer, points, timeout)
+        let instruments = self.metrics.instruments.clone();
+        CommitLine::new(queue, self.tracker.clone(), instruments).commit(consumer, points, timeout)
     }
 
     /// Completes the context once the processors exist (before the first poll).
@@ -189,6 +190,7 @@ impl FetchContext {
         if revoked.is_empty() {
             return;
         }
+        self.metrics.health.revoking(true);
         // Processors drop what they hold of the partitions and have not started, so that the
         // revocation waits only for the messages in progress, never behind another
         // partition's long message. Where that leaves a gap below a finished message (per key
@@ -203,14 +205,11 @@ impl FetchContext {
                 processor.forget(assignments.clone());
             }
         }
-        if lost {
-            self.metrics
-                .lost_assignments
-                .fetch_add(1, Ordering::Relaxed);
-        } else {
+        if !lost {
             self.drain_and_commit(consumer, &revoked);
         }
-        self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.revoked(lost, self.routes().held());
+        self.metrics.health.revoking(false);
         self.tracker.do_send(Revoked(
             revoked.iter().map(|p| p.partition.clone()).collect(),
         ));
@@ -348,10 +347,9 @@ impl ConsumerContext for FetchContext {
             .iter()
             .map(|p| {
                 let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
-                AssignedPartition::new(
-                    TopicPartition::new(p.topic(), p.partition()),
-                    AssignmentId(id),
-                )
+                let partition = TopicPartition::new(p.topic(), p.partition());
+                let instruments = self.metrics.instruments.partition(&partition);
+                AssignedPartition::new(partition, AssignmentId(id), instruments)
             })
             .collect();
         log::info!(
@@ -385,8 +383,9 @@ impl ConsumerContext for FetchContext {
                 (a, finished)
             })
             .collect();
-        self.routes().assign(assigned, stopping);
-        self.metrics.assignments.fetch_add(1, Ordering::Relaxed);
+        let mut routes = self.routes();
+        routes.assign(assigned, stopping);
+        self.metrics.assigned(routes.held());
     }
 }
 
@@ -477,6 +476,7 @@ impl Fetcher {
         *context.commit_line() = Some(CommitLine::new(
             CommitQueue::new(&consumer, wakeup.clone()),
             tracker.clone(),
+            context.metrics.instruments.clone(),
         ));
         Fetcher {
             metrics: context.metrics.clone(),
@@ -544,6 +544,7 @@ impl Fetcher {
         }
         self.metrics
             .set_flow(routes.total(), routes.waiting(), routes.paused());
+        self.metrics.health.round();
         progress
     }
 
@@ -682,9 +683,7 @@ fn pause(
         Ok(()) => log::debug!("paused {}: in-flight limit reached", names(&list)),
         Err(error) => log::warn!("could not pause {}: {error}", names(&list)),
     }
-    metrics
-        .pauses
-        .fetch_add(partitions.len() as u64, Ordering::Relaxed);
+    metrics.paused(partitions.len());
 }
 
 /// Sets where librdkafka fetches a partition from next; what it fetched before is dropped.
@@ -893,6 +892,30 @@ impl Handler<Locate> for Fetcher {
                 .get(processor)
                 .map_or(0, |p| p.credit.queued())
         })
+    }
+}
+
+/// The high watermarks librdkafka last heard of, of the partitions held.
+#[derive(Message)]
+#[rtype(result = "Vec<(TopicPartition, i64)>")]
+pub(crate) struct HighWatermarks;
+
+impl Handler<HighWatermarks> for Fetcher {
+    type Result = MessageResult<HighWatermarks>;
+
+    fn handle(&mut self, _: HighWatermarks, _: &mut Self::Context) -> Self::Result {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return MessageResult(Vec::new());
+        };
+        let held = consumer.context().routes().partitions();
+        MessageResult(
+            held.into_iter()
+                .filter_map(|partition| {
+                    let high = native::high_watermark(consumer, &partition)?;
+                    Some((partition, high))
+                })
+                .collect(),
+        )
     }
 }
 

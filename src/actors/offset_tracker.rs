@@ -6,16 +6,16 @@
 //! executed by the Fetcher, the only owner of the consumer. It also watches for partitions
 //! that stopped moving (`crate::stall`) and says where the message they wait for is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::join_all;
 
-use crate::actors::fetcher::{Commit, CommitMode, Fetcher, Locate};
+use crate::actors::fetcher::{Commit, CommitMode, Fetcher, HighWatermarks, Locate};
 use crate::actors::processor::ProcessorHandle;
+use crate::instruments::PartitionProgress;
 use crate::metrics::SystemMetrics;
 use crate::native::CommitFailure;
 use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
@@ -23,8 +23,8 @@ use crate::report::Abandoned;
 use crate::stall::{PartitionState, Stall, StallWatch};
 use crate::stop::StopHandle;
 
-/// How often partitions are checked for stalls.
-const STALL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often partitions are checked for stalls, and their lag is measured.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the final commit waits before it tries again while the group rebalances.
 const FINAL_COMMIT_RETRY: Duration = Duration::from_millis(100);
 
@@ -35,6 +35,10 @@ pub(crate) struct OffsetTracker {
     commit_interval: Duration,
     committed: BTreeMap<TopicPartition, i64>,
     metrics: Arc<SystemMetrics>,
+    /// The figures of every partition this member held.
+    progress: HashMap<TopicPartition, PartitionProgress>,
+    /// The high watermarks the Fetcher last reported.
+    high_watermarks: HashMap<TopicPartition, i64>,
     stalls: Option<StallWatch>,
     stop: StopHandle,
 }
@@ -58,6 +62,8 @@ impl OffsetTracker {
             commit_interval,
             committed: BTreeMap::new(),
             metrics,
+            progress: HashMap::new(),
+            high_watermarks: HashMap::new(),
             stalls: stall_timeout.map(StallWatch::new),
             stop,
         }
@@ -120,6 +126,45 @@ impl OffsetTracker {
             self.book.committed(&point);
             self.committed.insert(point.partition, point.offset);
         }
+        self.publish_progress();
+    }
+
+    /// Asks the Fetcher for the partitions' high watermarks, then publishes their lag.
+    fn measure_lag(&mut self, ctx: &mut Context<Self>) {
+        let Some(others) = &self.others else {
+            return;
+        };
+        let asked = others.fetcher.send(HighWatermarks);
+        ctx.spawn(asked.into_actor(self).map(|answer, tracker, _| {
+            if let Ok(high_watermarks) = answer {
+                tracker.high_watermarks.extend(high_watermarks);
+                tracker.publish_progress();
+            }
+        }));
+    }
+
+    /// Sets every held partition's lag and incomplete offsets.
+    fn publish_progress(&mut self) {
+        for (_, partition, offsets) in self.book.assignments() {
+            let progress = self
+                .progress
+                .entry(partition.clone())
+                .or_insert_with(|| self.metrics.instruments.partition_progress(partition));
+            progress
+                .incomplete
+                .set(offsets.finished_beyond_count() as f64);
+            let Some(&high) = self.high_watermarks.get(partition) else {
+                continue;
+            };
+            if let Some(committed) = offsets.committed_or_start() {
+                progress.consumer_lag.set((high - committed).max(0) as f64);
+            }
+            if let Some(processed) = offsets.commit_point() {
+                progress
+                    .processing_lag
+                    .set((high - processed).max(0) as f64);
+            }
+        }
     }
 
     /// Looks for partitions that stopped moving, and reports where each one's first
@@ -142,15 +187,15 @@ impl OffsetTracker {
                 has_work: offsets.in_flight() > 0,
             });
         let stalls = watch.check(now, partitions);
-        self.metrics
-            .stalled_partitions
-            .store(watch.stalled(), Ordering::Relaxed);
+        self.metrics.stalls(stalls.len(), watch.stalled());
         if stalls.is_empty() {
             return;
         }
-        self.metrics
-            .stalls
-            .fetch_add(stalls.len() as u64, Ordering::Relaxed);
+        for stall in &stalls {
+            if let Some(progress) = self.progress.get(&stall.partition) {
+                progress.stalls.increment(1);
+            }
+        }
         let Some(others) = &self.others else {
             for stall in stalls {
                 log::warn!("{stall}");
@@ -205,11 +250,10 @@ impl Actor for OffsetTracker {
                 }
             }));
         });
-        if self.stalls.is_some() {
-            ctx.run_interval(STALL_CHECK_INTERVAL, |tracker, ctx| {
-                tracker.check_stalls(ctx)
-            });
-        }
+        ctx.run_interval(CHECK_INTERVAL, |tracker, ctx| {
+            tracker.check_stalls(ctx);
+            tracker.measure_lag(ctx);
+        });
     }
 }
 
@@ -252,6 +296,10 @@ impl Handler<Revoked> for OffsetTracker {
 
     fn handle(&mut self, Revoked(partitions): Revoked, _: &mut Self::Context) {
         for partition in partitions {
+            if let Some(progress) = self.progress.get(&partition) {
+                progress.clear();
+            }
+            self.high_watermarks.remove(&partition);
             let in_flight = self.book.revoke(&partition).map_or(0, |o| o.in_flight());
             if in_flight > 0 {
                 log::info!(
@@ -299,9 +347,7 @@ impl Handler<Completions> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, completions: Completions, _: &mut Self::Context) {
-        self.metrics
-            .finished
-            .fetch_add(completions.finished.len() as u64, Ordering::Relaxed);
+        self.metrics.finished(completions.finished.len());
         let mut fenced = 0;
         self.book.finished(
             &completions.finished,

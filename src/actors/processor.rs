@@ -23,14 +23,14 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::{Addr, ArbiterHandle};
 use futures::FutureExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::Processor;
 use crate::actors::offset_tracker::{Completions, OffsetTracker};
@@ -44,6 +44,7 @@ use crate::offsets::{AssignmentId, Position};
 use crate::report::StopReason;
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
+use crate::trace;
 
 /// The longest a finished message waits before the tracker hears of it (it stays in flight
 /// until then). Completions are reported in batches to keep the hot path cheap.
@@ -414,16 +415,24 @@ impl<P: Processor> ProcessorTask<P> {
             self.state.count_started();
             return;
         }
+        let span = trace::message_span(&message, failed_attempts + 1);
+        let started = Instant::now();
         let attempt = self
             .state
-            .serve_process(message.position(), self.instance.process(&message))
+            .serve_process(
+                message.position(),
+                self.instance.process(&message).instrument(span),
+            )
             .await;
+        let instruments = &message.assigned().instruments;
+        instruments.processing_duration.record(started.elapsed());
         match attempt {
             None => {
                 // Abandoned: dropped unfinished, and not reported, so it shows as abandoned.
                 drop(message);
             }
             Some(Attempt::Finished) => {
+                instruments.processed.increment(1);
                 self.state.work.finished(&message);
                 self.state.finished(message);
             }
@@ -445,11 +454,7 @@ impl<P: Processor> ProcessorTask<P> {
     /// Replaces the processor after a panic: it may have been left inconsistent.
     async fn rebuild(&mut self) {
         let state = &mut self.state;
-        state
-            .shared
-            .metrics
-            .processor_restarts
-            .fetch_add(1, Ordering::Relaxed);
+        state.shared.metrics.processor_restarted();
         log::warn!(
             "processor {} panicked: replacing it with a fresh one",
             state.index
@@ -490,7 +495,7 @@ impl<P: Processor> ProcessorTask<P> {
                     return;
                 }
                 log::warn!("{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}");
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                metrics.retried(&message.assigned().instruments);
                 state
                     .work
                     .park(message, attempts, Some(Instant::now() + backoff));
@@ -511,7 +516,7 @@ impl<P: Processor> ProcessorTask<P> {
                 }
                 Exhausted::Skip => {
                     log::warn!("{place}: skipped after {attempts} attempts: {error}");
-                    metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                    metrics.skipped(&message.assigned().instruments);
                     state.work.finished(&message);
                     state.finished(message);
                 }
@@ -536,7 +541,7 @@ impl<P: Processor> ProcessorTask<P> {
                             log::warn!(
                                 "{place}: sent to {topic} after {attempts} attempts: {error}"
                             );
-                            metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            metrics.dead_lettered(&message.assigned().instruments);
                             state.work.finished(&message);
                             state.finished(message);
                         }
@@ -810,7 +815,23 @@ impl<P> TaskState<P> {
         if self.done.is_empty() && self.released.is_empty() {
             return;
         }
-        let finished = self.done.iter().map(Message::position).collect();
+        // Done with as the tracker hears of it (at most REPORT_INTERVAL after it finished).
+        let now = unix_millis();
+        let finished = self
+            .done
+            .iter()
+            .map(|message| {
+                if let Some(timestamp) = message.timestamp() {
+                    let latency = now.saturating_sub(timestamp).max(0) as f64 / 1000.0;
+                    message
+                        .assigned()
+                        .instruments
+                        .end_to_end_latency
+                        .record(latency);
+                }
+                message.position()
+            })
+            .collect();
         let released = self.released.iter().map(Message::position).collect();
         self.shared
             .tracker
@@ -910,6 +931,13 @@ impl<P> TaskState<P> {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, as Kafka timestamps are.
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 /// Sleeps until `at`, or forever when there is no `at`.

@@ -24,6 +24,8 @@ use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
+use crate::health::Stage;
+use crate::instruments::GroupInstruments;
 use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::routes::FlowSettings;
@@ -54,6 +56,7 @@ pub(crate) struct Supervisor {
     report_to: Option<oneshot::Sender<ShutdownReport>>,
     /// The actors whose death stops the system.
     watched: Option<(Addr<Fetcher>, Addr<OffsetTracker>, StopHandle)>,
+    metrics: Arc<SystemMetrics>,
 }
 
 impl Supervisor {
@@ -63,12 +66,12 @@ impl Supervisor {
         config: ConsumerConfig,
         factory: F,
         stop: StopHandle,
+        metrics: Arc<SystemMetrics>,
     ) -> Result<Started>
     where
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        let metrics = Arc::new(SystemMetrics::default());
         let tracker = OffsetTracker::new(
             config.commit_interval,
             config.stall_timeout,
@@ -205,6 +208,7 @@ impl Supervisor {
             shutdown: Some(shutdown),
             report_to: Some(report_to),
             watched: Some((fetcher, tracker, stop)),
+            metrics: metrics.clone(),
         }
         .start();
         Ok(Started {
@@ -354,6 +358,7 @@ impl Actor for Supervisor {
                 return;
             };
             log::error!("internal failure: {dead}; stopping");
+            supervisor.metrics.health.failed(dead.to_owned());
             stop.request_graceful(StopReason::InternalFailure(dead.to_owned()));
             supervisor.watched = None;
         });
@@ -375,11 +380,13 @@ struct ShutdownPlan {
 struct PhaseLog {
     phases: Vec<PhaseReport>,
     errors: Vec<String>,
+    instruments: GroupInstruments,
 }
 
 impl PhaseLog {
     fn record(&mut self, phase: Phase, started: Instant, outcome: Result<(), String>) {
         let took = started.elapsed();
+        self.instruments.shutdown_phase(phase.name(), took);
         let completed = outcome.is_ok();
         match outcome {
             Ok(()) => log::info!("shutdown: {phase:?} took {took:?}"),
@@ -423,11 +430,16 @@ impl ShutdownPlan {
     /// reserve; the commit and the close get what is left, but never less than a floor.
     async fn run(mut self, reason: StopReason) -> ShutdownReport {
         let begun = Instant::now();
+        if let StopReason::InternalFailure(what) = &reason {
+            self.metrics.health.failed(what.clone());
+        }
+        self.metrics.health.enter(Stage::Stopping);
         let deadline = begun + self.timeout;
         let reserve = (self.timeout / 4).min(MAX_RESERVE);
         let mut log = PhaseLog {
             phases: Vec::new(),
             errors: Vec::new(),
+            instruments: self.metrics.instruments.clone(),
         };
         log::info!("stopping ({reason}) within {:?}", self.timeout);
 

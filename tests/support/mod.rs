@@ -569,13 +569,23 @@ impl LedgerProcess {
         if !options.is_empty() {
             kafka_options = format!("{kafka_options},{options}");
         }
+        // librdkafka properties as a container passes them: KAFKA_OPTION_SESSION_TIMEOUT_MS.
+        let options = kafka_options.split(',').filter_map(|option| {
+            let (key, value) = option.split_once('=')?;
+            let variable = format!(
+                "KAFKA_OPTION_{}",
+                key.trim().to_uppercase().replace('.', "_")
+            );
+            Some((variable, value.trim().to_owned()))
+        });
         let child = Command::new(example_binary("ledger"))
             .env("KAFKA_BROKERS", cluster.brokers())
-            .env("KAFKA_TOPIC", topic)
+            .env("KAFKA_TOPICS", topic)
             .env("KAFKA_GROUP", group)
+            .env("KAFKA_SHUTDOWN_TIMEOUT", "30s")
             .env("LEDGER_FILE", ledger)
             .env("PROCESS_DELAY_MS", delay_ms.to_string())
-            .env("KAFKA_OPTIONS", kafka_options)
+            .envs(options)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("info".to_owned()),
