@@ -319,3 +319,24 @@ impl PartitionProgress {
         self.incomplete.set(0.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_readme_table_lists_every_figure_and_no_other() {
+        let listed: BTreeSet<&str> = include_str!("../README.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|line| line.split_once('`'))
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with(names::PREFIX))
+            .collect();
+        let known: BTreeSet<&str> = DESCRIPTIONS.iter().map(|(name, ..)| *name).collect();
+        assert_eq!(known.len(), DESCRIPTIONS.len(), "a name is listed twice");
+        assert_eq!(listed, known);
+    }
+}

@@ -26,8 +26,10 @@ struct Fields(BTreeMap<String, String>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}").replace('"', ""));
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").replace('"', ""),
+        );
     }
 }
 
@@ -75,7 +77,10 @@ fn produce_with_headers(cluster: &Cluster, topic: &str, records: &[(&str, &str, 
         .create()
         .expect("a producer");
     for (key, payload, traceparent) in records {
-        let mut record = BaseRecord::to(topic).key(*key).payload(*payload).partition(0);
+        let mut record = BaseRecord::to(topic)
+            .key(*key)
+            .payload(*payload)
+            .partition(0);
         if let Some(traceparent) = traceparent {
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: "traceparent",
@@ -95,8 +100,7 @@ struct FailsOnce {
 
 impl Processor for FailsOnce {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
-        if message.payload_str() == Some("fail once") && !self.failed.contains(&message.offset())
-        {
+        if message.payload_str() == Some("fail once") && !self.failed.contains(&message.offset()) {
             self.failed.push(message.offset());
             anyhow::bail!("the first attempt fails");
         }

@@ -126,11 +126,17 @@ fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> anyhow::Res
 }
 
 /// F: the framework with a no-op processor and the default pool.
-pub fn framework(run: &Run) -> anyhow::Result<()> {
+/// The framework, counting; with `prometheus`, also serving its figures over HTTP (on a port
+/// of the system's choosing), so that every figure is recorded for real.
+pub fn framework(run: &Run, prometheus: bool) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
     let shared = progress.clone();
     let target = run.messages;
-    let config = framework_config(run).handle_signals(false).build()?;
+    let mut config = framework_config(run).handle_signals(false);
+    if prometheus {
+        config = config.http_addr("127.0.0.1:0");
+    }
+    let config = config.build()?;
     let system = ConsumerSystem::spawn(config, move || Count {
         progress: shared.clone(),
         target,

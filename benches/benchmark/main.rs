@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
         };
         return match kind.as_str() {
             "b1" => contenders::raw_poll_loop(&run),
-            "f" => contenders::framework(&run),
+            "f" => contenders::framework(&run, false),
+            // The same, with the Prometheus recorder and the HTTP server: what metrics cost.
+            "fp" => contenders::framework(&run, true),
             "serve" => contenders::serve(&run),
             "drain" => contenders::drain(&run),
             "hold" => contenders::hold(&run),
