@@ -54,7 +54,12 @@ impl Health {
         self.last_round.store(since_birth, Ordering::Relaxed);
     }
 
+    /// Moves on to `stage` (never back). Entering `Running` counts as a round: the TTL of the
+    /// poll loop starts there, not at the start of a start that took long.
     pub(crate) fn enter(&self, stage: Stage) {
+        if stage == Stage::Running {
+            self.round();
+        }
         self.stage.fetch_max(stage as u8, Ordering::AcqRel);
     }
 

@@ -143,13 +143,22 @@ impl OffsetTracker {
         }));
     }
 
+    /// The figures of a partition's progress, made the first time they are needed.
+    fn progress_of(&mut self, partition: &TopicPartition) -> &PartitionProgress {
+        let instruments = &self.metrics.instruments;
+        self.progress
+            .entry(partition.clone())
+            .or_insert_with(|| instruments.partition_progress(partition))
+    }
+
     /// Sets every held partition's lag and incomplete offsets.
     fn publish_progress(&mut self) {
         for (_, partition, offsets) in self.book.assignments() {
+            let instruments = &self.metrics.instruments;
             let progress = self
                 .progress
                 .entry(partition.clone())
-                .or_insert_with(|| self.metrics.instruments.partition_progress(partition));
+                .or_insert_with(|| instruments.partition_progress(partition));
             progress
                 .incomplete
                 .set(offsets.finished_beyond_count() as f64);
@@ -192,9 +201,7 @@ impl OffsetTracker {
             return;
         }
         for stall in &stalls {
-            if let Some(progress) = self.progress.get(&stall.partition) {
-                progress.stalls.increment(1);
-            }
+            self.progress_of(&stall.partition).stalls.increment(1);
         }
         let Some(others) = &self.others else {
             for stall in stalls {
