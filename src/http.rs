@@ -57,7 +57,7 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
                 Ok(()) => Some(handle),
                 Err(_) => {
                     log::info!(
-                        "a metrics recorder is installed already: /metrics leaves the figures \
+                        "the application has a metrics recorder of its own: /metrics leaves the figures \
                          to the application's exporter"
                     );
                     None

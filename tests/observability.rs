@@ -4,45 +4,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kafka_actors::{ConsumerSystem, Error, Message, Processor, metric_names};
-use support::{Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
-
-/// An address on this machine with a port free a moment ago.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-}
-
-/// `GET path`: the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("a response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_owned());
-    (status, body)
-}
+use support::{
+    Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, free_addr, get, group, wait_until,
+};
 
 /// The samples of `name` for `group` on `/metrics`, by their other labels.
 fn samples(addr: SocketAddr, name: &str, group: &str) -> BTreeMap<String, f64> {

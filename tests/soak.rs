@@ -13,7 +13,10 @@
 //!   a rebalance with other members around explains;
 //! - the group's committed offsets are the topic's end offsets;
 //! - every shutdown report is clean, no partition stalled, and the framework logged no error
-//!   and never panicked.
+//!   and never panicked;
+//! - the figures agree: each member serves `/health/live` (200 until it stops), and the
+//!   `metrics` facade's counters (the test installs a Prometheus recorder of its own) count
+//!   as many processed messages as the ledger holds and as many dead letters as the topic.
 //!
 //! It prints its seed; `SOAK_SEED=<seed>` replays one. `SOAK_SECONDS` (default 15) and
 //! `SOAK_RATE` (messages per second, default 800) size it: `.ci/run` runs it for minutes on the
@@ -31,15 +34,16 @@ use std::time::{Duration, Instant};
 
 use kafka_actors::{
     ConsumerSystem, FailurePolicy, Message, OrderingMode, Permanent, Processor, RunningSystem,
-    dead_letter_headers,
+    dead_letter_headers, metric_names,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use support::{Cluster, wait_until};
+use support::{Cluster, free_addr, get, wait_until};
 
 /// What a message does when processed, decided by the producer and carried in its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +154,27 @@ impl Processor for SoakProcessor {
     }
 }
 
+/// The process's Prometheus recorder, installed by the test before any system starts: the
+/// systems' own `/metrics` then defer to it.
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder")
+    })
+}
+
+/// The sum of counter `name`'s samples for `group` in a Prometheus rendering.
+fn counter(rendered: &str, name: &str, group: &str) -> u64 {
+    let group = format!("group=\"{group}\"");
+    rendered
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(&group))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
 /// Where panics came from, for the final check.
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -244,6 +269,7 @@ impl Change {
 struct Member {
     index: usize,
     system: RunningSystem,
+    http: std::net::SocketAddr,
 }
 
 /// The members of the group and what happened to them.
@@ -267,6 +293,7 @@ impl Group<'_> {
             Ok(n) => n.parse().expect("SOAK_PROCESSORS is a number"),
             Err(_) => self.rng.random_range(1..=6),
         };
+        let http = free_addr();
         let mut config = self.cluster.config(&self.topic, &self.group);
         if !self.cluster.is_real_broker() {
             // The embedded cluster waits up to a session timeout for members in every
@@ -286,6 +313,7 @@ impl Group<'_> {
                     .then_dead_letter(),
             )
             .kafka_option("partition.assignment.strategy", self.plan.strategy)
+            .http_addr(http.to_string())
             .build()
             .unwrap();
         let shared = self.shared.clone();
@@ -296,7 +324,11 @@ impl Group<'_> {
         })
         .unwrap_or_else(|error| panic!("member {index} did not start: {error}"));
         note!("member {index} joins with {processors} processors");
-        self.members.push(Member { index, system });
+        self.members.push(Member {
+            index,
+            system,
+            http,
+        });
         self.changes.push(Change {
             at: Instant::now(),
             before,
@@ -314,6 +346,12 @@ impl Group<'_> {
             after: self.members.len(),
         });
         let metrics = member.system.metrics();
+        let (status, body) = get(member.http, "/health/live");
+        assert_eq!(
+            status, 200,
+            "seed {}: member {} not alive: {body}",
+            self.plan.seed, member.index
+        );
         member.system.stop();
         let report = member.system.join().unwrap();
         note!("member {} left:\n{report}", member.index);
@@ -461,6 +499,7 @@ fn read_all(cluster: &Cluster, topic: &str) -> Vec<ReadBack> {
 fn soak(ordering: OrderingMode) {
     support::capture_logs();
     capture_panics();
+    let recorder = prometheus();
     BEGUN.get_or_init(Instant::now);
     let plan = Plan::new(ordering);
     eprintln!(
@@ -580,6 +619,19 @@ fn soak(ordering: OrderingMode) {
     let dead_letters = read_all(&cluster, &dead_letter_topic);
     let ledger = group.shared.ledger.lock().unwrap().clone();
     let changes = group.changes.clone();
+    let counted = |name: &str| counter(&recorder.render(), name, &group.group);
+    assert_eq!(
+        counted(metric_names::MESSAGES_PROCESSED),
+        ledger.len() as u64,
+        "seed {}: the processed messages counted against the ledger",
+        plan.seed
+    );
+    assert_eq!(
+        counted(metric_names::MESSAGES_DEAD_LETTERED),
+        dead_letters.len() as u64,
+        "seed {}: the dead letters counted against the topic",
+        plan.seed
+    );
     let explained = |first: Instant, second: Instant| {
         !cluster.is_real_broker()
             && changes.iter().any(|change| {
