@@ -23,7 +23,61 @@ const RESERVED_PROPERTIES: &[(&str, &str)] = &[
         "enable.auto.offset.store",
         "is always false: the framework decides what is committed",
     ),
+    ("group.protocol", "is set with `group_protocol(..)`"),
 ];
+
+/// librdkafka properties of the classic protocol that the consumer protocol refuses: the
+/// broker decides them (`group.consumer.*` settings on the broker).
+const CLASSIC_ONLY_PROPERTIES: &[&str] = &[
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+];
+
+/// librdkafka properties of the consumer protocol only.
+const CONSUMER_ONLY_PROPERTIES: &[&str] = &["group.remote.assignor"];
+
+/// How the members of a consumer group agree on who reads which partition.
+///
+/// - [`Classic`](GroupProtocol::Classic), the default: a member (the group's leader) assigns
+///   the partitions with the assignor of `partition.assignment.strategy` (librdkafka's
+///   default: range, then round-robin, both eager: every rebalance revokes every partition;
+///   `cooperative-sticky` moves only the partitions that change hands). Session and
+///   heartbeat times are the client's (`session.timeout.ms`, `heartbeat.interval.ms`). Any
+///   Kafka version.
+/// - [`Consumer`](GroupProtocol::Consumer): the next-generation protocol of KIP-848 (Kafka
+///   4.0 and later): the broker assigns (`group.remote.assignor`: `uniform` or `range`), every
+///   rebalance is incremental and no member stops for another's join. The broker decides
+///   session and heartbeat times (`group.consumer.session.timeout.ms` and
+///   `group.consumer.heartbeat.interval.ms` on the broker), so the client refuses the classic
+///   settings and `build()` names them. Commits carry the member's epoch: a commit from an
+///   epoch the broker has moved past is refused, and a fenced member's partitions are lost
+///   (nothing of them is committed later, as with any lost assignment). Static membership
+///   (`group.instance.id`) differs too: a second member with the same id is refused and the
+///   first keeps the partitions, where the classic protocol fences the first.
+///
+/// Pick `Consumer` on Kafka 4.x for groups that rebalance often (autoscaling, rolling
+/// deploys); stay on `Classic` for older brokers and where the tests you rely on were run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// The classic protocol (the default).
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
 
 /// Whether a librdkafka property holds a secret, whose value is never printed: a password, a
 /// secret or passphrase, a private key, or the OAUTHBEARER configuration.
@@ -143,6 +197,7 @@ pub struct ConsumerConfig {
     pub(crate) handle_signals: bool,
     pub(crate) http_addr: Option<SocketAddr>,
     pub(crate) poll_ttl: Duration,
+    pub(crate) group_protocol: GroupProtocol,
     pub(crate) kafka_options: BTreeMap<String, String>,
     warnings: Vec<String>,
 }
@@ -169,6 +224,7 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("handle_signals", &self.handle_signals)
             .field("http_addr", &self.http_addr)
             .field("poll_ttl", &self.poll_ttl)
+            .field("group_protocol", &self.group_protocol)
             .field("kafka_options", &Redacted(&self.kafka_options))
             .field("warnings", &self.warnings)
             .finish()
@@ -197,6 +253,7 @@ impl std::fmt::Debug for ConsumerConfigBuilder {
             .field("handle_signals", &self.handle_signals)
             .field("http_addr", &self.http_addr)
             .field("poll_ttl", &self.poll_ttl)
+            .field("group_protocol", &self.group_protocol)
             .field("kafka_options", &Redacted(&self.kafka_options))
             .finish()
     }
@@ -245,7 +302,8 @@ impl ConsumerConfig {
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            .set("group.protocol", self.group_protocol.name());
         config
     }
 
@@ -308,6 +366,7 @@ pub struct ConsumerConfigBuilder {
     handle_signals: bool,
     http_addr: Option<String>,
     poll_ttl: Duration,
+    group_protocol: GroupProtocol,
     kafka_options: BTreeMap<String, String>,
 }
 
@@ -333,6 +392,7 @@ impl Default for ConsumerConfigBuilder {
             handle_signals: true,
             http_addr: None,
             poll_ttl: DEFAULT_POLL_TTL,
+            group_protocol: GroupProtocol::Classic,
             kafka_options: BTreeMap::new(),
         }
     }
@@ -507,6 +567,16 @@ impl ConsumerConfigBuilder {
         self
     }
 
+    /// The consumer group protocol (default [`GroupProtocol::Classic`]); see [`GroupProtocol`]
+    /// for when to pick which. Under [`GroupProtocol::Consumer`], `build` refuses the classic
+    /// protocol's properties (`partition.assignment.strategy`, `session.timeout.ms`,
+    /// `heartbeat.interval.ms`, `group.protocol.type`), naming them; under
+    /// [`GroupProtocol::Classic`], `group.remote.assignor`.
+    pub fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.group_protocol = protocol;
+        self
+    }
+
     /// Sets a librdkafka consumer property, such as `session.timeout.ms`,
     /// `group.instance.id` or `auto.offset.reset` (defaults here: `auto.offset.reset=earliest`,
     /// `fetch.queue.backoff.ms=10`). See librdkafka's
@@ -591,6 +661,23 @@ impl ConsumerConfigBuilder {
                 return Err(Error::config(*key, *reason));
             }
         }
+        let (refused, reason) = match self.group_protocol {
+            GroupProtocol::Consumer => (
+                CLASSIC_ONLY_PROPERTIES,
+                "is refused by the consumer group protocol (KIP-848): the broker decides it \
+                 (group.consumer.* settings on the broker)",
+            ),
+            GroupProtocol::Classic => (
+                CONSUMER_ONLY_PROPERTIES,
+                "belongs to the consumer group protocol: set group_protocol(GroupProtocol::Consumer)",
+            ),
+        };
+        if let Some(key) = refused
+            .iter()
+            .find(|key| self.kafka_options.contains_key(**key))
+        {
+            return Err(Error::config(*key, reason));
+        }
 
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let mut config = ConsumerConfig {
@@ -613,6 +700,7 @@ impl ConsumerConfigBuilder {
             handle_signals: self.handle_signals,
             http_addr,
             poll_ttl: self.poll_ttl,
+            group_protocol: self.group_protocol,
             kafka_options: self.kafka_options,
             warnings: Vec::new(),
         };
@@ -772,6 +860,47 @@ mod tests {
         assert_eq!(
             setting_at_fault(valid().kafka_option("group.id", "other")),
             "group.id"
+        );
+    }
+
+    #[test]
+    fn each_group_protocol_refuses_the_other_ones_settings_by_name() {
+        let consumer = || valid().group_protocol(GroupProtocol::Consumer);
+        for key in CLASSIC_ONLY_PROPERTIES {
+            let value = if *key == "partition.assignment.strategy" {
+                "cooperative-sticky"
+            } else {
+                "10000"
+            };
+            assert_eq!(setting_at_fault(consumer().kafka_option(*key, value)), *key);
+            // The classic protocol takes them (group.protocol.type only as "consumer").
+            if *key != "group.protocol.type" {
+                valid().kafka_option(*key, value).build().unwrap();
+            }
+        }
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("group.remote.assignor", "uniform")),
+            "group.remote.assignor"
+        );
+        let config = consumer()
+            .kafka_option("group.remote.assignor", "uniform")
+            .build()
+            .unwrap();
+        assert_eq!(
+            config.client_config().get("group.protocol"),
+            Some("consumer")
+        );
+        assert_eq!(
+            valid()
+                .build()
+                .unwrap()
+                .client_config()
+                .get("group.protocol"),
+            Some("classic")
+        );
+        assert_eq!(
+            setting_at_fault(valid().kafka_option("group.protocol", "consumer")),
+            "group.protocol"
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{ConsumerConfig, ConsumerConfigBuilder, Error, OrderingMode, Result};
+use crate::{ConsumerConfig, ConsumerConfigBuilder, Error, GroupProtocol, OrderingMode, Result};
 
 /// The prefix of the variables that set librdkafka properties.
 const KAFKA_OPTION: &str = "KAFKA_OPTION_";
@@ -35,6 +35,7 @@ impl ConsumerConfigBuilder {
     /// | `KAFKA_PROCESSORS` | [`processors`](Self::processors) | a whole number |
     /// | `KAFKA_WORKER_THREADS` | [`worker_threads`](Self::worker_threads) | a whole number |
     /// | `KAFKA_ORDERING` | [`ordering`](Self::ordering) | `per-partition`, `per-key`, `unordered` |
+    /// | `KAFKA_GROUP_PROTOCOL` | [`group_protocol`](Self::group_protocol) | `classic`, `consumer` |
     /// | `KAFKA_COMMIT_INTERVAL` | [`commit_interval`](Self::commit_interval) | a duration: `5s`, `500ms`, `1m` |
     /// | `KAFKA_SHUTDOWN_TIMEOUT` | [`shutdown_timeout`](Self::shutdown_timeout) | a duration |
     /// | `KAFKA_REBALANCE_DRAIN_TIMEOUT` | [`rebalance_drain_timeout`](Self::rebalance_drain_timeout) | a duration |
@@ -92,6 +93,9 @@ impl ConsumerConfigBuilder {
         }
         if let Some(value) = var("KAFKA_ORDERING") {
             self = self.ordering(ordering(&value)?);
+        }
+        if let Some(value) = var("KAFKA_GROUP_PROTOCOL") {
+            self = self.group_protocol(group_protocol(&value)?);
         }
         type Setter = fn(ConsumerConfigBuilder, Duration) -> ConsumerConfigBuilder;
         let durations: [(&str, Setter); 5] = [
@@ -155,6 +159,17 @@ fn ordering(value: &str) -> Result<OrderingMode> {
     }
 }
 
+fn group_protocol(value: &str) -> Result<GroupProtocol> {
+    match value.trim() {
+        "classic" => Ok(GroupProtocol::Classic),
+        "consumer" => Ok(GroupProtocol::Consumer),
+        _ => Err(Error::config(
+            "KAFKA_GROUP_PROTOCOL",
+            format!("is {value:?}, not one of classic, consumer"),
+        )),
+    }
+}
+
 /// `KAFKA_OPTION_SECURITY_PROTOCOL` → `security.protocol`; `__` stands for `_`.
 fn property_name(variable: &str) -> Result<String> {
     let name = &variable[KAFKA_OPTION.len()..];
@@ -204,13 +219,14 @@ mod tests {
             ("KAFKA_PROCESSORS", "16"),
             ("KAFKA_WORKER_THREADS", "2"),
             ("KAFKA_ORDERING", "per-key"),
+            ("KAFKA_GROUP_PROTOCOL", "consumer"),
             ("KAFKA_COMMIT_INTERVAL", "2s"),
             ("KAFKA_SHUTDOWN_TIMEOUT", "25s"),
             ("KAFKA_REBALANCE_DRAIN_TIMEOUT", "500ms"),
             ("KAFKA_STARTUP_TIMEOUT", "1m"),
             ("KAFKA_STALL_TIMEOUT", "off"),
             ("KAFKA_POLL_TTL", "45s"),
-            ("KAFKA_OPTION_SESSION_TIMEOUT_MS", "12000"),
+            ("KAFKA_OPTION_FETCH_MAX_BYTES", "1048576"),
             ("KAFKA_OPTION_CLIENT_ID", "billing-1"),
         ])
         .unwrap();
@@ -220,13 +236,14 @@ mod tests {
         assert_eq!(config.processors, 16);
         assert_eq!(config.worker_threads, 2);
         assert_eq!(config.ordering, OrderingMode::PerKey);
+        assert_eq!(config.group_protocol, GroupProtocol::Consumer);
         assert_eq!(config.commit_interval, Duration::from_secs(2));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(config.rebalance_drain_timeout, Duration::from_millis(500));
         assert_eq!(config.startup_timeout, Duration::from_secs(60));
         assert_eq!(config.stall_timeout, None);
         assert_eq!(config.poll_ttl, Duration::from_secs(45));
-        assert_eq!(config.kafka_options["session.timeout.ms"], "12000");
+        assert_eq!(config.kafka_options["fetch.max.bytes"], "1048576");
         assert_eq!(config.kafka_options["client.id"], "billing-1");
     }
 
@@ -243,6 +260,11 @@ mod tests {
         for (name, value, says) in [
             ("KAFKA_PROCESSORS", "many", "not a whole number"),
             ("KAFKA_ORDERING", "by-key", "not one of per-partition"),
+            (
+                "KAFKA_GROUP_PROTOCOL",
+                "next",
+                "not one of classic, consumer",
+            ),
             ("KAFKA_SHUTDOWN_TIMEOUT", "20", "not a duration"),
             ("KAFKA_STALL_TIMEOUT", "never", "not a duration"),
             ("KAFKA_OPTION_", "x", "does not name a librdkafka property"),

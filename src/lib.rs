@@ -30,7 +30,7 @@ pub mod testkit;
 mod trace;
 mod trouble;
 
-pub use config::{ConsumerConfig, ConsumerConfigBuilder};
+pub use config::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol};
 pub use dead_letter::headers as dead_letter_headers;
 pub use error::{Error, Result};
 pub use failure::{Exhausted, FailurePolicy, Permanent};

@@ -20,11 +20,12 @@ pub const RETRIES: &str = "kafka_actors_retries_total";
 pub const MESSAGES_SKIPPED: &str = "kafka_actors_messages_skipped_total";
 /// Counter: messages produced to the dead-letter topic. Labels: group, topic, partition.
 pub const MESSAGES_DEAD_LETTERED: &str = "kafka_actors_messages_dead_lettered_total";
-/// Histogram, seconds: how long one attempt at a message took in the processor. Labels:
-/// group, topic.
+/// Histogram, seconds: how long one attempt at a message took in the processor: every failed
+/// attempt, and a sample of the successful ones (at most 16 of each batch of up to 256
+/// completions a processor reports). Labels: group, topic.
 pub const PROCESSING_DURATION: &str = "kafka_actors_processing_duration_seconds";
 /// Histogram, seconds: from the message's timestamp to the moment it was done with
-/// (processed, skipped or dead-lettered). Labels: group, topic.
+/// (processed, skipped or dead-lettered), for the same sample. Labels: group, topic.
 pub const END_TO_END_LATENCY: &str = "kafka_actors_end_to_end_latency_seconds";
 
 /// Gauge, messages: the partition's high watermark minus its offset last committed by this
