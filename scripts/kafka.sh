@@ -151,6 +151,13 @@ share.coordinator.state.topic.min.isr=1
 # Tests create their own topics, and must not wait for late joiners.
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+# The consumer group protocol (KIP-848) takes session and heartbeat times from the broker:
+# as short as the tests' classic settings (6 s, 0.5 s), so that a killed member's partitions
+# move as soon under both protocols.
+group.consumer.min.session.timeout.ms=3000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=500
 EOF
 }
 

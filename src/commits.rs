@@ -89,17 +89,13 @@ impl CommitLine {
         // The previous commit's outcome is recorded: a success reached the tracker, a failure
         // is made good by this commit.
         if !self.settle(timeout) {
-            return Err(CommitFailure::Other(format!(
-                "the previous commit was not answered within {timeout:?}"
-            )));
+            return Err(CommitFailure::Unanswered(timeout));
         }
         let id = self.send(consumer, points, true)?;
         loop {
-            let (answered, result) = self.wait_for_answer(deadline).ok_or_else(|| {
-                CommitFailure::Other(format!(
-                    "no answer from the group coordinator within {timeout:?}"
-                ))
-            })?;
+            let (answered, result) = self
+                .wait_for_answer(deadline)
+                .ok_or(CommitFailure::Unanswered(timeout))?;
             if answered == id {
                 return result;
             }

@@ -294,9 +294,17 @@ impl CommitQueue {
 /// Why a commit failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CommitFailure {
-    /// The group is rebalancing (or this member's generation is behind the group's, which a
-    /// rebalance in progress also causes): the commit may succeed once the rebalance is over.
+    /// The group is rebalancing (or this member's generation, or epoch under the consumer
+    /// protocol, is behind the group's, which a rebalance in progress also causes): the commit
+    /// may succeed once the rebalance is over.
     Rebalancing,
+    /// The coordinator no longer knows this member (its session expired) or fenced its
+    /// epoch: its partitions are lost, and nothing of them can be committed by it any more.
+    /// librdkafka reports the loss to the rebalance callback, which fences them.
+    Fenced,
+    /// No answer came within the time given: the commit may still land (it is answered
+    /// before the next one is sent).
+    Unanswered(Duration),
     Other(String),
 }
 
@@ -304,6 +312,14 @@ impl std::fmt::Display for CommitFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CommitFailure::Rebalancing => f.write_str("the group is rebalancing"),
+            CommitFailure::Fenced => f.write_str(
+                "this member was fenced from the group (its session expired or its epoch is \
+                 stale): its partitions are lost, their next owner repeats what finished since \
+                 the last commit",
+            ),
+            CommitFailure::Unanswered(timeout) => {
+                write!(f, "no answer from the group coordinator within {timeout:?}")
+            }
             CommitFailure::Other(error) => f.write_str(error),
         }
     }
@@ -319,8 +335,14 @@ fn check(error: rd::rd_kafka_resp_err_t) -> Result<(), CommitFailure> {
     match error {
         rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
         rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS
-        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION => {
+        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
+        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_STALE_MEMBER_EPOCH => {
             Err(CommitFailure::Rebalancing)
+        }
+        rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID
+        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_FENCED_MEMBER_EPOCH
+        | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID => {
+            Err(CommitFailure::Fenced)
         }
         other => Err(CommitFailure::Other(
             RDKafkaErrorCode::from(other).to_string(),

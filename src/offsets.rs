@@ -10,7 +10,7 @@
 //!
 //! Kafka's committed offset is the next offset to read, so a commit point is committed as is.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -158,6 +158,11 @@ pub(crate) struct PartitionOffsets {
     /// The first offset taken: where this assignment started reading (the group's committed
     /// offset, or where the offset reset policy pointed).
     first_offset: Option<i64>,
+    /// Offsets the previous reader finished beyond the committed offset. Those not taken yet
+    /// (at or beyond `next_offset`) are finished beyond any commit point of this assignment,
+    /// so its commits record them too: a commit that dropped them would have the next reader
+    /// process them again.
+    inherited: BTreeSet<i64>,
     /// The last commit point Kafka acknowledged, and how many offsets beyond it it recorded
     /// as finished.
     committed: Option<(i64, usize)>,
@@ -221,19 +226,36 @@ impl PartitionOffsets {
     /// The offset up to which every message taken is finished: the next offset to read after
     /// a restart. `None` until something was taken.
     pub(crate) fn commit_point(&self) -> Option<i64> {
-        self.window
-            .front()
-            .map(|(offset, _)| *offset)
-            .or(self.next_offset)
+        match self.window.front() {
+            Some((offset, _)) => Some(*offset),
+            // Past what the previous reader finished right after: the next reader skips it.
+            None => self.next_offset.map(|mut next| {
+                while self.inherited.contains(&next) {
+                    next += 1;
+                }
+                next
+            }),
+        }
     }
 
-    /// The offsets beyond the commit point that finished, in order.
+    /// The offsets beyond the commit point that finished, in order: taken and finished, then
+    /// inherited and not taken yet.
     pub(crate) fn finished_beyond(&self) -> Vec<i64> {
         self.window
             .iter()
             .filter(|(_, fate)| *fate == Fate::Finished)
             .map(|(offset, _)| *offset)
+            .chain(self.inherited_untaken().copied())
             .collect()
+    }
+
+    /// Inherited offsets not taken yet and beyond the commit point.
+    fn inherited_untaken(&self) -> impl Iterator<Item = &i64> {
+        let from = match (self.next_offset, self.commit_point()) {
+            (Some(next), Some(point)) => next.max(point + 1),
+            (next, _) => next.unwrap_or(i64::MIN),
+        };
+        self.inherited.range(from..)
     }
 
     /// The commit point and the offsets finished beyond it, if that is ahead of what Kafka
@@ -274,6 +296,7 @@ impl PartitionOffsets {
             .iter()
             .filter(|(_, fate)| *fate == Fate::Finished)
             .count()
+            + self.inherited_untaken().count()
     }
 
     /// Messages taken and neither finished nor released.
@@ -323,11 +346,21 @@ pub(crate) struct OffsetBook {
 impl OffsetBook {
     /// Starts fresh bookkeeping for a partition under a new assignment; an earlier assignment
     /// of the same partition ends.
-    pub(crate) fn assign(&mut self, partition: TopicPartition, assignment: AssignmentId) {
+    /// `inherited`: the offsets beyond the committed one that the previous reader finished
+    /// (its commit's metadata), carried on in this assignment's commits until they pass them.
+    pub(crate) fn assign(
+        &mut self,
+        partition: TopicPartition,
+        assignment: AssignmentId,
+        inherited: Vec<i64>,
+    ) {
         if let Some(previous) = self.current.insert(partition.clone(), assignment) {
             self.assignments.remove(&previous);
         }
-        let offsets = PartitionOffsets::default();
+        let offsets = PartitionOffsets {
+            inherited: inherited.into_iter().collect(),
+            ..PartitionOffsets::default()
+        };
         self.assignments
             .insert(assignment, Assignment { partition, offsets });
     }
@@ -487,6 +520,42 @@ mod tests {
     }
 
     #[test]
+    fn what_the_previous_reader_finished_is_carried_on_until_the_commit_point_passes_it() {
+        let mut book = OffsetBook::default();
+        let partition = TopicPartition::new("t", 0);
+        // The previous reader committed 10 and finished 15, 16 and 20 beyond it.
+        book.assign(partition.clone(), AssignmentId(1), vec![15, 16, 20]);
+        let at = |offset| position(1, offset);
+        book.dispatched(&[at(10), at(11), at(12)]);
+        book.finished(&[at(10), at(11), at(12)], |_, _| {});
+        let commit = book.uncommitted_of(AssignmentId(1)).unwrap();
+        assert_eq!((commit.offset, commit.finished), (13, vec![15, 16, 20]));
+        // 13 and 14 taken and finished, 15 and 16 skipped as finished earlier: the point
+        // passes them, and 20 is still carried.
+        book.dispatched(&[at(13), at(14), at(15), at(16)]);
+        book.finished(&[at(13), at(14), at(15), at(16)], |_, _| {});
+        let commit = book.uncommitted_of(AssignmentId(1)).unwrap();
+        assert_eq!((commit.offset, commit.finished), (17, vec![20]));
+        // Taken up to 18 with 17 unfinished: 20 still beyond.
+        book.dispatched(&[at(17), at(18)]);
+        book.finished(&[at(18)], |_, _| {});
+        let commit = book.uncommitted_of(AssignmentId(1)).unwrap();
+        assert_eq!((commit.offset, commit.finished), (17, vec![18, 20]));
+        // All of it finished, and 19 taken: the point passes the inherited 20 as well.
+        book.dispatched(&[at(19)]);
+        book.finished(&[at(17), at(19)], |_, _| {});
+        let commit = book.uncommitted_of(AssignmentId(1)).unwrap();
+        assert_eq!((commit.offset, commit.finished), (21, vec![]));
+    }
+
+    #[test]
+    fn an_assignment_that_took_nothing_commits_nothing_and_leaves_the_previous_commit() {
+        let mut book = OffsetBook::default();
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), vec![15, 16]);
+        assert_eq!(book.uncommitted_of(AssignmentId(1)), None);
+    }
+
+    #[test]
     fn nothing_dispatched_has_no_commit_point() {
         assert_eq!(PartitionOffsets::default().commit_point(), None);
     }
@@ -607,10 +676,10 @@ mod tests {
     #[test]
     fn completions_from_an_earlier_assignment_are_fenced() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
         assert_eq!(book.dispatched(&[position(1, 0)]), 0);
         book.revoke(&TopicPartition::new("t", 0));
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
         assert_eq!(book.dispatched(&[position(2, 0)]), 0);
 
         assert_eq!(finish(&mut book, position(1, 0)), Completion::Fenced);
@@ -627,8 +696,8 @@ mod tests {
     #[test]
     fn a_new_assignment_of_a_partition_ends_the_previous_one() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
         assert_eq!(book.dispatched(&[position(1, 0)]), 1, "fenced");
         assert_eq!(book.partitions().len(), 1);
     }
@@ -636,7 +705,7 @@ mod tests {
     #[test]
     fn acknowledgements_for_an_earlier_assignment_are_ignored() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
         book.dispatched(&[position(2, 4)]);
         finish(&mut book, position(2, 4));
         book.committed(&point(0, 1, 5));
@@ -648,8 +717,8 @@ mod tests {
     #[test]
     fn in_flight_counts_unfinished_messages_over_all_partitions() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1));
-        book.assign(TopicPartition::new("t", 1), AssignmentId(2));
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
+        book.assign(TopicPartition::new("t", 1), AssignmentId(2), Vec::new());
         book.dispatched(&[position(1, 0), position(1, 1), position(2, 0)]);
         finish(&mut book, position(1, 1));
         assert_eq!(book.in_flight(), 2);

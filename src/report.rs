@@ -139,6 +139,7 @@ impl Phase {
 
 /// How long a shutdown phase took, and whether it completed or ran out of time.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PhaseReport {
     /// The phase.
     pub phase: Phase,
@@ -146,6 +147,9 @@ pub struct PhaseReport {
     pub took: Duration,
     /// Whether it completed (false: it ran out of time or was abandoned, or failed).
     pub completed: bool,
+    /// How it completed, when not the usual way: the final commit done by the close's
+    /// revocation because the group was rebalancing, or the group left in the background.
+    pub note: Option<String>,
 }
 
 /// Messages a processor held or ran but did not finish because the drain ran out of time or
@@ -251,7 +255,11 @@ impl fmt::Display for ShutdownReport {
         writeln!(f, "shutdown phases:")?;
         for phase in &self.phases {
             let status = if phase.completed { "" } else { " (incomplete)" };
-            writeln!(f, "  {:?}: {:?}{status}", phase.phase, phase.took)?;
+            write!(f, "  {:?}: {:?}{status}", phase.phase, phase.took)?;
+            match &phase.note {
+                Some(note) => writeln!(f, " ({note})")?,
+                None => writeln!(f)?,
+            }
         }
         for error in &self.errors {
             writeln!(f, "error: {error}")?;

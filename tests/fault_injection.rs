@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use kafka_actors::{ConsumerSystem, Metrics, ShutdownReport};
+use kafka_actors::{ConsumerSystem, GroupProtocol, Metrics, ShutdownReport};
 use rdkafka::mocking::MockCoordinator;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::{Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
@@ -24,13 +24,23 @@ fn survive(
     name: &str,
     inject: impl FnOnce(&Cluster, &str),
 ) -> (Metrics, ShutdownReport) {
+    survive_under(support::group_protocol(), cluster, name, inject)
+}
+
+/// [`survive`] under the given group protocol.
+fn survive_under(
+    protocol: GroupProtocol,
+    cluster: &Cluster,
+    name: &str,
+    inject: impl FnOnce(&Cluster, &str),
+) -> (Metrics, ShutdownReport) {
     let topic = cluster.topic(name, 4);
     let end_offsets = cluster.produce(&topic, MESSAGES);
     let group = group(name);
     let ledger = Ledger::default();
     let recorder = ledger.clone();
     let config = cluster
-        .config(&topic, &group)
+        .config_under(protocol, &topic, &group)
         .processors(4)
         .build()
         .unwrap();
@@ -76,6 +86,29 @@ fn offset_commit_errors_are_retried_and_the_final_commit_is_right() {
             ],
         );
     });
+}
+
+#[test]
+fn commits_refused_for_a_stale_or_fenced_epoch_under_the_consumer_protocol() {
+    // A stale epoch is a rebalance in progress: retried. A fenced epoch means the member's
+    // partitions are lost: nothing of that commit lands, and later commits (of the partitions
+    // as assigned again) bring the committed offsets to the end.
+    let cluster = Cluster::embedded(1);
+    survive_under(
+        GroupProtocol::Consumer,
+        &cluster,
+        "commit-epochs",
+        |cluster, _| {
+            cluster.mock().request_errors(
+                RDKafkaApiKey::OffsetCommit,
+                &[
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_STALE_MEMBER_EPOCH,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_MEMBER_EPOCH,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_STALE_MEMBER_EPOCH,
+                ],
+            );
+        },
+    );
 }
 
 #[test]

@@ -298,10 +298,19 @@ impl Group<'_> {
         if !self.cluster.is_real_broker() {
             // The embedded cluster waits up to a session timeout for members in every
             // rebalance; Kafka refuses sessions this short.
-            config = config
-                .kafka_option("session.timeout.ms", "3000")
-                .kafka_option("heartbeat.interval.ms", "300");
+            config = support::classic(
+                config,
+                &[
+                    ("session.timeout.ms", "3000"),
+                    ("heartbeat.interval.ms", "300"),
+                ],
+            );
         }
+        // Under the consumer protocol the broker assigns: the plan's assignor is left out.
+        let config = support::classic(
+            config,
+            &[("partition.assignment.strategy", self.plan.strategy)],
+        );
         let config = config
             .ordering(self.plan.ordering)
             .processors(processors)
@@ -312,7 +321,6 @@ impl Group<'_> {
                     .backoff(Duration::from_millis(20), Duration::from_millis(200))
                     .then_dead_letter(),
             )
-            .kafka_option("partition.assignment.strategy", self.plan.strategy)
             .http_addr(http.to_string())
             .build()
             .unwrap();
@@ -746,9 +754,15 @@ fn soak(ordering: OrderingMode) {
         changes.len()
     );
     assert_eq!(lost, 0, "seed {}: messages lost", plan.seed);
+    // What the framework said about repeats, for a failure's diagnosis.
+    let said: Vec<String> = support::captured_logs()
+        .into_iter()
+        .filter(|line| line.contains("processed again") || line.contains("repeats"))
+        .collect();
     assert_eq!(
         duplicates, explained_duplicates,
-        "seed {}: messages repeated without a rebalance to explain it",
+        "seed {}: messages repeated without a rebalance to explain it; the framework said: \
+         {said:#?}",
         plan.seed
     );
     assert_eq!(

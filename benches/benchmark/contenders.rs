@@ -102,7 +102,9 @@ impl Processor for Count {
     }
 }
 
-fn framework_config(run: &Run) -> kafka_actors::ConsumerConfigBuilder {
+/// The framework's configuration for a run; the environment may add to it (for example
+/// `KAFKA_GROUP_PROTOCOL=consumer`, which the driver passes on to its children).
+fn framework_config(run: &Run) -> anyhow::Result<kafka_actors::ConsumerConfigBuilder> {
     let mut builder = ConsumerConfig::builder()
         .brokers(&run.brokers)
         .group_id(&run.group)
@@ -110,7 +112,7 @@ fn framework_config(run: &Run) -> kafka_actors::ConsumerConfigBuilder {
     for (key, value) in CONSUMER_SETTINGS {
         builder = builder.kafka_option(*key, *value);
     }
-    builder
+    Ok(builder.apply_env()?)
 }
 
 fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
@@ -132,7 +134,7 @@ pub fn framework(run: &Run, prometheus: bool) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
     let shared = progress.clone();
     let target = run.messages;
-    let mut config = framework_config(run).handle_signals(false);
+    let mut config = framework_config(run)?.handle_signals(false);
     if prometheus {
         config = config.http_addr("127.0.0.1:0");
     }
@@ -201,7 +203,7 @@ pub fn serve(run: &Run) -> anyhow::Result<()> {
     let ranges = Arc::new(Mutex::new(BTreeMap::new()));
     let announced = Arc::new(OnceLock::new());
     let (shared, first) = (ranges.clone(), announced.clone());
-    let config = framework_config(run).build()?;
+    let config = framework_config(run)?.build()?;
     let report = ConsumerSystem::start(config, move || RangeRecorder {
         ranges: BTreeMap::new(),
         shared: shared.clone(),
@@ -254,7 +256,7 @@ pub fn drain(run: &Run) -> anyhow::Result<()> {
         _ => kafka_actors::OrderingMode::PerPartition,
     };
     let announced = Arc::new(OnceLock::new());
-    let config = framework_config(run)
+    let config = framework_config(run)?
         .processors(processors)
         .ordering(ordering)
         .build()?;
@@ -295,7 +297,7 @@ impl Processor for Hold {
 pub fn hold(run: &Run) -> anyhow::Result<()> {
     let first = Arc::new(OnceLock::new());
     let shared = first.clone();
-    let config = framework_config(run).handle_signals(false).build()?;
+    let config = framework_config(run)?.handle_signals(false).build()?;
     let system = ConsumerSystem::spawn(config, move || Hold(shared.clone()))?;
     wait_for("the first message", Duration::from_secs(60), || {
         first.get().is_some()

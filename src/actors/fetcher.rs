@@ -368,14 +368,19 @@ impl ConsumerContext for FetchContext {
         if let Err(error) = paused {
             log::warn!("could not set the pause of new partitions: {error}");
         }
-        // The tracker hears of the assignment before anything taken under it.
+        let mut earlier = finished_earlier(consumer, partitions);
+        // The tracker hears of the assignment before anything taken under it, with what the
+        // previous reader finished beyond the committed offset: this member's commits carry it
+        // on until they pass it.
         self.tracker.do_send(Assigned(
             assigned
                 .iter()
-                .map(|a| (a.partition.clone(), a.assignment))
+                .map(|a| {
+                    let inherited = earlier.get(&a.partition).cloned().unwrap_or_default();
+                    (a.partition.clone(), a.assignment, inherited)
+                })
                 .collect(),
         ));
-        let mut earlier = finished_earlier(consumer, partitions);
         let assigned = assigned
             .into_iter()
             .map(|a| {
@@ -919,23 +924,40 @@ impl Handler<HighWatermarks> for Fetcher {
     }
 }
 
-/// Closes the consumer, which revokes its partitions and leaves the group, within `budget`.
-/// Returns whether the close completed.
+/// Closes the consumer, which revokes its partitions and leaves the group, within `budget`;
+/// but when nothing is left to commit, waits only `patience` for it (see [`Closed`]).
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<Closed, String>")]
 pub(crate) struct Close {
     pub(crate) budget: Duration,
+    pub(crate) patience: Option<Duration>,
+}
+
+/// How a close ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// librdkafka closed the consumer: it left the group.
+    Done,
+    /// The leave was asked for, and its answer had not come after the patience: the
+    /// coordinator answers a member's requests in order, and holds a join request of it until
+    /// the rebalance in progress completes (the embedded cluster up to a session timeout).
+    /// Everything was committed already; the close goes on in the background.
+    LeavingInBackground,
 }
 
 impl Handler<Close> for Fetcher {
-    type Result = Result<(), String>;
+    type Result = Result<Closed, String>;
 
-    fn handle(&mut self, Close { budget }: Close, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, close: Close, ctx: &mut Self::Context) -> Self::Result {
         self.state = State::Closed;
         ctx.stop();
-        self.close()
-            .ok_or("the consumer was closed already")?
-            .recv_timeout(budget)
-            .map_err(|_| format!("the consumer did not close within {budget:?}"))
+        let closing = self.close().ok_or("the consumer was closed already")?;
+        let Close { budget, patience } = close;
+        let wait = patience.map_or(budget, |patience| patience.min(budget));
+        match closing.recv_timeout(wait) {
+            Ok(()) => Ok(Closed::Done),
+            Err(_) if wait < budget => Ok(Closed::LeavingInBackground),
+            Err(_) => Err(format!("the consumer did not close within {budget:?}")),
+        }
     }
 }

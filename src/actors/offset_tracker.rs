@@ -41,6 +41,9 @@ pub(crate) struct OffsetTracker {
     high_watermarks: HashMap<TopicPartition, i64>,
     stalls: Option<StallWatch>,
     stop: StopHandle,
+    /// The commit points a final commit left uncommitted because the group was rebalancing,
+    /// until a later commit (the close's revocation) covers them.
+    unsettled: Vec<CommitPoint>,
 }
 
 /// The actors the tracker sends to: the Fetcher commits, and both say where a message is.
@@ -66,6 +69,7 @@ impl OffsetTracker {
             high_watermarks: HashMap::new(),
             stalls: stall_timeout.map(StallWatch::new),
             stop,
+            unsettled: Vec::new(),
         }
     }
 
@@ -100,10 +104,16 @@ impl OffsetTracker {
     /// moment (the embedded cluster for the whole rebalance, Kafka while it completes one):
     /// the commit is tried again meanwhile, as the Fetcher keeps serving the group's events so
     /// that the rebalance can complete. A revocation in between commits its own partitions.
-    fn final_commit(&mut self, deadline: Instant) -> ResponseActFuture<Self, Result<(), String>> {
+    /// Still refused at the deadline, or unanswered (behind a rebalance, the coordinator holds
+    /// a member's requests), what it could not commit is kept as unsettled, for the close's
+    /// revocation to commit.
+    fn final_commit(
+        &mut self,
+        deadline: Instant,
+    ) -> ResponseActFuture<Self, Result<(), FinalCommitFailure>> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         Box::pin(self.commit(CommitMode::Final(remaining)).then(
-            move |result, tracker, _| -> ResponseActFuture<Self, Result<(), String>> {
+            move |result, tracker, _| -> ResponseActFuture<Self, Result<(), FinalCommitFailure>> {
                 match result {
                     Err(CommitFailure::Rebalancing)
                         if Instant::now() + FINAL_COMMIT_RETRY < deadline =>
@@ -115,7 +125,18 @@ impl OffsetTracker {
                                 .then(move |(), tracker, _| tracker.final_commit(deadline)),
                         )
                     }
-                    other => Box::pin(fut::ready(other.map_err(|error| error.to_string()))),
+                    Err(failure @ (CommitFailure::Rebalancing | CommitFailure::Unanswered(_))) => {
+                        tracker.unsettled = tracker.book.uncommitted();
+                        log::info!(
+                            "final commit {failure}: {} partitions are left to the close's \
+                             revocation",
+                            tracker.unsettled.len()
+                        );
+                        Box::pin(fut::ready(Err(FinalCommitFailure::Rebalancing)))
+                    }
+                    other => Box::pin(fut::ready(
+                        other.map_err(|error| FinalCommitFailure::Other(error.to_string())),
+                    )),
                 }
             },
         ))
@@ -123,6 +144,9 @@ impl OffsetTracker {
 
     fn acknowledged(&mut self, points: Vec<CommitPoint>) {
         for point in points {
+            self.unsettled.retain(|unsettled| {
+                unsettled.partition != point.partition || unsettled.offset > point.offset
+            });
             self.book.committed(&point);
             self.committed.insert(point.partition, point.offset);
         }
@@ -277,17 +301,18 @@ impl Handler<Attach> for OffsetTracker {
     }
 }
 
-/// Partitions newly assigned to this member, each under a new assignment id.
+/// Partitions newly assigned to this member, each under a new assignment id, with the offsets
+/// beyond the committed one that the previous reader finished.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, AssignmentId)>);
+pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, AssignmentId, Vec<i64>)>);
 
 impl Handler<Assigned> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Self::Context) {
-        for (partition, assignment) in partitions {
-            self.book.assign(partition, assignment);
+        for (partition, assignment, inherited) in partitions {
+            self.book.assign(partition, assignment, inherited);
         }
     }
 }
@@ -414,16 +439,53 @@ impl Handler<Committed> for OffsetTracker {
 /// Commits every commit point now, synchronously, waiting at most `timeout` for Kafka: the
 /// final commit of a shutdown.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FinalCommitFailure>")]
 pub(crate) struct CommitNow {
     pub(crate) timeout: Duration,
 }
 
+/// Why a final commit did not complete.
+#[derive(Debug)]
+pub(crate) enum FinalCommitFailure {
+    /// The group kept refusing it while it rebalanced, or did not answer in time (behind a
+    /// rebalance, the coordinator holds a member's requests): the close's revocation may
+    /// commit the same offsets ([`Unsettled`] tells).
+    Rebalancing,
+    Other(String),
+}
+
+impl std::fmt::Display for FinalCommitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FinalCommitFailure::Rebalancing => f.write_str(
+                "refused or unanswered while the group rebalanced, and the close's revocation \
+                 did not commit it either: the next owner repeats what finished since the last \
+                 commit",
+            ),
+            FinalCommitFailure::Other(error) => f.write_str(error),
+        }
+    }
+}
+
 impl Handler<CommitNow> for OffsetTracker {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseActFuture<Self, Result<(), FinalCommitFailure>>;
 
     fn handle(&mut self, CommitNow { timeout }: CommitNow, _: &mut Self::Context) -> Self::Result {
         self.final_commit(Instant::now() + timeout)
+    }
+}
+
+/// What of the final commit is still uncommitted (empty when it completed, or when a later
+/// commit, the close's revocation, covered what it left).
+#[derive(Message)]
+#[rtype(result = "Vec<CommitPoint>")]
+pub(crate) struct Unsettled;
+
+impl Handler<Unsettled> for OffsetTracker {
+    type Result = MessageResult<Unsettled>;
+
+    fn handle(&mut self, _: Unsettled, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.unsettled.clone())
     }
 }
 

@@ -18,8 +18,10 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::fetcher::{Close, FetchContext, Fetcher, Revocation, StopFetching};
-use crate::actors::offset_tracker::{Attach, CommitNow, OffsetTracker, Others, Report};
+use crate::actors::fetcher::{Close, Closed, FetchContext, Fetcher, Revocation, StopFetching};
+use crate::actors::offset_tracker::{
+    Attach, CommitNow, FinalCommitFailure, OffsetTracker, Others, Report, Unsettled,
+};
 use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
@@ -38,6 +40,9 @@ use crate::{Error, Processor, Result};
 const FINAL_STEP_FLOOR: Duration = Duration::from_millis(500);
 /// The most of the shutdown timeout kept back from the drain for the later phases.
 const MAX_RESERVE: Duration = Duration::from_secs(5);
+/// How long the close waits for the group's answer to its leave once everything is committed.
+/// A close takes about 100 ms; longer, the coordinator holds the leave behind a rebalance.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the Supervisor checks that its actors are alive.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one metadata request at start waits, before the start looks at why it failed.
@@ -399,7 +404,21 @@ impl PhaseLog {
             phase,
             took,
             completed,
+            note: None,
         });
+    }
+
+    /// Adds how `phase` completed; marks it completed (and forgets its error) if it was not.
+    fn settle(&mut self, phase: Phase, note: String) {
+        log::info!("shutdown: {phase:?}: {note}");
+        if let Some(report) = self.phases.iter_mut().find(|report| report.phase == phase) {
+            if !report.completed {
+                let name = format!("{phase:?}: ");
+                self.errors.retain(|error| !error.starts_with(&name));
+            }
+            report.completed = true;
+            report.note = Some(note);
+        }
     }
 }
 
@@ -486,11 +505,20 @@ impl ShutdownPlan {
             .saturating_duration_since(started)
             .max(FINAL_STEP_FLOOR);
         let commit = self.tracker.send(CommitNow { timeout: budget });
-        let outcome = match timeout(budget + FINAL_STEP_FLOOR, commit).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(error)) => Err(format!("the offset tracker vanished: {error}")),
-            Err(_) => Err(format!("the commit did not finish within {budget:?}")),
-        };
+        let (outcome, refused_while_rebalancing) =
+            match timeout(budget + FINAL_STEP_FLOOR, commit).await {
+                Ok(Ok(Ok(()))) => (Ok(()), false),
+                Ok(Ok(Err(failure @ FinalCommitFailure::Rebalancing))) => {
+                    (Err(failure.to_string()), true)
+                }
+                Ok(Ok(Err(failure))) => (Err(failure.to_string()), false),
+                Ok(Err(error)) => (Err(format!("the offset tracker vanished: {error}")), false),
+                Err(_) => (
+                    Err(format!("the commit did not finish within {budget:?}")),
+                    false,
+                ),
+            };
+        let committed = outcome.is_ok();
         log.record(Phase::Commit, started, outcome);
 
         let tracked = self.tracker.send(Report).await;
@@ -499,22 +527,58 @@ impl ShutdownPlan {
         let budget = deadline
             .saturating_duration_since(started)
             .max(FINAL_STEP_FLOOR);
-        let outcome = match timeout(
-            budget + FINAL_STEP_FLOOR,
-            self.fetcher.send(Close { budget }),
-        )
-        .await
-        {
-            Ok(Ok(result)) => result,
-            Ok(Err(error)) => Err(format!("the fetcher vanished: {error}")),
-            Err(_) => Err(format!("the consumer did not close within {budget:?}")),
+        // With everything committed, only the leave is at stake: it is not waited for long.
+        let patience = committed.then_some(CLOSE_PATIENCE);
+        let close = self.fetcher.send(Close { budget, patience });
+        let (outcome, closed) = match timeout(budget + FINAL_STEP_FLOOR, close).await {
+            Ok(Ok(Ok(closed))) => (Ok(()), Some(closed)),
+            Ok(Ok(Err(error))) => (Err(error), None),
+            Ok(Err(error)) => (Err(format!("the fetcher vanished: {error}")), None),
+            Err(_) => (
+                Err(format!("the consumer did not close within {budget:?}")),
+                None,
+            ),
         };
         log.record(Phase::Close, started, outcome);
+        if closed == Some(Closed::LeavingInBackground) {
+            log.settle(
+                Phase::Close,
+                format!(
+                    "the leave was sent; its answer had not come after {CLOSE_PATIENCE:?}, the \
+                     coordinator holding it behind a rebalance: it completes in the background"
+                ),
+            );
+        }
+        if refused_while_rebalancing {
+            match self.tracker.send(Unsettled).await {
+                Ok(unsettled) if unsettled.is_empty() => log.settle(
+                    Phase::Commit,
+                    "refused or unanswered while the group rebalanced; the close's revocation \
+                     committed the same offsets"
+                        .to_owned(),
+                ),
+                Ok(unsettled) => log::warn!(
+                    "{} partitions left uncommitted by the final commit: the next owner \
+                     repeats what finished since their last commit",
+                    unsettled.len()
+                ),
+                Err(error) => log
+                    .errors
+                    .push(format!("the offset tracker vanished: {error}")),
+            }
+        }
 
+        // What the close's revocation committed counts too (the book forgot the partitions by
+        // then: what was abandoned comes from before the close).
+        let committed_at_close = self.tracker.send(Report).await.map(|late| late.committed);
         let figures = self.metrics.snapshot();
         let processed = figures.processed;
         let (committed, abandoned, released) = match tracked {
-            Ok(tracked) => (tracked.committed, tracked.abandoned, tracked.released),
+            Ok(tracked) => (
+                committed_at_close.unwrap_or(tracked.committed),
+                tracked.abandoned,
+                tracked.released,
+            ),
             Err(error) => {
                 log.errors
                     .push(format!("the offset tracker vanished: {error}"));

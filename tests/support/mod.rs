@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_actors::testkit::{self, EmbeddedCluster};
-use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, Message, Processor};
+use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol, Message, Processor};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::Rng;
@@ -294,19 +294,59 @@ impl Cluster {
             .collect()
     }
 
-    /// A configuration for this cluster with test-friendly settings: a short session, no
-    /// signal handling (the test process is shared), frequent commits.
+    /// A configuration for this cluster with test-friendly settings: the group protocol of
+    /// [`group_protocol`], a short session, no signal handling (the test process is shared),
+    /// frequent commits.
     pub fn config(&self, topic: &str, group: &str) -> ConsumerConfigBuilder {
-        ConsumerConfig::builder()
+        self.config_under(group_protocol(), topic, group)
+    }
+
+    /// [`config`](Self::config) under the given group protocol.
+    pub fn config_under(
+        &self,
+        protocol: GroupProtocol,
+        topic: &str,
+        group: &str,
+    ) -> ConsumerConfigBuilder {
+        let config = ConsumerConfig::builder()
             .brokers(self.brokers())
             .topic(topic)
             .group_id(group)
             .handle_signals(false)
             .commit_interval(Duration::from_millis(500))
             .startup_timeout(Duration::from_secs(20))
-            .kafka_option("session.timeout.ms", SESSION_TIMEOUT_MS)
-            .kafka_option("heartbeat.interval.ms", "500")
+            .group_protocol(protocol);
+        match protocol {
+            GroupProtocol::Classic => config
+                .kafka_option("session.timeout.ms", SESSION_TIMEOUT_MS)
+                .kafka_option("heartbeat.interval.ms", "500"),
+            _ => config,
+        }
     }
+}
+
+/// The group protocol the scenario tests run under: `KAFKA_GROUP_PROTOCOL` (`classic`, the
+/// default, or `consumer`), as `.ci/run` sets it for its second pass over the real broker.
+pub fn group_protocol() -> GroupProtocol {
+    match std::env::var("KAFKA_GROUP_PROTOCOL").as_deref() {
+        Ok("consumer") => GroupProtocol::Consumer,
+        Ok("classic") | Err(_) => GroupProtocol::Classic,
+        Ok(other) => panic!("KAFKA_GROUP_PROTOCOL is {other:?}: classic or consumer"),
+    }
+}
+
+/// Adds settings of the classic protocol (session, heartbeat, assignor), which the consumer
+/// protocol leaves to the broker (scripts/kafka.sh sets its session to the same 6 s).
+pub fn classic(
+    mut config: ConsumerConfigBuilder,
+    options: &[(&str, &str)],
+) -> ConsumerConfigBuilder {
+    if group_protocol() == GroupProtocol::Classic {
+        for (key, value) in options {
+            config = config.kafka_option(*key, *value);
+        }
+    }
+    config
 }
 
 /// The framework's log lines at `info` and above, as `LEVEL target: message`.
@@ -571,8 +611,17 @@ impl LedgerProcess {
             kafka_options = format!("{kafka_options},{options}");
         }
         // librdkafka properties as a container passes them: KAFKA_OPTION_SESSION_TIMEOUT_MS.
+        // The consumer protocol leaves session, heartbeat and assignor to the broker.
+        let protocol = group_protocol();
         let options = kafka_options.split(',').filter_map(|option| {
             let (key, value) = option.split_once('=')?;
+            let classic_only = matches!(
+                key.trim(),
+                "session.timeout.ms" | "heartbeat.interval.ms" | "partition.assignment.strategy"
+            );
+            if classic_only && protocol == GroupProtocol::Consumer {
+                return None;
+            }
             let variable = format!(
                 "KAFKA_OPTION_{}",
                 key.trim().to_uppercase().replace('.', "_")
@@ -583,6 +632,7 @@ impl LedgerProcess {
             .env("KAFKA_BROKERS", cluster.brokers())
             .env("KAFKA_TOPICS", topic)
             .env("KAFKA_GROUP", group)
+            .env("KAFKA_GROUP_PROTOCOL", protocol.name())
             .env("KAFKA_SHUTDOWN_TIMEOUT", "30s")
             .env("LEDGER_FILE", ledger)
             .env("PROCESS_DELAY_MS", delay_ms.to_string())
