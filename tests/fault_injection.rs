@@ -114,12 +114,18 @@ fn commits_refused_for_a_stale_or_fenced_epoch_under_the_consumer_protocol() {
 #[test]
 fn a_heartbeat_error_forces_a_rebalance_that_the_member_survives() {
     let cluster = Cluster::embedded(1);
-    let (metrics, _) = survive(&cluster, "heartbeat-rebalance", |cluster, _| {
-        cluster.mock().request_errors(
-            RDKafkaApiKey::Heartbeat,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
-        );
-    });
+    // The classic protocol's Heartbeat: the consumer protocol has a heartbeat of its own.
+    let (metrics, _) = survive_under(
+        GroupProtocol::Classic,
+        &cluster,
+        "heartbeat-rebalance",
+        |cluster, _| {
+            cluster.mock().request_errors(
+                RDKafkaApiKey::Heartbeat,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+            );
+        },
+    );
     assert!(
         metrics.assignments >= 2,
         "no rebalance happened: {metrics:?}"
@@ -129,13 +135,18 @@ fn a_heartbeat_error_forces_a_rebalance_that_the_member_survives() {
 #[test]
 fn a_lost_assignment_commits_nothing_for_it_and_the_member_rejoins() {
     let cluster = Cluster::embedded(1);
-    let (metrics, _) = survive(&cluster, "heartbeat-fenced", |cluster, _| {
-        // The coordinator no longer knows this member: its assignment is lost.
-        cluster.mock().request_errors(
-            RDKafkaApiKey::Heartbeat,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
-        );
-    });
+    let (metrics, _) = survive_under(
+        GroupProtocol::Classic,
+        &cluster,
+        "heartbeat-fenced",
+        |cluster, _| {
+            // The coordinator no longer knows this member: its assignment is lost.
+            cluster.mock().request_errors(
+                RDKafkaApiKey::Heartbeat,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+            );
+        },
+    );
     assert!(
         metrics.assignments >= 2,
         "the member did not rejoin: {metrics:?}"
