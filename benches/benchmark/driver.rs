@@ -470,17 +470,72 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
     let topic = format!("bench-shutdown-{}", std::process::id());
     backend.create_topic(&topic, 8)?;
     preload(&backend.brokers, &topic, 2_000_000, 100)?;
-    let (mut exits, mut handovers, mut drains, mut duplicates, mut gaps) =
-        (vec![], vec![], vec![], 0i64, 0i64);
+    let classic = handover(backend, &topic, "classic", runs, timeout)?;
+    let consumer = handover(backend, &topic, "consumer", runs, timeout)?;
+    let row = |figure: &str, value: &dyn Fn(&Handover) -> String| {
+        format!(
+            "| {figure} | {} | {} |\n",
+            value(&classic),
+            value(&consumer)
+        )
+    };
+    Ok(format!(
+        "\n## Shutdown and handover on the real broker\n\n\
+         A service (`serve`: the framework with a processor that records offset ranges) consumes \
+         a preloaded 8-partition topic at full speed; after 1 s it gets SIGTERM. A second \
+         instance then starts in the same group. Under each group protocol \
+         (`KAFKA_GROUP_PROTOCOL`), medians of {runs} runs.\n\n\
+         | figure | classic protocol | consumer protocol (KIP-848) |\n|---|---:|---:|\n{}{}{}{}{}\n",
+        row("SIGTERM to process exit, final commit done", &|h| format!(
+            "{:.3} s",
+            median(h.exits.clone())
+        )),
+        row("of which draining in-flight messages", &|h| format!(
+            "{:.3} s",
+            median(h.drains.clone())
+        )),
+        row(
+            "previous instance's exit to the next instance's first message",
+            &|h| format!("{:.3} s", median(h.handovers.clone()))
+        ),
+        row(
+            "messages the next instance saw again (duplicates), all runs",
+            &|h| h.duplicates.to_string()
+        ),
+        row("offsets the next instance skipped (lost), all runs", &|h| h
+            .gaps
+            .to_string()),
+    ))
+}
+
+/// The figures of [`handover`]'s runs.
+#[derive(Default)]
+struct Handover {
+    exits: Vec<f64>,
+    drains: Vec<f64>,
+    handovers: Vec<f64>,
+    duplicates: i64,
+    gaps: i64,
+}
+
+/// `runs` times under `protocol`: a first instance consumes for a second and gets SIGTERM, a
+/// second one starts in the same group.
+fn handover(
+    backend: &Backend,
+    topic: &str,
+    protocol: &str,
+    runs: usize,
+    timeout: Duration,
+) -> anyhow::Result<Handover> {
+    let mut figures = Handover::default();
+    let serve = |group: &str| {
+        let mut command = self_contender("serve", &backend.brokers, topic, group, 0);
+        command.env("KAFKA_GROUP_PROTOCOL", protocol);
+        command
+    };
     for round in 0..runs {
-        let group = format!("{topic}-{round}");
-        let first = Child::spawn(&mut self_contender(
-            "serve",
-            &backend.brokers,
-            &topic,
-            &group,
-            0,
-        ))?;
+        let group = format!("{topic}-{protocol}-{round}");
+        let first = Child::spawn(&mut serve(&group))?;
         first.wait_for_line("first-message", Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_secs(1)); // Consuming at full speed.
         let signalled = Instant::now();
@@ -494,13 +549,7 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
             "unclean shutdown: {first_json}"
         );
 
-        let second = Child::spawn(&mut self_contender(
-            "serve",
-            &backend.brokers,
-            &topic,
-            &group,
-            0,
-        ))?;
+        let second = Child::spawn(&mut serve(&group))?;
         let line = second.wait_for_line("first-message", Duration::from_secs(120))?;
         let first_message_at: u128 = line
             .split_whitespace()
@@ -517,30 +566,18 @@ fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow
             let second_low = range[0].as_i64().context("low")?;
             if let Some(first_range) = first_json["ranges"].get(partition) {
                 let first_high = first_range[1].as_i64().context("high")?;
-                duplicates += (first_high + 1 - second_low).max(0);
-                gaps += (second_low - (first_high + 1)).max(0);
+                figures.duplicates += (first_high + 1 - second_low).max(0);
+                figures.gaps += (second_low - (first_high + 1)).max(0);
             }
         }
-        eprintln!("[shutdown] run {round}: exit {exit:?}, handover {handover:.3}s");
-        exits.push(exit.as_secs_f64());
-        drains.push(first_json["drain_seconds"].as_f64().unwrap_or(0.0));
-        handovers.push(handover);
+        eprintln!("[shutdown] {protocol} run {round}: exit {exit:?}, handover {handover:.3}s");
+        figures.exits.push(exit.as_secs_f64());
+        figures
+            .drains
+            .push(first_json["drain_seconds"].as_f64().unwrap_or(0.0));
+        figures.handovers.push(handover);
     }
-    Ok(format!(
-        "\n## Shutdown and handover on the real broker\n\n\
-         A service (`serve`: the framework with a processor that records offset ranges) consumes \
-         a preloaded 8-partition topic at full speed; after 1 s it gets SIGTERM. A second \
-         instance then starts in the same group. Medians of {runs} runs.\n\n\
-         | figure | value |\n|---|---:|\n\
-         | SIGTERM to process exit, final commit done | {:.3} s |\n\
-         | of which draining in-flight messages | {:.3} s |\n\
-         | previous instance's exit to the next instance's first message | {:.3} s |\n\
-         | messages the next instance saw again (duplicates), all runs | {duplicates} |\n\
-         | offsets the next instance skipped (lost), all runs | {gaps} |\n\n",
-        median(exits),
-        median(drains),
-        median(handovers)
-    ))
+    Ok(figures)
 }
 
 /// SIGTERM to exit with a deep backlog: 100,000 messages of 3 ms work (a few seconds in,
