@@ -544,8 +544,9 @@ impl ShutdownPlan {
             log.settle(
                 Phase::Close,
                 format!(
-                    "the leave was sent; its answer had not come after {CLOSE_PATIENCE:?}, the \
-                     coordinator holding it behind a rebalance: it completes in the background"
+                    "everything was committed and the leave sent; its answer had not come after \
+                     {CLOSE_PATIENCE:?} (a coordinator holds a member's requests behind a \
+                     rebalance in progress): the close completes in the background"
                 ),
             );
         }
