@@ -350,11 +350,16 @@ impl Actor for Supervisor {
             }),
         );
         // An actor that dies (a bug of the framework) must not leave the system running
-        // without it: stop, and say which one.
+        // without it: stop, and say which one. Not once a stop began: the close ends the
+        // Fetcher on purpose, and the phases report an actor that vanishes.
         ctx.run_interval(LIVENESS_INTERVAL, |supervisor, _| {
             let Some((fetcher, tracker, stop)) = &supervisor.watched else {
                 return;
             };
+            if stop.is_stopping() {
+                supervisor.watched = None;
+                return;
+            }
             let dead = if !fetcher.connected() {
                 "the fetcher died"
             } else if !tracker.connected() {
