@@ -167,22 +167,10 @@ impl OffsetTracker {
         }));
     }
 
-    /// The figures of a partition's progress, made the first time they are needed.
-    fn progress_of(&mut self, partition: &TopicPartition) -> &PartitionProgress {
-        let instruments = &self.metrics.instruments;
-        self.progress
-            .entry(partition.clone())
-            .or_insert_with(|| instruments.partition_progress(partition))
-    }
-
     /// Sets every held partition's lag and incomplete offsets.
     fn publish_progress(&mut self) {
         for (_, partition, offsets) in self.book.assignments() {
-            let instruments = &self.metrics.instruments;
-            let progress = self
-                .progress
-                .entry(partition.clone())
-                .or_insert_with(|| instruments.partition_progress(partition));
+            let progress = progress_of(&mut self.progress, &self.metrics, partition);
             progress
                 .incomplete
                 .set(offsets.finished_beyond_count() as f64);
@@ -225,7 +213,9 @@ impl OffsetTracker {
             return;
         }
         for stall in &stalls {
-            self.progress_of(&stall.partition).stalls.increment(1);
+            progress_of(&mut self.progress, &self.metrics, &stall.partition)
+                .stalls
+                .increment(1);
         }
         let Some(others) = &self.others else {
             for stall in stalls {
@@ -240,6 +230,17 @@ impl OffsetTracker {
             );
         }
     }
+}
+
+/// The figures of a partition's progress, made the first time they are needed.
+fn progress_of<'a>(
+    progress: &'a mut HashMap<TopicPartition, PartitionProgress>,
+    metrics: &SystemMetrics,
+    partition: &TopicPartition,
+) -> &'a PartitionProgress {
+    progress
+        .entry(partition.clone())
+        .or_insert_with(|| metrics.instruments.partition_progress(partition))
 }
 
 /// Asks the Fetcher and the processors where the message a stalled partition waits for is,
