@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
-use crate::flow::PrefetchLimit;
+use crate::flow::{BatchLimit, PrefetchLimit};
 use crate::{Error, FailurePolicy, InFlightLimit, OrderingMode, Result};
 
 /// librdkafka properties the framework sets itself; a user value would break its guarantees
@@ -164,6 +164,13 @@ const DEFAULT_PREFETCH: PrefetchLimit = PrefetchLimit {
     messages: 8_192,
     work: Duration::from_millis(10),
 };
+/// A batch of a `BatchProcessor`: large enough that a round trip per batch is cheap next to
+/// its rows, small enough that a transaction stays short.
+const DEFAULT_BATCH: BatchLimit = BatchLimit {
+    messages: 500,
+    bytes: 1 << 20,
+    linger: Duration::from_millis(100),
+};
 /// Below a 30 s Kubernetes grace period, with room for a preStop hook.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -187,6 +194,7 @@ pub struct ConsumerConfig {
     pub(crate) partition_limit: InFlightLimit,
     pub(crate) total_limit: InFlightLimit,
     pub(crate) prefetch: PrefetchLimit,
+    pub(crate) batch: BatchLimit,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) dead_letter_options: BTreeMap<String, String>,
     pub(crate) commit_interval: Duration,
@@ -214,6 +222,7 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("partition_limit", &self.partition_limit)
             .field("total_limit", &self.total_limit)
             .field("prefetch", &self.prefetch)
+            .field("batch", &self.batch)
             .field("failure_policy", &self.failure_policy)
             .field("dead_letter_options", &Redacted(&self.dead_letter_options))
             .field("commit_interval", &self.commit_interval)
@@ -243,6 +252,7 @@ impl std::fmt::Debug for ConsumerConfigBuilder {
             .field("partition_limit", &self.partition_limit)
             .field("total_limit", &self.total_limit)
             .field("prefetch", &self.prefetch)
+            .field("batch", &self.batch)
             .field("failure_policy", &self.failure_policy)
             .field("dead_letter_options", &Redacted(&self.dead_letter_options))
             .field("commit_interval", &self.commit_interval)
@@ -356,6 +366,9 @@ pub struct ConsumerConfigBuilder {
     partition_limit: InFlightLimit,
     total_limit: InFlightLimit,
     prefetch: PrefetchLimit,
+    batch: BatchLimit,
+    /// Whether `batch_size` was called: the default batch shrinks to fit the in-flight limit.
+    batch_size_set: bool,
     failure_policy: FailurePolicy,
     dead_letter_options: BTreeMap<String, String>,
     commit_interval: Duration,
@@ -382,6 +395,8 @@ impl Default for ConsumerConfigBuilder {
             partition_limit: DEFAULT_PARTITION_LIMIT,
             total_limit: DEFAULT_TOTAL_LIMIT,
             prefetch: DEFAULT_PREFETCH,
+            batch: DEFAULT_BATCH,
+            batch_size_set: false,
             failure_policy: FailurePolicy::default(),
             dead_letter_options: BTreeMap::new(),
             commit_interval: Duration::from_secs(5),
@@ -468,6 +483,25 @@ impl ConsumerConfigBuilder {
     /// processors whose message times vary a lot; smaller ones make stops shorter.
     pub fn prefetch(mut self, messages: usize, work: Duration) -> Self {
         self.prefetch = PrefetchLimit { messages, work };
+        self
+    }
+
+    /// How large a batch of a [`BatchProcessor`](crate::BatchProcessor) grows (default 500
+    /// messages and 1 MiB of keys and payloads; a batch always holds its first message,
+    /// whatever its size). Ignored by a [`Processor`](crate::Processor). The most messages
+    /// must not exceed [`max_in_flight_per_partition`](Self::max_in_flight_per_partition)'s.
+    pub fn batch_size(mut self, messages: usize, bytes: usize) -> Self {
+        self.batch.messages = messages;
+        self.batch.bytes = bytes;
+        self.batch_size_set = true;
+        self
+    }
+
+    /// How long a processor waits at most for a batch to fill before it runs it (default
+    /// 100 ms; zero runs what is at hand at once). It never waits while a stop, a revocation
+    /// or a partition hook waits for it.
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.batch.linger = linger;
         self
     }
 
@@ -591,7 +625,7 @@ impl ConsumerConfigBuilder {
 
     /// Validates the settings. Fails with [`Error::Config`] naming the first setting at fault;
     /// logs a warning for each pair of settings that contradict each other.
-    pub fn build(self) -> Result<ConsumerConfig> {
+    pub fn build(mut self) -> Result<ConsumerConfig> {
         if self.brokers.trim().is_empty() {
             return Err(Error::config(
                 "brokers",
@@ -633,6 +667,24 @@ impl ConsumerConfigBuilder {
             return Err(Error::config(
                 "prefetch",
                 "must allow at least one message and some work",
+            ));
+        }
+        if self.batch.messages == 0 || self.batch.bytes == 0 {
+            return Err(Error::config(
+                "batch_size",
+                "must allow at least one message and one byte",
+            ));
+        }
+        if !self.batch_size_set {
+            self.batch.messages = self.batch.messages.min(self.partition_limit.messages);
+        } else if self.batch.messages > self.partition_limit.messages {
+            return Err(Error::config(
+                "batch_size",
+                format!(
+                    "allows {} messages, more than max_in_flight_per_partition's {}: a batch \
+                     of one partition could never fill",
+                    self.batch.messages, self.partition_limit.messages
+                ),
             ));
         }
         if self.stall_timeout.is_some_and(|timeout| timeout.is_zero()) {
@@ -690,6 +742,7 @@ impl ConsumerConfigBuilder {
             partition_limit: self.partition_limit,
             total_limit: self.total_limit,
             prefetch: self.prefetch,
+            batch: self.batch,
             failure_policy: self.failure_policy,
             dead_letter_options: self.dead_letter_options,
             commit_interval: self.commit_interval,

@@ -152,6 +152,25 @@ pub(crate) struct PrefetchLimit {
     pub(crate) work: Duration,
 }
 
+/// How large a batch of a [`BatchProcessor`](crate::BatchProcessor) grows: at most
+/// `messages` and `bytes` of keys and payloads (a batch always takes its first message), and
+/// it waits at most `linger` for more to arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimit {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+    pub(crate) linger: Duration,
+}
+
+impl BatchLimit {
+    /// A `Processor`'s: one message, no waiting.
+    pub(crate) const ONE: BatchLimit = BatchLimit {
+        messages: 1,
+        bytes: usize::MAX,
+        linger: Duration::ZERO,
+    };
+}
+
 /// How many messages a processor may be handed beyond what it has started: its *prefetch*,
 /// and what it holds of it. The Fetcher hands out messages within the prefetch and keeps the
 /// rest; the processor sets the prefetch from its measured speed, so that what it holds takes

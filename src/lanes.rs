@@ -30,6 +30,16 @@ pub(crate) struct Item<M> {
     pub(crate) failed_attempts: u32,
 }
 
+/// What [`WorkQueue::take_more`] does with a message it comes to.
+pub(crate) enum Take {
+    /// Into the batch.
+    Yes,
+    /// Not for this batch: it keeps its place.
+    Skip,
+    /// The batch is full: nothing more is taken.
+    Full,
+}
+
 /// A parked lane: its first message failed; the lane's later messages wait behind it.
 #[derive(Debug)]
 struct Parked<M> {
@@ -169,8 +179,59 @@ impl<M: Laned> WorkQueue<M> {
         }
     }
 
+    /// Takes more messages to run with one already taken (a batch): in arrival order, those
+    /// of lanes not parked that `choose` takes, until it says the batch is full. The others
+    /// keep their places.
+    pub(crate) fn take_more(&mut self, into: &mut Vec<M>, mut choose: impl FnMut(&M) -> Take) {
+        let parked = &self.parked;
+        let mut full = false;
+        for (queue, counted) in [(&mut self.unparked, false), (&mut self.ready, true)] {
+            if full {
+                break;
+            }
+            let mut kept = VecDeque::with_capacity(queue.len());
+            while let Some(message) = queue.pop_front() {
+                if !parked.is_empty() && parked.contains_key(&message.lane()) {
+                    kept.push_back(message);
+                    continue;
+                }
+                match choose(&message) {
+                    Take::Yes => {
+                        self.started += usize::from(counted);
+                        into.push(message);
+                    }
+                    Take::Skip => kept.push_back(message),
+                    Take::Full => {
+                        kept.push_back(message);
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            kept.extend(queue.drain(..));
+            *queue = kept;
+        }
+    }
+
+    /// Puts back messages that were taken and not run (a batch that stopped before them), in
+    /// order, ahead of everything that arrived after them: behind their lane's failed message
+    /// if it is parked.
+    pub(crate) fn requeue(&mut self, messages: Vec<M>) {
+        let mut front = Vec::new();
+        for message in messages {
+            match self.parked.get_mut(&message.lane()) {
+                Some(parked) => parked.behind.push_back(message),
+                None => front.push(message),
+            }
+        }
+        for message in front.into_iter().rev() {
+            self.unparked.push_front(message);
+        }
+    }
+
     /// The item's message failed its `failed_attempts`-th attempt and waits: its lane is
-    /// parked until `retry_at`, or for good when `retry_at` is `None`.
+    /// parked until `retry_at`, or for good when `retry_at` is `None`. When an earlier message
+    /// of the lane failed already (in the same batch), it waits behind that one instead.
     pub(crate) fn park(&mut self, message: M, failed_attempts: u32, retry_at: Option<Instant>) {
         let lane = message.lane();
         let parked = match self.parked.entry(lane.clone()) {
@@ -181,6 +242,12 @@ impl<M: Laned> WorkQueue<M> {
                 behind: VecDeque::new(),
             }),
         };
+        if parked.head.is_some() {
+            // A later message of a lane whose earlier message of the same batch failed: it
+            // waits behind that one, without an attempt of its own counted.
+            parked.behind.push_back(message);
+            return;
+        }
         parked.head = Some((message, failed_attempts));
         parked.retry_at = retry_at;
         if let Some(at) = retry_at {
@@ -333,6 +400,101 @@ mod tests {
 
     fn message(lane: u16, id: usize) -> TestMessage {
         TestMessage { lane, id }
+    }
+
+    /// Takes a batch of up to `size` messages of the first item's lane.
+    fn batch(queue: &mut WorkQueue<TestMessage>, now: Instant, size: usize) -> Vec<TestMessage> {
+        let Some(first) = queue.next(now) else {
+            return Vec::new();
+        };
+        let lane = first.message.lane;
+        let mut batch = vec![first.message];
+        let mut room = size - 1;
+        queue.take_more(&mut batch, |message| match message.lane {
+            _ if room == 0 => Take::Full,
+            l if l == lane => {
+                room -= 1;
+                Take::Yes
+            }
+            _ => Take::Skip,
+        });
+        batch
+    }
+
+    #[test]
+    fn a_batch_takes_its_lanes_messages_in_order_and_leaves_the_others_in_place() {
+        let now = Instant::now();
+        let mut queue = WorkQueue::default();
+        queue.push([
+            message(1, 0),
+            message(2, 1),
+            message(1, 2),
+            message(2, 3),
+            message(1, 4),
+        ]);
+        let ids = |batch: Vec<TestMessage>| batch.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(batch(&mut queue, now, 10)), [0, 2, 4]);
+        assert_eq!(queue.take_started(), 3);
+        assert_eq!(ids(batch(&mut queue, now, 10)), [1, 3]);
+        assert!(queue.next(now).is_none());
+    }
+
+    #[test]
+    fn a_batch_stops_when_full() {
+        let now = Instant::now();
+        let mut queue = WorkQueue::default();
+        queue.push((0..6).map(|id| message(1, id)));
+        let taken = batch(&mut queue, now, 3);
+        assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(queue.next(now).unwrap().message.id, 3);
+    }
+
+    #[test]
+    fn a_failed_batch_parks_its_first_message_and_queues_the_rest_of_the_lane_behind_it() {
+        let start = Instant::now();
+        let mut queue = WorkQueue::default();
+        queue.push([message(1, 0), message(1, 1), message(1, 2)]);
+        let taken = batch(&mut queue, start, 10);
+        queue.push([message(1, 3)]);
+        let retry_at = start + Duration::from_secs(1);
+        for failed in taken {
+            queue.park(failed, 1, Some(retry_at));
+        }
+        assert!(queue.next(start).is_none(), "the lane waits for its retry");
+        let retry = queue.next(retry_at).unwrap();
+        assert_eq!((retry.message.id, retry.failed_attempts), (0, 1));
+        queue.finished(&retry.message);
+        let rest: Vec<_> = std::iter::from_fn(|| queue.next(retry_at))
+            .map(|item| (item.message.id, item.failed_attempts))
+            .collect();
+        assert_eq!(rest, [(1, 0), (2, 0), (3, 0)], "in order, no attempt counted");
+    }
+
+    #[test]
+    fn messages_not_run_go_back_ahead_of_later_ones_and_behind_a_parked_lane() {
+        let now = Instant::now();
+        let mut queue = WorkQueue::default();
+        queue.push([message(1, 0), message(1, 1), message(2, 2), message(1, 3)]);
+        let first = queue.next(now).unwrap().message;
+        let second = queue.next(now).unwrap().message;
+        let third = queue.next(now).unwrap().message;
+        // Lane 2's message failed; lane 1's were not run.
+        queue.park(third, 1, None);
+        queue.requeue(vec![first, second]);
+        let order: Vec<_> = std::iter::from_fn(|| queue.next(now))
+            .map(|item| item.message.id)
+            .collect();
+        assert_eq!(order, [0, 1, 3]);
+        let mut queue = WorkQueue::default();
+        queue.push([message(1, 0), message(1, 1), message(1, 2)]);
+        let head = queue.next(now).unwrap().message;
+        let not_run = queue.next(now).unwrap().message;
+        queue.park(head, 1, Some(now));
+        queue.requeue(vec![not_run]);
+        let order: Vec<_> = std::iter::from_fn(|| queue.next(now))
+            .map(|item| item.message.id)
+            .collect();
+        assert_eq!(order, [0], "the lane's retry first, the rest behind it");
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod system;
 pub mod testkit;
 mod trace;
 mod trouble;
+mod work;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol};
 pub use dead_letter::headers as dead_letter_headers;
@@ -38,7 +39,7 @@ pub use flow::InFlightLimit;
 pub use message::Message;
 pub use metrics::Metrics;
 pub use offsets::TopicPartition;
-pub use processor::Processor;
+pub use processor::{BatchFailures, BatchProcessor, Processor, StoredPositions};
 pub use report::{Abandoned, Phase, PhaseReport, ShutdownReport, StopReason};
 pub use routing::OrderingMode;
 pub use stop::StopHandle;

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, OwnedHeaders};
 
 use crate::flow::AssignedPartition;
-use crate::offsets::{Position, TopicPartition};
+use crate::offsets::{AssignmentId, Position, TopicPartition};
 use crate::routing::{Lane, OrderingMode};
 
 /// A record as librdkafka hands it over, before the Fetcher copies it into a [`Message`].
@@ -122,6 +122,20 @@ impl Message {
     /// as the topic is configured), if the record has one.
     pub fn timestamp(&self) -> Option<i64> {
         self.timestamp
+    }
+
+    /// The bytes of its key and payload: what counts in a batch's size.
+    pub(crate) fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Which messages may share a batch with this one: those of the same partition under the
+    /// same assignment in ordered modes (`Some`), any (`None`) in unordered mode.
+    pub(crate) fn batch_key(&self) -> Option<AssignmentId> {
+        match self.ordering {
+            OrderingMode::Unordered => None,
+            _ => Some(self.assigned.assignment),
+        }
     }
 
     pub(crate) fn position(&self) -> Position {

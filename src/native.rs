@@ -485,3 +485,25 @@ unsafe fn bytes_at<'a>(pointer: *const c_void, length: usize) -> Option<&'a [u8]
         Some(unsafe { std::slice::from_raw_parts(pointer.cast::<u8>(), length) })
     }
 }
+
+/// Sets where librdkafka starts reading `partition` when `list` is assigned: `offset` in place
+/// of the group's committed offset. Called in the rebalance callback, before the assignment.
+/// Returns whether `list` holds the partition.
+pub(crate) fn start_at(list: &TopicPartitionList, partition: &TopicPartition, offset: i64) -> bool {
+    let Ok(topic) = std::ffi::CString::new(partition.topic()) else {
+        return false;
+    };
+    // SAFETY: `list` is a live list borrowed for the call; `find` returns an element of it or
+    // null, and the element's offset is a plain field librdkafka reads when it assigns.
+    unsafe {
+        let element =
+            rd::rd_kafka_topic_partition_list_find(list.ptr(), topic.as_ptr(), partition.partition());
+        match element.as_mut() {
+            Some(element) => {
+                element.offset = offset;
+                true
+            }
+            None => false,
+        }
+    }
+}

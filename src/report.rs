@@ -66,6 +66,11 @@ pub enum StopReason {
         /// What librdkafka reported.
         error: String,
     },
+    /// A processor's [`on_assigned`](crate::Processor::on_assigned) failed or did not answer
+    /// within the `rebalance_drain_timeout`: the partitions' stored positions are unknown, so
+    /// they were not read (from the committed offsets they could repeat or skip what the
+    /// store holds).
+    PartitionHookFailed(String),
 }
 
 impl fmt::Display for StopReason {
@@ -92,6 +97,9 @@ impl fmt::Display for StopReason {
                 "processor {processor} could not be restarted after a panic: {error}"
             ),
             StopReason::InternalFailure(what) => write!(f, "internal failure: {what}"),
+            StopReason::PartitionHookFailed(error) => {
+                write!(f, "a partition hook failed (nothing read): {error}")
+            }
             StopReason::NotAuthorized { resource, error } => {
                 write!(f, "not authorized: {resource} ({error})")
             }

@@ -244,6 +244,20 @@ impl Routes {
     }
 
     /// How many partitions are held.
+    /// The processors a partition's messages may go to, which its hooks are run on: the one
+    /// it is routed to per partition, every one otherwise.
+    pub(crate) fn processors_of(&self, partition: &TopicPartition) -> Vec<usize> {
+        match self.flow.ordering {
+            OrderingMode::PerPartition => {
+                vec![
+                    self.router
+                        .processor_for(partition.topic(), partition.partition()),
+                ]
+            }
+            _ => (0..self.router.pool_size()).collect(),
+        }
+    }
+
     pub(crate) fn held(&self) -> usize {
         self.table.len()
     }

@@ -63,6 +63,11 @@ impl Router {
         Router { pool_size }
     }
 
+    /// How many processors there are.
+    pub(crate) fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
     /// The processor for a partition. The partitions of one topic are spread round-robin so
     /// that `n` partitions on `n` processors get one each; the topic's hash (the same for
     /// every process built from one release) shifts where each topic starts, so that several

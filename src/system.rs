@@ -7,7 +7,10 @@ use crate::actors::supervisor::{Supervisor, stop_arbiters};
 use crate::health::Stage;
 use crate::metrics::SystemMetrics;
 use crate::stop::listen_for_signals;
-use crate::{ConsumerConfig, Error, Metrics, Processor, Result, ShutdownReport, StopHandle};
+use crate::work::{Batches, One, Work};
+use crate::{
+    BatchProcessor, ConsumerConfig, Error, Metrics, Processor, Result, ShutdownReport, StopHandle,
+};
 
 /// Runs a consumer system: a Supervisor, a Fetcher, a pool of processors and an
 /// OffsetTracker, as actors on threads of their own.
@@ -59,7 +62,26 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        run(config, factory, StopHandle::new(), None)
+        run(config, move || One(factory()), StopHandle::new(), None)
+    }
+
+    /// As [`start`](Self::start), with [`BatchProcessor`]s: each is handed batches of
+    /// messages (see [`ConsumerConfigBuilder::batch_size`](crate::ConsumerConfigBuilder::batch_size)).
+    pub fn start_batch<B, F>(config: ConsumerConfig, factory: F) -> Result<ShutdownReport>
+    where
+        B: BatchProcessor,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        run(config, move || Batches(factory()), StopHandle::new(), None)
+    }
+
+    /// As [`spawn`](Self::spawn), with [`BatchProcessor`]s.
+    pub fn spawn_batch<B, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
+    where
+        B: BatchProcessor,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        spawn_work(config, move || Batches(factory()))
     }
 
     /// Starts a system on a thread of its own and returns once it runs (or failed to start).
@@ -69,6 +91,17 @@ impl ConsumerSystem {
     where
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
+    {
+        spawn_work(config, move || One(factory()))
+    }
+}
+
+/// Starts a system on a thread of its own; see [`ConsumerSystem::spawn`].
+fn spawn_work<W, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
+where
+    W: Work,
+    F: Fn() -> W + Send + Sync + 'static,
+{
     {
         let stop = StopHandle::new();
         let (started_tx, started_rx) = mpsc::channel();
@@ -138,15 +171,15 @@ impl RunningSystem {
     }
 }
 
-fn run<P, F>(
+fn run<W, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
     started: Option<mpsc::Sender<Arc<SystemMetrics>>>,
 ) -> Result<ShutdownReport>
 where
-    P: Processor,
-    F: Fn() -> P + Send + Sync + 'static,
+    W: Work,
+    F: Fn() -> W + Send + Sync + 'static,
 {
     // The recorder first: the figures' handles are bound to the recorder installed when they
     // are made.

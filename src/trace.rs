@@ -32,6 +32,20 @@ pub(crate) fn message_span(message: &Message, attempt: u32) -> Span {
     span
 }
 
+/// The span of a batch of more than one message: its first message's coordinates and its
+/// size. (Its messages may belong to different traces: it joins none of them.)
+pub(crate) fn batch_span(batch: &[Message]) -> Span {
+    let first = batch.first();
+    tracing::debug_span!(
+        target: TARGET,
+        "batch",
+        topic = first.map(Message::topic),
+        partition = first.map(Message::partition),
+        first_offset = first.map(Message::offset),
+        messages = batch.len(),
+    )
+}
+
 #[cfg(feature = "opentelemetry")]
 mod otel {
     use opentelemetry::propagation::Extractor;

@@ -9,7 +9,7 @@
 //! results) and by processors (room for more), so commands are handled at once and an idle
 //! Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::actors::offset_tracker::{
     Assigned, CommitPointsOf, Completions, Fetched, OffsetTracker, Revoked,
 };
-use crate::actors::processor::ProcessorHandle;
+use crate::actors::processor::{Hook, ProcessorHandle};
 use crate::commits::CommitLine;
 use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
@@ -61,6 +61,9 @@ pub(crate) struct FetchContext {
     next_assignment: AtomicU64,
     /// Set when the Fetcher stops taking messages: partitions assigned later stay paused.
     stopping: AtomicBool,
+    /// Set when an `on_assigned` hook failed: the partitions' positions are unknown, so they
+    /// stay paused while the system stops.
+    hook_failed: AtomicBool,
     /// What a revocation drains and whom it tells; set once the processors exist.
     revocation: OnceLock<Revocation>,
     /// Where the assigned partitions' messages go; set once the consumer exists, taken
@@ -80,8 +83,13 @@ pub(crate) struct FetchContext {
 pub(crate) struct Revocation {
     /// The processors, told to give up retries of revoked partitions.
     pub(crate) processors: Vec<ProcessorHandle>,
-    /// The longest the callback waits for the revoked partitions' messages.
+    /// The longest the callback waits for the revoked partitions' messages, and for the
+    /// processors' partition hooks.
     pub(crate) drain_timeout: Duration,
+    /// Whether the processors' partition hooks are run.
+    pub(crate) hooks: bool,
+    /// Stops the system when an `on_assigned` hook fails.
+    pub(crate) stop: StopHandle,
 }
 
 impl FetchContext {
@@ -98,6 +106,7 @@ impl FetchContext {
             routes: Mutex::new(Routes::new(processors, flow)),
             next_assignment: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            hook_failed: AtomicBool::new(false),
             revocation: OnceLock::new(),
             fetch_queue: Mutex::new(None),
             commit_line: Mutex::new(None),
@@ -169,6 +178,121 @@ impl FetchContext {
         CommitLine::new(queue, self.tracker.clone(), instruments).commit(consumer, points, timeout)
     }
 
+    /// Runs a partition hook on the processors `partitions` may go to, and waits for every
+    /// answer until `deadline`. Inside the rebalance callback: the processors run on other
+    /// threads and answer over a `std` channel.
+    fn run_hooks<T>(
+        &self,
+        partitions: &[TopicPartition],
+        deadline: Instant,
+        hook: impl Fn(Vec<TopicPartition>, std::sync::mpsc::Sender<Result<T, String>>) -> Hook,
+    ) -> Result<Vec<T>, String> {
+        let Some(revocation) = self.revocation.get() else {
+            return Ok(Vec::new());
+        };
+        let mut by_processor: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+        {
+            let routes = self.routes();
+            for partition in partitions {
+                for index in routes.processors_of(partition) {
+                    by_processor
+                        .entry(index)
+                        .or_default()
+                        .push(partition.clone());
+                }
+            }
+        }
+        let (reply, answers) = std::sync::mpsc::channel();
+        let asked = by_processor.len();
+        for (index, partitions) in by_processor {
+            let told = revocation
+                .processors
+                .get(index)
+                .is_some_and(|processor| processor.hook(hook(partitions, reply.clone())));
+            if !told {
+                return Err(format!("processor {index} is gone"));
+            }
+        }
+        drop(reply);
+        let mut answered = Vec::with_capacity(asked);
+        while answered.len() < asked {
+            match answers.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(answer)) => answered.push(answer),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(format!(
+                        "{} of {asked} processors did not answer within the \
+                         rebalance_drain_timeout ({:?})",
+                        asked - answered.len(),
+                        revocation.drain_timeout
+                    ));
+                }
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Asks the processors for the positions they stored of newly assigned partitions and
+    /// sets them in the assignment, before librdkafka starts fetching. The lowest position a
+    /// processor stored for a partition wins. On a failure nothing of the assignment is read:
+    /// the system stops.
+    fn start_at_stored_positions(&self, assignment: &TopicPartitionList) {
+        let Some(revocation) = self.revocation.get().filter(|r| r.hooks) else {
+            return;
+        };
+        let partitions: Vec<TopicPartition> = assignment
+            .elements()
+            .iter()
+            .map(|p| TopicPartition::new(p.topic(), p.partition()))
+            .collect();
+        let deadline = Instant::now() + revocation.drain_timeout;
+        let answers = self.run_hooks(&partitions, deadline, |partitions, reply| Hook::Assigned {
+            partitions,
+            reply,
+        });
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(error) => {
+                log::error!("on_assigned: {error}; the new partitions stay paused; stopping");
+                self.hook_failed.store(true, Ordering::Release);
+                revocation
+                    .stop
+                    .request_graceful(StopReason::PartitionHookFailed(error));
+                return;
+            }
+        };
+        let mut lowest: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for (partition, offset) in answers.into_iter().flatten() {
+            let entry = lowest.entry(partition).or_insert(offset);
+            *entry = (*entry).min(offset);
+        }
+        for (partition, offset) in lowest {
+            if offset < 0 {
+                log::warn!("on_assigned: {partition} at {offset} is not a position; ignored");
+            } else if native::start_at(assignment, &partition, offset) {
+                log::info!("{partition}: starting at the stored position {offset}");
+            } else {
+                log::warn!("on_assigned: {partition} is not in the assignment; ignored");
+            }
+        }
+    }
+
+    /// Tells the processors that partitions are revoked, once their messages are done with,
+    /// and waits for them until `deadline`.
+    fn tell_revoked(&self, revoked: &[Arc<AssignedPartition>], deadline: Instant) {
+        if !self.revocation.get().is_some_and(|r| r.hooks) {
+            return;
+        }
+        let partitions: Vec<TopicPartition> = revoked.iter().map(|p| p.partition.clone()).collect();
+        let told = self.run_hooks(&partitions, deadline, |partitions, reply| Hook::Revoked {
+            partitions,
+            reply,
+        });
+        if let Err(error) = told {
+            log::warn!("on_revoked: {error}");
+        }
+    }
+
     /// Completes the context once the processors exist (before the first poll).
     pub(crate) fn set_revocation(&self, revocation: Revocation) {
         if self.revocation.set(revocation).is_err() {
@@ -233,6 +357,7 @@ impl FetchContext {
             std::thread::sleep(Duration::from_millis(1));
         }
         let left = in_flight();
+        self.tell_revoked(revoked, deadline);
         let (reply, answer) = mpsc::channel();
         let assignments = revoked.iter().map(|p| p.assignment).collect();
         self.tracker.do_send(CommitPointsOf { assignments, reply });
@@ -334,6 +459,7 @@ impl ConsumerContext for FetchContext {
                 if let Some(queue) = self.fetch_queue().as_ref() {
                     queue.route(consumer, partitions);
                 }
+                self.start_at_stored_positions(partitions);
             }
         }
     }
@@ -359,7 +485,8 @@ impl ConsumerContext for FetchContext {
         );
         // librdkafka keeps a partition paused across a revocation; a new assignment starts
         // unpaused unless the system is stopping.
-        let stopping = self.stopping.load(Ordering::Acquire);
+        let stopping =
+            self.stopping.load(Ordering::Acquire) || self.hook_failed.load(Ordering::Acquire);
         let paused = if stopping {
             consumer.pause(partitions)
         } else {
@@ -402,7 +529,17 @@ fn finished_earlier(
     consumer: &BaseConsumer<FetchContext>,
     partitions: &TopicPartitionList,
 ) -> HashMap<TopicPartition, Vec<i64>> {
-    let committed = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
+    // Partitions that start at a position a processor stored: the store is their truth.
+    let mut from_the_group = TopicPartitionList::new();
+    for element in partitions.elements() {
+        if element.offset() == Offset::Invalid {
+            from_the_group.add_partition(element.topic(), element.partition());
+        }
+    }
+    if from_the_group.count() == 0 {
+        return HashMap::new();
+    }
+    let committed = match consumer.committed_offsets(from_the_group, COMMITTED_TIMEOUT) {
         Ok(committed) => committed,
         Err(error) => {
             log::warn!(

@@ -19,6 +19,7 @@
 //! milliseconds of work), so a stop or a revocation waits for little.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
@@ -32,19 +33,20 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::Processor;
 use crate::actors::offset_tracker::{Completions, OffsetTracker};
 use crate::dead_letter::DeadLetters;
 use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
-use crate::flow::{Credit, PrefetchLimit};
-use crate::lanes::{Item, WorkQueue};
+use crate::flow::{BatchLimit, Credit, PrefetchLimit};
+use crate::lanes::{Item, Take, WorkQueue};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
-use crate::offsets::{AssignmentId, Position};
+use crate::offsets::{AssignmentId, Position, TopicPartition};
+use crate::processor::{BatchFailures, BatchOutcome, StoredPositions};
 use crate::report::StopReason;
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
 use crate::trace;
+use crate::work::Work;
 
 /// The longest a finished message waits before the tracker hears of it (it stays in flight
 /// until then). Completions are reported in batches to keep the hot path cheap.
@@ -62,8 +64,8 @@ const MEASURE_EVERY: u32 = 256;
 const INBOX_EVERY: u32 = 32;
 
 /// What every processor of a system shares.
-pub(crate) struct ProcessorShared<P> {
-    pub(crate) factory: Arc<dyn Fn() -> P + Send + Sync>,
+pub(crate) struct ProcessorShared<W> {
+    pub(crate) factory: Arc<dyn Fn() -> W + Send + Sync>,
     pub(crate) tracker: Addr<OffsetTracker>,
     pub(crate) stop: StopHandle,
     /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
@@ -73,11 +75,13 @@ pub(crate) struct ProcessorShared<P> {
     pub(crate) policy: FailurePolicy,
     pub(crate) dead_letters: Option<DeadLetters>,
     pub(crate) prefetch: PrefetchLimit,
+    /// How large a batch grows: [`BatchLimit::ONE`] for a `Processor`.
+    pub(crate) batch: BatchLimit,
     /// Wakes the Fetcher when a processor has room for more.
     pub(crate) fetcher_wakeup: Arc<Notify>,
 }
 
-impl<P> Clone for ProcessorShared<P> {
+impl<W> Clone for ProcessorShared<W> {
     fn clone(&self) -> Self {
         ProcessorShared {
             factory: self.factory.clone(),
@@ -88,6 +92,7 @@ impl<P> Clone for ProcessorShared<P> {
             policy: self.policy.clone(),
             dead_letters: self.dead_letters.clone(),
             prefetch: self.prefetch,
+            batch: self.batch,
             fetcher_wakeup: self.fetcher_wakeup.clone(),
         }
     }
@@ -112,6 +117,21 @@ enum Command {
     Locate {
         position: Position,
         reply: oneshot::Sender<Option<Sighting>>,
+    },
+    /// Run a partition hook between two batches.
+    Hook(Hook),
+}
+
+/// A partition hook to run, and where its outcome goes: the rebalance callback waits for it
+/// on the Fetcher's thread (a `std` channel, so the wait needs no runtime).
+pub(crate) enum Hook {
+    Assigned {
+        partitions: Vec<TopicPartition>,
+        reply: std::sync::mpsc::Sender<Result<StoredPositions, String>>,
+    },
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
     },
 }
 
@@ -156,6 +176,12 @@ impl ProcessorHandle {
         answer.await.map_err(|_| self.gone())?
     }
 
+    /// Asks the processor to run a partition hook after what it is running now. Returns
+    /// whether the processor can still be asked (else the reply never comes).
+    pub(crate) fn hook(&self, hook: Hook) -> bool {
+        self.inbox.send(Command::Hook(hook)).is_ok()
+    }
+
     /// Where the processor holds the message at `position`, if it does.
     pub(crate) async fn locate(&self, position: Position) -> Option<Sighting> {
         let (reply, answer) = oneshot::channel();
@@ -171,13 +197,14 @@ impl ProcessorHandle {
 /// Starts processor `index` on `arbiter`: the task makes its processor with the factory and
 /// runs `on_start`; the receiver answers with the outcome, and the task then runs until it is
 /// told to stop.
-pub(crate) fn spawn<P: Processor>(
+pub(crate) fn spawn<W: Work>(
     index: usize,
-    shared: ProcessorShared<P>,
+    shared: ProcessorShared<W>,
     arbiter: &ArbiterHandle,
 ) -> (ProcessorHandle, oneshot::Receiver<anyhow::Result<()>>) {
     let (inbox, commands) = mpsc::unbounded_channel();
-    let credit = Arc::new(Credit::new(1));
+    // A batch can fill from the start.
+    let credit = Arc::new(Credit::new(shared.batch.messages));
     let (started, start_result) = oneshot::channel();
     let task_credit = credit.clone();
     let spawned = arbiter.spawn_fn(move || {
@@ -197,9 +224,9 @@ pub(crate) fn spawn<P: Processor>(
     )
 }
 
-async fn run<P: Processor>(
+async fn run<W: Work>(
     index: usize,
-    shared: ProcessorShared<P>,
+    shared: ProcessorShared<W>,
     commands: mpsc::UnboundedReceiver<Command>,
     credit: Arc<Credit>,
     started: oneshot::Sender<anyhow::Result<()>>,
@@ -220,6 +247,8 @@ async fn run<P: Processor>(
     };
     let mut task = ProcessorTask {
         instance,
+        batch: Vec::new(),
+        attempts: Vec::new(),
         state: TaskState::new(index, shared, commands, credit),
     };
     task.run().await;
@@ -249,26 +278,29 @@ impl Drop for DeathWatch {
 }
 
 /// The user's processor, or nothing once it could not be rebuilt after a panic.
-enum Instance<P> {
-    Ready(Box<P>),
+enum Instance<W> {
+    Ready(Box<W>),
     Broken,
 }
 
-/// How one attempt at a message ended.
+/// How one attempt at a batch ended.
 enum Attempt {
     Finished,
+    /// Every message of the batch failed.
     Failed {
         error: String,
         permanent: bool,
         panicked: bool,
     },
+    /// Some messages failed: the others finished.
+    Partial(BatchFailures),
     /// The processor is broken: nothing can run.
     Broken,
 }
 
-impl<P: Processor> Instance<P> {
+impl<W: Work> Instance<W> {
     /// Makes a processor with the factory and runs its `on_start`, catching panics in both.
-    async fn start(factory: &Arc<dyn Fn() -> P + Send + Sync>) -> anyhow::Result<Self> {
+    async fn start(factory: &Arc<dyn Fn() -> W + Send + Sync>) -> anyhow::Result<Self> {
         let processor = catch_unwind(AssertUnwindSafe(|| factory()))
             .map_err(|panic| anyhow::anyhow!("the factory panicked: {}", panic_message(&panic)))?;
         let mut processor = Box::new(processor);
@@ -291,26 +323,69 @@ impl<P: Processor> Instance<P> {
         }
     }
 
-    /// Runs `process` on `message`, catching a panic, its synchronous part included.
-    async fn process(&mut self, message: &Message) -> Attempt {
+    /// Runs the user's code on `batch`, catching a panic, its synchronous part included.
+    async fn process(&mut self, batch: &[Message]) -> Attempt {
         let Instance::Ready(processor) = self else {
             return Attempt::Broken;
         };
-        let outcome = AssertUnwindSafe(async { processor.process(message).await })
+        let outcome = AssertUnwindSafe(async { processor.run(batch).await })
             .catch_unwind()
             .await;
         match outcome {
             Ok(Ok(())) => Attempt::Finished,
-            Ok(Err(error)) => Attempt::Failed {
-                permanent: is_permanent(&error),
-                error: format!("{error:#}"),
-                panicked: false,
+            Ok(Err(error)) => match error.downcast::<BatchFailures>() {
+                Ok(failures) => Attempt::Partial(failures),
+                Err(error) => Attempt::Failed {
+                    permanent: is_permanent(&error),
+                    error: format!("{error:#}"),
+                    panicked: false,
+                },
             },
             Err(panic) => Attempt::Failed {
                 error: format!("panicked: {}", panic_message(&panic)),
                 permanent: false,
                 panicked: true,
             },
+        }
+    }
+
+    /// Runs a partition hook and sends its outcome; a panic in it is an error.
+    async fn run_hook(&mut self, index: usize, hook: Hook) {
+        let Instance::Ready(processor) = self else {
+            let broken = format!("processor {index} is broken (it could not be rebuilt)");
+            match hook {
+                Hook::Assigned { reply, .. } => drop(reply.send(Err(broken))),
+                Hook::Revoked { reply, .. } => drop(reply.send(Err(broken))),
+            }
+            return;
+        };
+        fn outcome<T>(
+            name: &str,
+            index: usize,
+            caught: Result<anyhow::Result<T>, Box<dyn Any + Send>>,
+        ) -> Result<T, String> {
+            match caught {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(format!("processor {index}: {name} failed: {error:#}")),
+                Err(panic) => Err(format!(
+                    "processor {index}: {name} panicked: {}",
+                    panic_message(&panic)
+                )),
+            }
+        }
+        match hook {
+            Hook::Assigned { partitions, reply } => {
+                let caught = AssertUnwindSafe(processor.on_assigned(&partitions))
+                    .catch_unwind()
+                    .await;
+                let _ = reply.send(outcome("on_assigned", index, caught));
+            }
+            Hook::Revoked { partitions, reply } => {
+                let caught = AssertUnwindSafe(processor.on_revoked(&partitions))
+                    .catch_unwind()
+                    .await;
+                let _ = reply.send(outcome("on_revoked", index, caught));
+            }
         }
     }
 
@@ -352,14 +427,18 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "(a non-text panic payload)".to_owned())
 }
 
-struct ProcessorTask<P> {
+struct ProcessorTask<W> {
     /// Borrowed by the attempt in progress, and by nothing else.
-    instance: Instance<P>,
+    instance: Instance<W>,
+    /// The batch in progress (one message for a `Processor`), and the attempts each of its
+    /// messages failed before; empty between batches. Kept to spare an allocation per batch.
+    batch: Vec<Message>,
+    attempts: Vec<u32>,
     /// Everything else: changed between attempts and by commands accepted during one.
-    state: TaskState<P>,
+    state: TaskState<W>,
 }
 
-impl<P: Processor> ProcessorTask<P> {
+impl<W: Work> ProcessorTask<W> {
     async fn run(&mut self) {
         let mut back_to_back: u32 = 0;
         loop {
@@ -370,6 +449,10 @@ impl<P: Processor> ProcessorTask<P> {
                 // per message (it then overstates what is queued, which only hands out less).
                 self.state.count_started();
             }
+            // Hooks go first: a rebalance waits for them.
+            while let Some(hook) = self.state.hooks.pop_front() {
+                self.instance.run_hook(self.state.index, hook).await;
+            }
             if self.state.shared.abandon.is_cancelled() {
                 self.state.abandon();
             }
@@ -377,11 +460,7 @@ impl<P: Processor> ProcessorTask<P> {
             let next = self.state.work.next(now);
             if let Some(item) = next {
                 back_to_back = back_to_back.wrapping_add(1);
-                let state = &mut self.state;
-                if state.speed.started(&state.credit, state.shared.prefetch) {
-                    state.shared.fetcher_wakeup.notify_one();
-                }
-                self.run_item(item).await;
+                self.run_batch(item).await;
                 continue;
             }
             back_to_back = 0;
@@ -404,61 +483,176 @@ impl<P: Processor> ProcessorTask<P> {
         }
     }
 
-    async fn run_item(&mut self, item: Item<Message>) {
-        let Item {
-            message,
-            failed_attempts,
-        } = item;
-        if message.assigned().is_fenced() {
+    /// Runs a batch that starts with `first` (for a `Processor`, `first` alone) and files the
+    /// outcome of each of its messages.
+    async fn run_batch(&mut self, first: Item<Message>) {
+        self.batch.push(first.message);
+        self.attempts.push(first.failed_attempts);
+        if W::BATCHES {
+            self.fill().await;
+            self.drop_fenced();
+            if self.batch.is_empty() {
+                return;
+            }
+        } else if self.batch[0].assigned().is_fenced() {
             // Nothing of a fenced partition can be committed: its next owner processes it.
-            let assignment = message.assigned().assignment;
-            drop(message);
-            drop(
-                self.state
-                    .work
-                    .give_up(|lane| lane.assignment() == assignment),
-            );
-            self.state.count_started();
+            self.drop_fenced();
             return;
         }
-        let span = trace::message_span(&message, failed_attempts + 1);
+        let state = &mut self.state;
+        for _ in 0..self.batch.len() {
+            if state.speed.started(&state.credit, state.shared.prefetch) {
+                state.shared.fetcher_wakeup.notify_one();
+            }
+        }
+        let span = match self.batch.as_slice() {
+            [message] => trace::message_span(message, self.attempts[0] + 1),
+            batch => trace::batch_span(batch),
+        };
         let started = self.state.previous_end.take().unwrap_or_else(Instant::now);
         let attempt = self
             .state
-            .serve_process(
-                message.position(),
-                self.instance.process(&message).instrument(span),
-            )
+            .serve_process(&self.batch, self.instance.process(&self.batch).instrument(span))
             .await;
         let ended = Instant::now();
         let took = ended - started;
-        let instruments = &message.assigned().instruments;
+        // Taken out to be filed, and put back empty: the buffers keep their capacity.
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut attempts = std::mem::take(&mut self.attempts);
         match attempt {
-            None => {
-                // Abandoned: dropped unfinished, and not reported, so it shows as abandoned.
-                drop(message);
-            }
+            // Abandoned: dropped unfinished, and not reported, so they show as abandoned.
+            None => batch.clear(),
             Some(Attempt::Finished) => {
                 // Only now does the next attempt start: after a failure, the policy's work
                 // (a dead letter's production) is not the next message's.
                 self.state.previous_end = Some(ended);
-                self.state.work.finished(&message);
-                self.state.finished_in(message, Some(took));
+                for message in batch.drain(..) {
+                    self.state.work.finished(&message);
+                    self.state.finished_in(message, Some(took));
+                }
             }
-            Some(Attempt::Broken) => self.state.give_up_lane(message),
+            Some(Attempt::Broken) => {
+                for message in batch.drain(..) {
+                    self.state.give_up_lane(message);
+                }
+            }
             Some(Attempt::Failed {
                 error,
                 permanent,
                 panicked,
             }) => {
-                instruments.processing_duration.record(took);
                 if panicked {
                     self.rebuild().await;
                 }
-                self.failed(message, failed_attempts + 1, error, permanent)
-                    .await;
+                let quiet = batch.len() > 1;
+                if quiet {
+                    log::warn!(
+                        "{}: a batch of {} messages failed: {error}",
+                        describe(&batch),
+                        batch.len()
+                    );
+                }
+                for (message, failed) in batch.drain(..).zip(attempts.drain(..)) {
+                    message
+                        .assigned()
+                        .instruments
+                        .processing_duration
+                        .record(took);
+                    self.failed(message, failed + 1, error.clone(), permanent, quiet)
+                        .await;
+                }
+            }
+            Some(Attempt::Partial(failures)) => {
+                let mut not_processed = Vec::new();
+                let outcomes = batch.drain(..).zip(attempts.drain(..)).enumerate();
+                for (index, (message, failed)) in outcomes {
+                    match failures.outcome(index) {
+                        BatchOutcome::Finished => {
+                            self.state.work.finished(&message);
+                            self.state.finished_in(message, Some(took));
+                        }
+                        BatchOutcome::Failed(error) => {
+                            let (text, permanent) = (format!("{error:#}"), is_permanent(error));
+                            self.failed(message, failed + 1, text, permanent, false)
+                                .await;
+                        }
+                        BatchOutcome::NotProcessed => not_processed.push(message),
+                    }
+                }
+                self.state.work.requeue(not_processed);
             }
         }
+        attempts.clear();
+        self.batch = batch;
+        self.attempts = attempts;
+        // Whatever waited for this processor had its batch run.
+        self.state.hurry = false;
+    }
+
+    /// Takes more messages into the batch, up to its limits; waits at most the linger for
+    /// them, and not at all when a stop, a revocation or a hook waits for this processor.
+    async fn fill(&mut self) {
+        let limit = self.state.shared.batch;
+        let deadline = Instant::now() + limit.linger;
+        let ordering_lane = self.batch[0].batch_key();
+        let mut bytes: usize = self.batch.iter().map(Message::size).sum();
+        loop {
+            let count = self.batch.len();
+            if count < limit.messages && bytes < limit.bytes {
+                let mut room = limit.messages - count;
+                self.state.work.take_more(&mut self.batch, |message| {
+                    if room == 0 || bytes.saturating_add(message.size()) > limit.bytes {
+                        return Take::Full;
+                    }
+                    if ordering_lane.is_some() && message.batch_key() != ordering_lane {
+                        return Take::Skip;
+                    }
+                    room -= 1;
+                    bytes += message.size();
+                    Take::Yes
+                });
+                self.attempts.resize(self.batch.len(), 0);
+            }
+            let full = self.batch.len() >= limit.messages || bytes >= limit.bytes;
+            let state = &mut self.state;
+            if full
+                || state.hurry
+                || state.draining
+                || state.stop.is_some()
+                || state.shared.abandon.is_cancelled()
+                || Instant::now() >= deadline
+            {
+                return;
+            }
+            // What was taken made room: the Fetcher may hand out more meanwhile.
+            state.count_started();
+            state.linger_until(deadline).await;
+        }
+    }
+
+    /// Drops the messages of fenced partitions from the batch, with their lanes: nothing of a
+    /// fenced partition can be committed, and its next owner processes them.
+    fn drop_fenced(&mut self) {
+        if !self.batch.iter().any(|message| message.assigned().is_fenced()) {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let attempts = std::mem::take(&mut self.attempts);
+        for (message, failed) in batch.into_iter().zip(attempts) {
+            if message.assigned().is_fenced() {
+                let assignment = message.assigned().assignment;
+                drop(message);
+                drop(
+                    self.state
+                        .work
+                        .give_up(|lane| lane.assignment() == assignment),
+                );
+            } else {
+                self.batch.push(message);
+                self.attempts.push(failed);
+            }
+        }
+        self.state.count_started();
     }
 
     /// Replaces the processor after a panic: it may have been left inconsistent.
@@ -492,8 +686,16 @@ impl<P: Processor> ProcessorTask<P> {
         }
     }
 
-    /// Applies the failure policy to a message whose `attempts`-th attempt failed.
-    async fn failed(&mut self, message: Message, attempts: u32, error: String, permanent: bool) {
+    /// Applies the failure policy to a message whose `attempts`-th attempt failed. `quiet`:
+    /// its batch's failure was logged already, so a retry is not logged again per message.
+    async fn failed(
+        &mut self,
+        message: Message,
+        attempts: u32,
+        error: String,
+        permanent: bool,
+        quiet: bool,
+    ) {
         let state = &mut self.state;
         let place = format!("{}@{}", message.topic_partition(), message.offset());
         let metrics = state.shared.metrics.clone();
@@ -504,7 +706,13 @@ impl<P: Processor> ProcessorTask<P> {
                     state.give_up_lane(message);
                     return;
                 }
-                log::warn!("{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}");
+                if quiet {
+                    log::debug!("{place}: attempt {attempts} failed, retrying in {backoff:?}");
+                } else {
+                    log::warn!(
+                        "{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}"
+                    );
+                }
                 metrics.retried(&message.assigned().instruments);
                 state
                     .work
@@ -580,6 +788,8 @@ impl<P: Processor> ProcessorTask<P> {
 /// prefetch it implies.
 #[derive(Default)]
 struct Speed {
+    /// The least prefetch: a batch processor's batch size, so that a batch can fill.
+    floor: usize,
     run_started: Option<Instant>,
     run_length: u32,
     /// Smoothed nanoseconds per message.
@@ -614,7 +824,7 @@ impl Speed {
         };
         self.nanos_per_message = Some(smoothed);
         let by_work = limit.work.as_nanos() as f64 / smoothed.max(1.0);
-        let prefetch = (by_work as usize).clamp(1, limit.messages.max(1));
+        let prefetch = (by_work as usize).clamp(self.floor.clamp(1, limit.messages), limit.messages.max(1));
         credit.set_prefetch(prefetch)
     }
 }
@@ -638,8 +848,15 @@ struct TaskState<P> {
     released: Vec<Message>,
     /// When the oldest unreported completion was added.
     unreported_since: Option<Instant>,
-    /// The message in progress and when it started.
-    running: Option<(Position, Instant)>,
+    /// The batch in progress and when it started, once it waited (most work finishes at its
+    /// first poll, and nothing can ask where a message is before it waits).
+    running: Vec<Position>,
+    running_since: Option<Instant>,
+    /// Partition hooks to run before the next batch.
+    hooks: VecDeque<Hook>,
+    /// Something waits for this processor (a stop, a revocation, a hook): a batch filling up
+    /// stops lingering.
+    hurry: bool,
     /// A drain was asked for: parked lanes are given up and nothing waits for a retry.
     draining: bool,
     drains: Vec<oneshot::Sender<()>>,
@@ -661,6 +878,7 @@ impl<P> TaskState<P> {
         commands: mpsc::UnboundedReceiver<Command>,
         credit: Arc<Credit>,
     ) -> Self {
+        let floor = shared.batch.messages;
         TaskState {
             index,
             shared,
@@ -670,12 +888,18 @@ impl<P> TaskState<P> {
             done: Vec::new(),
             released: Vec::new(),
             unreported_since: None,
-            running: None,
+            running: Vec::new(),
+            running_since: None,
+            hooks: VecDeque::new(),
+            hurry: false,
             draining: false,
             drains: Vec::new(),
             stop: None,
             orphaned: false,
-            speed: Speed::default(),
+            speed: Speed {
+                floor,
+                ..Speed::default()
+            },
             epoch: Instant::now(),
             previous_end: None,
         }
@@ -714,8 +938,10 @@ impl<P> TaskState<P> {
     }
 
     fn accept(&mut self, command: Command) {
+        self.hurry |= !matches!(command, Command::Work(_) | Command::Locate { .. });
         match command {
             Command::Work(messages) => self.work.push(messages),
+            Command::Hook(hook) => self.hooks.push_back(hook),
             Command::Forget(assignments) => {
                 // Retries of a revoked partition cannot be waited for, and what is fenced
                 // already is skipped: dropped at once, unreported (the tracker forgets them).
@@ -756,8 +982,8 @@ impl<P> TaskState<P> {
     }
 
     fn locate(&self, position: Position) -> Option<Sighting> {
-        if let Some((running, since)) = self.running
-            && running == position
+        if let Some(since) = self.running_since
+            && self.running.contains(&position)
         {
             return Some(Sighting::InProgress {
                 processor: self.index,
@@ -923,18 +1149,39 @@ impl<P> TaskState<P> {
         }
     }
 
-    /// Runs a message's `process` as [`serve_while`](Self::serve_while) does, and records
+    /// Waits, while a batch fills, for a command (new messages among them), the abandonment
+    /// of the drain, or `deadline`; reports completions on time meanwhile.
+    async fn linger_until(&mut self, deadline: Instant) {
+        let abandon = self.shared.abandon.clone();
+        let report_at = self
+            .unreported_since
+            .map(|since| tokio::time::Instant::from_std(since + REPORT_INTERVAL));
+        tokio::select! {
+            biased;
+            () = abandon.cancelled() => {}
+            command = self.commands.recv(), if !self.orphaned => match command {
+                Some(command) => self.accept(command),
+                None => self.orphaned = true,
+            },
+            () = sleep_until_some(report_at) => self.flush(),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+        }
+    }
+
+    /// Runs a batch's user code as [`serve_while`](Self::serve_while) does, and records
     /// the message as in progress while it waits.
-    async fn serve_process<F: Future>(&mut self, position: Position, work: F) -> Option<F::Output> {
+    async fn serve_process<F: Future>(&mut self, batch: &[Message], work: F) -> Option<F::Output> {
         let mut work = pin!(work);
         // Most work finishes at its first poll: then no clock is read (nothing can ask where
         // the message is before it waits).
         if let Poll::Ready(output) = futures::poll!(work.as_mut()) {
             return Some(output);
         }
-        self.running = Some((position, Instant::now()));
+        self.running.extend(batch.iter().map(Message::position));
+        self.running_since = Some(Instant::now());
         let output = self.serve_while(work).await;
-        self.running = None;
+        self.running.clear();
+        self.running_since = None;
         output
     }
 
@@ -963,6 +1210,16 @@ impl<P> TaskState<P> {
                 () = sleep_until_some(report_at) => self.flush(),
             }
         }
+    }
+}
+
+/// Where a batch is, for log lines: its first message, and its last when there are more.
+fn describe(batch: &[Message]) -> String {
+    let place = |message: &Message| format!("{}@{}", message.topic_partition(), message.offset());
+    match batch {
+        [] => "an empty batch".to_owned(),
+        [only] => place(only),
+        [first, .., last] => format!("{}..{}", place(first), place(last)),
     }
 }
 

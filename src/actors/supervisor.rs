@@ -33,7 +33,9 @@ use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::routes::FlowSettings;
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::trouble::Trouble;
-use crate::{Error, Processor, Result};
+use crate::flow::{BatchLimit, PrefetchLimit};
+use crate::work::Work;
+use crate::{Error, Result};
 
 /// The least the final commit and the close get, even when the drain used up the deadline:
 /// skipping the commit would turn finished work into duplicates.
@@ -67,15 +69,15 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     /// Starts every actor of a system. Fails, having released what it started, when the
     /// brokers or topics cannot be reached or a processor fails to start.
-    pub(crate) async fn start<P, F>(
+    pub(crate) async fn start<W, F>(
         config: ConsumerConfig,
         factory: F,
         stop: StopHandle,
         metrics: Arc<SystemMetrics>,
     ) -> Result<Started>
     where
-        P: Processor,
-        F: Fn() -> P + Send + Sync + 'static,
+        W: Work,
+        F: Fn() -> W + Send + Sync + 'static,
     {
         let tracker = OffsetTracker::new(
             config.commit_interval,
@@ -115,6 +117,11 @@ impl Supervisor {
             _ => None,
         };
         let fetcher_wakeup = Arc::new(Notify::new());
+        let batch = if W::BATCHES {
+            config.batch
+        } else {
+            BatchLimit::ONE
+        };
         let shared = ProcessorShared {
             factory: Arc::new(factory),
             tracker: tracker.clone(),
@@ -123,7 +130,12 @@ impl Supervisor {
             metrics: metrics.clone(),
             policy: config.failure_policy.clone(),
             dead_letters,
-            prefetch: config.prefetch,
+            prefetch: PrefetchLimit {
+                // A batch processor holds at least a batch.
+                messages: config.prefetch.messages.max(batch.messages),
+                ..config.prefetch
+            },
+            batch,
             fetcher_wakeup: fetcher_wakeup.clone(),
         };
         let (processors, starts): (Vec<ProcessorHandle>, Vec<_>) = (0..config.processors)
@@ -168,6 +180,8 @@ impl Supervisor {
         consumer.context().set_revocation(Revocation {
             processors: processors.clone(),
             drain_timeout: config.rebalance_drain_timeout,
+            hooks: W::PARTITION_HOOKS,
+            stop: stop.clone(),
         });
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
