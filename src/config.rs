@@ -366,7 +366,7 @@ pub struct ConsumerConfigBuilder {
     partition_limit: InFlightLimit,
     total_limit: InFlightLimit,
     prefetch: PrefetchLimit,
-    batch: BatchLimit,
+    pub(crate) batch: BatchLimit,
     /// Whether `batch_size` was called: the default batch shrinks to fit the in-flight limit.
     batch_size_set: bool,
     failure_policy: FailurePolicy,

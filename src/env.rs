@@ -42,6 +42,8 @@ impl ConsumerConfigBuilder {
     /// | `KAFKA_STARTUP_TIMEOUT` | [`startup_timeout`](Self::startup_timeout) | a duration |
     /// | `KAFKA_STALL_TIMEOUT` | [`stall_timeout`](Self::stall_timeout) | a duration, or `off` |
     /// | `KAFKA_POLL_TTL` | [`poll_ttl`](Self::poll_ttl) | a duration |
+    /// | `KAFKA_BATCH_MESSAGES`, `KAFKA_BATCH_BYTES` | [`batch_size`](Self::batch_size) | whole numbers |
+    /// | `KAFKA_BATCH_LINGER` | [`batch_linger`](Self::batch_linger) | a duration |
     /// | `HTTP_ADDR` | [`http_addr`](Self::http_addr) | `0.0.0.0:9464` |
     /// | `KAFKA_OPTION_<NAME>` | the librdkafka property [`kafka_option`](Self::kafka_option) | its value |
     ///
@@ -97,8 +99,18 @@ impl ConsumerConfigBuilder {
         if let Some(value) = var("KAFKA_GROUP_PROTOCOL") {
             self = self.group_protocol(group_protocol(&value)?);
         }
+        if let Some(value) = var("KAFKA_BATCH_MESSAGES") {
+            let messages = whole_number("KAFKA_BATCH_MESSAGES", &value)?;
+            let bytes = self.batch.bytes;
+            self = self.batch_size(messages, bytes);
+        }
+        if let Some(value) = var("KAFKA_BATCH_BYTES") {
+            let bytes = whole_number("KAFKA_BATCH_BYTES", &value)?;
+            let messages = self.batch.messages;
+            self = self.batch_size(messages, bytes);
+        }
         type Setter = fn(ConsumerConfigBuilder, Duration) -> ConsumerConfigBuilder;
-        let durations: [(&str, Setter); 5] = [
+        let durations: [(&str, Setter); 6] = [
             ("KAFKA_COMMIT_INTERVAL", Self::commit_interval),
             ("KAFKA_SHUTDOWN_TIMEOUT", Self::shutdown_timeout),
             (
@@ -107,6 +119,7 @@ impl ConsumerConfigBuilder {
             ),
             ("KAFKA_STARTUP_TIMEOUT", Self::startup_timeout),
             ("KAFKA_POLL_TTL", Self::poll_ttl),
+            ("KAFKA_BATCH_LINGER", Self::batch_linger),
         ];
         for (name, set) in durations {
             if let Some(value) = var(name) {

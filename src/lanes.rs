@@ -467,7 +467,11 @@ mod tests {
         let rest: Vec<_> = std::iter::from_fn(|| queue.next(retry_at))
             .map(|item| (item.message.id, item.failed_attempts))
             .collect();
-        assert_eq!(rest, [(1, 0), (2, 0), (3, 0)], "in order, no attempt counted");
+        assert_eq!(
+            rest,
+            [(1, 0), (2, 0), (3, 0)],
+            "in order, no attempt counted"
+        );
     }
 
     #[test]

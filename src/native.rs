@@ -496,8 +496,11 @@ pub(crate) fn start_at(list: &TopicPartitionList, partition: &TopicPartition, of
     // SAFETY: `list` is a live list borrowed for the call; `find` returns an element of it or
     // null, and the element's offset is a plain field librdkafka reads when it assigns.
     unsafe {
-        let element =
-            rd::rd_kafka_topic_partition_list_find(list.ptr(), topic.as_ptr(), partition.partition());
+        let element = rd::rd_kafka_topic_partition_list_find(
+            list.ptr(),
+            topic.as_ptr(),
+            partition.partition(),
+        );
         match element.as_mut() {
             Some(element) => {
                 element.offset = offset;

@@ -82,12 +82,16 @@ pub trait Processor: 'static {
     /// With [`PARTITION_HOOKS`](Self::PARTITION_HOOKS): called when `partitions` are revoked
     /// gracefully, after every message of them in flight finished (or was given up) and before
     /// their offsets are committed and the partitions move to another member: flush
-    /// per-partition state here. Not called when the assignment was lost (the session expired,
+    /// per-partition state here. Not called for what a graceful stop leaves (`on_stop` is),
+    /// nor when the assignment was lost (the session expired,
     /// the member was fenced): the partitions may belong to another member already, so state
     /// kept for them must be dropped, not flushed (the next `on_assigned` says which partitions
     /// are held). The rebalance waits for it at most the `rebalance_drain_timeout`; an error is
     /// logged.
-    fn on_revoked(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = anyhow::Result<()>> {
+    fn on_revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> impl Future<Output = anyhow::Result<()>> {
         let _ = partitions;
         async { Ok(()) }
     }
@@ -142,7 +146,10 @@ pub trait BatchProcessor: 'static {
     }
 
     /// As [`Processor::on_revoked`].
-    fn on_revoked(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = anyhow::Result<()>> {
+    fn on_revoked(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> impl Future<Output = anyhow::Result<()>> {
         let _ = partitions;
         async { Ok(()) }
     }

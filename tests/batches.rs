@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{
-    BatchFailures, BatchProcessor, ConsumerSystem, FailurePolicy, Message, OrderingMode,
-    Permanent, StoredPositions, TopicPartition, dead_letter_headers,
+    BatchFailures, BatchProcessor, ConsumerSystem, FailurePolicy, Message, OrderingMode, Permanent,
+    StoredPositions, TopicPartition, dead_letter_headers,
 };
 use support::{Audit, Cluster, Ledger, SCENARIO_TIMEOUT, audit, group, wait_until};
 
@@ -55,7 +55,9 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn new(plan: impl Fn(&[Message], &HashMap<(i32, i64), usize>) -> Verdict + Send + Sync + 'static) -> Self {
+    fn new(
+        plan: impl Fn(&[Message], &HashMap<(i32, i64), usize>) -> Verdict + Send + Sync + 'static,
+    ) -> Self {
         Batcher {
             ledger: Ledger::default(),
             batches: Arc::default(),
@@ -87,7 +89,9 @@ impl Batcher {
         let verdict = {
             let mut attempts = self.attempts.lock().unwrap();
             for message in batch {
-                *attempts.entry((message.partition(), message.offset())).or_default() += 1;
+                *attempts
+                    .entry((message.partition(), message.offset()))
+                    .or_default() += 1;
             }
             (self.plan)(batch, &attempts)
         };
@@ -100,7 +104,11 @@ impl Batcher {
                 let mut failures = BatchFailures::new();
                 for &(index, permanent) in &failed {
                     let error = anyhow::anyhow!("row {index} refused");
-                    let error = if permanent { error.context(Permanent) } else { error };
+                    let error = if permanent {
+                        error.context(Permanent)
+                    } else {
+                        error
+                    };
                     failures.fail(index, error);
                 }
                 let finished = (0..batch.len())
@@ -125,7 +133,10 @@ impl Batcher {
         }
         let mut partitions: Vec<i32> = batch.iter().map(Message::partition).collect();
         partitions.dedup();
-        self.events.lock().unwrap().push(Event::BatchEnded(partitions));
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::BatchEnded(partitions));
         result
     }
 }
@@ -147,8 +158,15 @@ impl BatchProcessor for HookedBatcher {
         self.0.run(batch).await
     }
 
-    async fn on_assigned(&mut self, partitions: &[TopicPartition]) -> anyhow::Result<StoredPositions> {
-        self.0.events.lock().unwrap().push(Event::Assigned(partitions.to_vec()));
+    async fn on_assigned(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> anyhow::Result<StoredPositions> {
+        self.0
+            .events
+            .lock()
+            .unwrap()
+            .push(Event::Assigned(partitions.to_vec()));
         let store = self.0.store.lock().unwrap();
         Ok(partitions
             .iter()
@@ -157,7 +175,11 @@ impl BatchProcessor for HookedBatcher {
     }
 
     async fn on_revoked(&mut self, partitions: &[TopicPartition]) -> anyhow::Result<()> {
-        self.0.events.lock().unwrap().push(Event::Revoked(partitions.to_vec()));
+        self.0
+            .events
+            .lock()
+            .unwrap()
+            .push(Event::Revoked(partitions.to_vec()));
         Ok(())
     }
 }
@@ -213,14 +235,25 @@ fn a_batch_holds_one_partitions_messages_in_order_within_its_limits() {
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
     let batches = batcher.batches();
     for batch in &batches {
-        assert!(!batch.is_empty() && batch.len() <= 100, "{} messages", batch.len());
-        assert!(batch.iter().all(|m| m.0 == batch[0].0), "one partition per batch");
+        assert!(
+            !batch.is_empty() && batch.len() <= 100,
+            "{} messages",
+            batch.len()
+        );
+        assert!(
+            batch.iter().all(|m| m.0 == batch[0].0),
+            "one partition per batch"
+        );
         let offsets: Vec<i64> = batch.iter().map(|m| m.1).collect();
         assert!(ascending(&offsets), "{offsets:?}");
     }
     // With the topic's backlog at hand, batches fill up.
     let full = batches.iter().filter(|b| b.len() == 100).count();
-    assert!(full * 2 >= batches.len(), "{full} of {} batches full", batches.len());
+    assert!(
+        full * 2 >= batches.len(),
+        "{full} of {} batches full",
+        batches.len()
+    );
     for partition in 0..4 {
         assert!(ascending(&in_ledger_order(&batcher.ledger, partition)));
     }
@@ -255,8 +288,15 @@ fn a_batch_is_bounded_by_bytes_and_unordered_batches_mix_partitions() {
     exactly_once(&batcher.ledger, &end_offsets);
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
     let batches = batcher.batches();
-    assert!(batches.iter().all(|b| b.iter().map(|m| m.2).sum::<usize>() <= 350));
-    assert!(batches.iter().any(|b| b.len() == 3), "batches fill to the byte limit");
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.iter().map(|m| m.2).sum::<usize>() <= 350)
+    );
+    assert!(
+        batches.iter().any(|b| b.len() == 3),
+        "batches fill to the byte limit"
+    );
 }
 
 #[test]
@@ -350,7 +390,10 @@ fn only_the_messages_a_batch_names_are_retried_or_dead_lettered() {
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.dead_lettered, report.retries), (1, 1), "{report}");
     let entries = batcher.ledger.entries();
-    assert!(!entries.contains(&(0, 30)), "the poison message never succeeded");
+    assert!(
+        !entries.contains(&(0, 30)),
+        "the poison message never succeeded"
+    );
     assert_eq!(
         audit(&entries, &end_offsets),
         Audit {
@@ -361,7 +404,10 @@ fn only_the_messages_a_batch_names_are_retried_or_dead_lettered() {
     let dead = cluster.read(&dead_letters, 1);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].headers[dead_letter_headers::ORIGINAL_OFFSET], "30");
-    assert_eq!(dead[0].headers[dead_letter_headers::ORIGINAL_PARTITION], "0");
+    assert_eq!(
+        dead[0].headers[dead_letter_headers::ORIGINAL_PARTITION],
+        "0"
+    );
     // The rest of the poison message's batch was not held back: each message once.
     let attempts = batcher.attempts.lock().unwrap();
     assert_eq!(attempts[&(0, 31)], 1);
@@ -375,12 +421,13 @@ fn a_batch_failing_from_a_message_hands_the_rest_out_again_in_order() {
     let end_offsets = cluster.produce(&topic, 300);
     let group = group("batch-from");
     // Offset 40 fails its first attempt; what follows it in its batch is not processed.
-    let batcher = Batcher::new(|batch, attempts| {
-        match batch.iter().position(|m| m.offset() == 40) {
-            Some(index) if attempts[&(0, 40)] == 1 => Verdict::FailFrom(index),
-            _ => Verdict::Succeed,
-        }
-    });
+    let batcher =
+        Batcher::new(
+            |batch, attempts| match batch.iter().position(|m| m.offset() == 40) {
+                Some(index) if attempts[&(0, 40)] == 1 => Verdict::FailFrom(index),
+                _ => Verdict::Succeed,
+            },
+        );
     let config = cluster
         .config(&topic, &group)
         .processors(1)
@@ -401,7 +448,10 @@ fn a_batch_failing_from_a_message_hands_the_rest_out_again_in_order() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.retries, 1, "{report}");
     exactly_once(&batcher.ledger, &end_offsets);
-    assert!(ascending(&in_ledger_order(&batcher.ledger, 0)), "order kept");
+    assert!(
+        ascending(&in_ledger_order(&batcher.ledger, 0)),
+        "order kept"
+    );
     // The messages after 40 were handed out again without a failed attempt counted against
     // them: each ran in one batch that failed before them, and once more.
     let attempts = batcher.attempts.lock().unwrap();
@@ -474,9 +524,11 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
     let factory = second.clone();
     let member_b = ConsumerSystem::spawn_batch(config(), move || factory.clone()).unwrap();
     let skipped = 100;
-    wait_until("both members processed everything", SCENARIO_TIMEOUT, || {
-        audit(&first.0.ledger.entries(), &end_offsets).lost == skipped
-    });
+    wait_until(
+        "both members processed everything",
+        SCENARIO_TIMEOUT,
+        || audit(&first.0.ledger.entries(), &end_offsets).lost == skipped,
+    );
     member_b.stop();
     member_a.stop();
     let (report_a, report_b) = (member_a.join().unwrap(), member_b.join().unwrap());
@@ -498,7 +550,10 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
     // Member A was told of its partitions, and of the revoked ones only after their last
     // batch ended; member B was told of what it was assigned.
     let events_a = first.0.events.lock().unwrap().clone();
-    assert!(matches!(events_a.first(), Some(Event::Assigned(_))), "{events_a:?}");
+    assert!(
+        matches!(events_a.first(), Some(Event::Assigned(_))),
+        "{events_a:?}"
+    );
     let revoked_at = events_a
         .iter()
         .position(|e| matches!(e, Event::Revoked(_)))
@@ -547,6 +602,9 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
     let store = first.0.store.lock().unwrap().clone();
     for (partition, committed) in cluster.committed_offsets(&group, &topic) {
         let stored = store.get(&partition).copied().unwrap_or(0);
-        assert!(committed <= stored, "partition {partition}: committed {committed}, stored {stored}");
+        assert!(
+            committed <= stored,
+            "partition {partition}: committed {committed}, stored {stored}"
+        );
     }
 }

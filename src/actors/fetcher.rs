@@ -203,14 +203,18 @@ impl FetchContext {
             }
         }
         let (reply, answers) = std::sync::mpsc::channel();
-        let asked = by_processor.len();
+        let mut asked = 0;
         for (index, partitions) in by_processor {
             let told = revocation
                 .processors
                 .get(index)
                 .is_some_and(|processor| processor.hook(hook(partitions, reply.clone())));
-            if !told {
-                return Err(format!("processor {index} is gone"));
+            match told {
+                true => asked += 1,
+                // The processors ended with the system's stop (the close revokes what is
+                // left): their `on_stop` ran in place of the hooks.
+                false if self.stopping.load(Ordering::Acquire) => {}
+                false => return Err(format!("processor {index} is gone")),
             }
         }
         drop(reply);

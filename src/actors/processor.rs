@@ -512,7 +512,10 @@ impl<W: Work> ProcessorTask<W> {
         let started = self.state.previous_end.take().unwrap_or_else(Instant::now);
         let attempt = self
             .state
-            .serve_process(&self.batch, self.instance.process(&self.batch).instrument(span))
+            .serve_process(
+                &self.batch,
+                self.instance.process(&self.batch).instrument(span),
+            )
             .await;
         let ended = Instant::now();
         let took = ended - started;
@@ -633,7 +636,11 @@ impl<W: Work> ProcessorTask<W> {
     /// Drops the messages of fenced partitions from the batch, with their lanes: nothing of a
     /// fenced partition can be committed, and its next owner processes them.
     fn drop_fenced(&mut self) {
-        if !self.batch.iter().any(|message| message.assigned().is_fenced()) {
+        if !self
+            .batch
+            .iter()
+            .any(|message| message.assigned().is_fenced())
+        {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
@@ -824,7 +831,8 @@ impl Speed {
         };
         self.nanos_per_message = Some(smoothed);
         let by_work = limit.work.as_nanos() as f64 / smoothed.max(1.0);
-        let prefetch = (by_work as usize).clamp(self.floor.clamp(1, limit.messages), limit.messages.max(1));
+        let prefetch =
+            (by_work as usize).clamp(self.floor.clamp(1, limit.messages), limit.messages.max(1));
         credit.set_prefetch(prefetch)
     }
 }

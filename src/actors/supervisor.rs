@@ -26,6 +26,7 @@ use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
+use crate::flow::{BatchLimit, PrefetchLimit};
 use crate::health::Stage;
 use crate::instruments::GroupInstruments;
 use crate::metrics::SystemMetrics;
@@ -33,7 +34,6 @@ use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::routes::FlowSettings;
 use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::trouble::Trouble;
-use crate::flow::{BatchLimit, PrefetchLimit};
 use crate::work::Work;
 use crate::{Error, Result};
 

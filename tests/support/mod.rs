@@ -605,38 +605,30 @@ impl LedgerProcess {
         delay_ms: u64,
         options: &str,
     ) -> Self {
-        let mut kafka_options =
-            format!("session.timeout.ms={SESSION_TIMEOUT_MS},heartbeat.interval.ms=500");
-        if !options.is_empty() {
-            kafka_options = format!("{kafka_options},{options}");
-        }
-        // librdkafka properties as a container passes them: KAFKA_OPTION_SESSION_TIMEOUT_MS.
-        // The consumer protocol leaves session, heartbeat and assignor to the broker.
-        let protocol = group_protocol();
-        let options = kafka_options.split(',').filter_map(|option| {
-            let (key, value) = option.split_once('=')?;
-            let classic_only = matches!(
-                key.trim(),
-                "session.timeout.ms" | "heartbeat.interval.ms" | "partition.assignment.strategy"
-            );
-            if classic_only && protocol == GroupProtocol::Consumer {
-                return None;
-            }
-            let variable = format!(
-                "KAFKA_OPTION_{}",
-                key.trim().to_uppercase().replace('.', "_")
-            );
-            Some((variable, value.trim().to_owned()))
-        });
-        let child = Command::new(example_binary("ledger"))
+        let options = test_session_env(options).into_iter();
+        let env = options.chain([
+            ("LEDGER_FILE".to_owned(), ledger.display().to_string()),
+            ("PROCESS_DELAY_MS".to_owned(), delay_ms.to_string()),
+        ]);
+        Self::start_example("ledger", cluster, topic, group, env)
+    }
+
+    /// Starts the example `name` in the group, configured from the environment as the
+    /// `ledger` example is, with `env` added.
+    pub fn start_example(
+        name: &str,
+        cluster: &Cluster,
+        topic: &str,
+        group: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let child = Command::new(example_binary(name))
             .env("KAFKA_BROKERS", cluster.brokers())
             .env("KAFKA_TOPICS", topic)
             .env("KAFKA_GROUP", group)
-            .env("KAFKA_GROUP_PROTOCOL", protocol.name())
+            .env("KAFKA_GROUP_PROTOCOL", group_protocol().name())
             .env("KAFKA_SHUTDOWN_TIMEOUT", "30s")
-            .env("LEDGER_FILE", ledger)
-            .env("PROCESS_DELAY_MS", delay_ms.to_string())
-            .envs(options)
+            .envs(env)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("info".to_owned()),
@@ -644,7 +636,7 @@ impl LedgerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start the ledger example");
+            .unwrap_or_else(|error| panic!("start the {name} example: {error}"));
         LedgerProcess { child }
     }
 
@@ -676,6 +668,49 @@ impl LedgerProcess {
         });
         exited.unwrap()
     }
+}
+
+impl Drop for LedgerProcess {
+    /// A test that fails midway leaves no child behind (it would hold the test's output open).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The test session settings (and `options`, comma-separated `key=value` librdkafka
+/// properties) as the environment variables a container would pass them in:
+/// `KAFKA_OPTION_SESSION_TIMEOUT_MS=6000`. The consumer protocol leaves session, heartbeat and
+/// assignor to the broker.
+pub fn test_session_env(options: &str) -> Vec<(String, String)> {
+    let mut kafka_options =
+        format!("session.timeout.ms={SESSION_TIMEOUT_MS},heartbeat.interval.ms=500");
+    if !options.is_empty() {
+        kafka_options = format!("{kafka_options},{options}");
+    }
+    // librdkafka properties as a container passes them: KAFKA_OPTION_SESSION_TIMEOUT_MS.
+    // The consumer protocol leaves session, heartbeat and assignor to the broker.
+    let protocol = group_protocol();
+    kafka_options
+        .split(',')
+        .filter_map(|option| {
+            let (key, value) = option.split_once('=')?;
+            let classic_only = matches!(
+                key.trim(),
+                "session.timeout.ms" | "heartbeat.interval.ms" | "partition.assignment.strategy"
+            );
+            if classic_only && protocol == GroupProtocol::Consumer {
+                return None;
+            }
+            let variable = format!(
+                "KAFKA_OPTION_{}",
+                key.trim().to_uppercase().replace('.', "_")
+            );
+            Some((variable, value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// One line of a ledger file.
