@@ -85,15 +85,28 @@ impl Target {
                 let connection = rusqlite::Connection::open(&self.sqlite_path)
                     .with_context(|| format!("cannot open {}", self.sqlite_path))?;
                 connection.busy_timeout(Duration::from_secs(30))?;
-                // WAL: readers (a test, a report) never block the writers.
-                connection.pragma_update(None, "journal_mode", "WAL")?;
-                connection.execute_batch(&format!(
-                    "CREATE TABLE IF NOT EXISTS {rows} (topic TEXT NOT NULL, \
-                     partition INTEGER NOT NULL, \"offset\" INTEGER NOT NULL, payload TEXT);
-                     CREATE TABLE IF NOT EXISTS {positions} (topic TEXT NOT NULL, \
-                     partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, \
-                     PRIMARY KEY (topic, partition));"
-                ))?;
+                let set_up = || {
+                    // WAL: readers (a test, a report) never block the writers.
+                    connection.pragma_update(None, "journal_mode", "WAL")?;
+                    connection.execute_batch(&format!(
+                        "CREATE TABLE IF NOT EXISTS {rows} (topic TEXT NOT NULL, \
+                         partition INTEGER NOT NULL, \"offset\" INTEGER NOT NULL, payload TEXT);
+                         CREATE TABLE IF NOT EXISTS {positions} (topic TEXT NOT NULL, \
+                         partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, \
+                         PRIMARY KEY (topic, partition));"
+                    ))
+                };
+                // Processors starting together contend for the switch to WAL, which does not
+                // wait for the busy timeout: try again for a while.
+                let mut attempts = 0;
+                while let Err(error) = set_up() {
+                    attempts += 1;
+                    let busy = error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+                    if !busy || attempts == 100 {
+                        return Err(error.into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok(Database::Sqlite(connection))
             }
         }

@@ -6,7 +6,9 @@
 # `scripts/bench.sh --runs 5` or `scripts/bench.sh --scale 0.1` for a quick look.
 #
 # `scripts/bench.sh ordering` runs only the ordering-mode table, on the embedded cluster (no
-# broker), and replaces its section of BENCHMARKS.md.
+# broker), and replaces its section of BENCHMARKS.md. `scripts/bench.sh sinks` runs only the
+# database sink table (SQLite, and PostgreSQL from scripts/postgres.sh), on the embedded
+# cluster, and replaces its section.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -30,6 +32,15 @@ if [ "${1:-}" = ordering ]; then
     shift
     cargo bench --bench benchmark -- ordering "$@"
     replace_section ordering target/bench/ordering.md
+    exit 0
+fi
+
+if [ "${1:-}" = sinks ]; then
+    shift
+    trap 'bash scripts/postgres.sh stop' EXIT
+    bash scripts/postgres.sh start
+    cargo bench --bench benchmark -- sinks --database-url "$(bash scripts/postgres.sh url)" "$@"
+    replace_section sinks target/bench/sinks.md
     exit 0
 fi
 

@@ -6,6 +6,8 @@
 //! cargo bench --bench benchmark -- --brokers 127.0.0.1:9092 [--runs 3] [--scale 0.1]
 //!     [--backends real,mock] [--no-peers] [--sections throughput,shutdown,drain,memory]
 //! scripts/bench.sh ordering                             # the ordering-mode table only
+//! scripts/bench.sh sinks                                # the database sink table only
+//! cargo bench --bench benchmark -- sinks [--brokers B] [--database-url URL] [--runs 3]
 //! cargo bench --bench benchmark -- ordering [--processors 1000] [--brokers B]
 //! ```
 //!
@@ -24,6 +26,7 @@
 mod contenders;
 mod driver;
 mod ordering;
+mod sinks;
 
 use std::time::Duration;
 
@@ -69,6 +72,21 @@ fn main() -> anyhow::Result<()> {
         let processors = value("--processors").map_or(Ok(1000), |n| n.parse())?;
         let table = ordering::run(value("--brokers"), processors)?;
         let path = driver::out_dir().join("ordering.md");
+        std::fs::create_dir_all(driver::out_dir())?;
+        std::fs::write(&path, &table)?;
+        println!("{table}");
+        eprintln!("table written to {}", path.display());
+        return Ok(());
+    }
+
+    if args.first().map(String::as_str) == Some("sinks") {
+        let table = sinks::run(
+            value("--brokers"),
+            value("--database-url").or_else(|| std::env::var("DATABASE_URL").ok()),
+            value("--runs").map_or(Ok(3), |n| n.parse())?,
+            value("--scale").map_or(Ok(1.0), |n| n.parse())?,
+        )?;
+        let path = driver::out_dir().join("sinks.md");
         std::fs::create_dir_all(driver::out_dir())?;
         std::fs::write(&path, &table)?;
         println!("{table}");

@@ -500,6 +500,9 @@ impl<W: Work> ProcessorTask<W> {
             return;
         }
         let state = &mut self.state;
+        // What waited for this processor is served by this batch's end; what comes while it
+        // runs makes the next batch hurry.
+        state.hurry = false;
         for _ in 0..self.batch.len() {
             if state.speed.started(&state.credit, state.shared.prefetch) {
                 state.shared.fetcher_wakeup.notify_one();
@@ -588,8 +591,6 @@ impl<W: Work> ProcessorTask<W> {
         attempts.clear();
         self.batch = batch;
         self.attempts = attempts;
-        // Whatever waited for this processor had its batch run.
-        self.state.hurry = false;
     }
 
     /// Takes more messages into the batch, up to its limits; waits at most the linger for
