@@ -64,7 +64,7 @@ impl DeadLetters {
 
     /// The dead-letter topic for messages of `topic`.
     pub(crate) fn topic_for(&self, topic: &str) -> String {
-        self.topic.clone().unwrap_or_else(|| format!("{topic}.dlq"))
+        topic_of(self.topic.as_deref(), topic)
     }
 
     /// Produces `message` (its key, payload and headers) to the dead-letter topic with its
@@ -80,24 +80,10 @@ impl DeadLetters {
         for (key, value) in message.headers() {
             headers = headers.insert(Header { key, value });
         }
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let attempts = attempts.to_string();
-        let timestamp = message.timestamp().map(|t| t.to_string());
-        let mut provenance = vec![
-            (headers::ORIGINAL_TOPIC, message.topic()),
-            (headers::ORIGINAL_PARTITION, partition.as_str()),
-            (headers::ORIGINAL_OFFSET, offset.as_str()),
-            (headers::ERROR, error),
-            (headers::ATTEMPTS, attempts.as_str()),
-        ];
-        if let Some(timestamp) = &timestamp {
-            provenance.push((headers::ORIGINAL_TIMESTAMP, timestamp.as_str()));
-        }
-        for (key, value) in provenance {
+        for (key, value) in provenance(message, error, attempts) {
             headers = headers.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(value.as_str()),
             });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
@@ -112,4 +98,29 @@ impl DeadLetters {
             Err((error, _)) => Err(format!("could not produce to {topic}: {error}")),
         }
     }
+}
+
+/// The headers a dead letter gets besides the message's own: where it came from, why and
+/// after how many attempts it failed.
+pub(crate) fn provenance(
+    message: &Message,
+    error: &str,
+    attempts: u32,
+) -> Vec<(&'static str, String)> {
+    let mut provenance = vec![
+        (headers::ORIGINAL_TOPIC, message.topic().to_owned()),
+        (headers::ORIGINAL_PARTITION, message.partition().to_string()),
+        (headers::ORIGINAL_OFFSET, message.offset().to_string()),
+        (headers::ERROR, error.to_owned()),
+        (headers::ATTEMPTS, attempts.to_string()),
+    ];
+    if let Some(timestamp) = message.timestamp() {
+        provenance.push((headers::ORIGINAL_TIMESTAMP, timestamp.to_string()));
+    }
+    provenance
+}
+
+/// The dead-letter topic of messages of `topic` under `policy`'s exhausted action.
+pub(crate) fn topic_of(configured: Option<&str>, topic: &str) -> String {
+    configured.map_or_else(|| format!("{topic}.dlq"), str::to_owned)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, OwnedHeaders};
 
-use crate::flow::AssignedPartition;
+use crate::flow::{AssignedPartition, Load};
 use crate::offsets::{AssignmentId, Position, TopicPartition};
 use crate::routing::{Lane, OrderingMode};
 
@@ -42,6 +42,9 @@ pub struct Message {
     payload_len: Option<usize>,
     headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
+    /// It was in a batch that failed as a whole: it runs alone from now on, so that the one
+    /// that failed the batch is found without failing the others again.
+    suspect: bool,
 }
 
 impl Message {
@@ -74,6 +77,40 @@ impl Message {
             payload_len: message.payload().map(<[u8]>::len),
             headers: message.headers(),
             timestamp: message.timestamp(),
+            suspect: false,
+        }
+    }
+
+    /// A message made by hand (the testkit's `MessageBuilder`), as if fetched under
+    /// `assigned`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn made(
+        assigned: Arc<AssignedPartition>,
+        ordering: OrderingMode,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        timestamp: Option<i64>,
+    ) -> Self {
+        let mut bytes = BytesMut::new();
+        bytes.extend_from_slice(key.unwrap_or_default());
+        bytes.extend_from_slice(payload.unwrap_or_default());
+        // Counted in flight as the Fetcher counts what it takes: the message releases itself.
+        assigned.in_flight.add(Load {
+            messages: 1,
+            bytes: bytes.len(),
+        });
+        Message {
+            assigned,
+            ordering,
+            offset,
+            bytes: bytes.freeze(),
+            key_len: key.map(<[u8]>::len),
+            payload_len: payload.map(<[u8]>::len),
+            headers,
+            timestamp,
+            suspect: false,
         }
     }
 
@@ -122,6 +159,16 @@ impl Message {
     /// as the topic is configured), if the record has one.
     pub fn timestamp(&self) -> Option<i64> {
         self.timestamp
+    }
+
+    /// Whether it was in a batch that failed as a whole: then it runs alone.
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.suspect
+    }
+
+    /// Marks it as in a batch that failed as a whole.
+    pub(crate) fn suspect(&mut self) {
+        self.suspect = true;
     }
 
     /// The bytes of its key and payload: what counts in a batch's size.

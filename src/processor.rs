@@ -111,9 +111,11 @@ pub trait Processor: 'static {
 ///
 /// Those of [`Processor`], per message: a message is finished when its batch returned `Ok`, or
 /// when the batch returned [`BatchFailures`] that do not name it. On any other error (or a
-/// panic) every message of the batch failed, and the failure policy applies to each: a
-/// retried lane (a partition, per partition) starts again with its first message alone, then
-/// goes on in batches. Messages named in `BatchFailures` go through the failure policy; the
+/// panic) every message of the batch failed, and the failure policy applies to each: each
+/// lane (a partition, per partition) is retried from its first message after the backoff, and
+/// the batch's messages then run alone, so that the one that failed the batch is found (and
+/// retried, skipped or dead-lettered by itself) without failing the others again; batches
+/// resume after them. Messages named in `BatchFailures` go through the failure policy; the
 /// rest of the batch is finished, even messages after a failed one in its lane. To keep a
 /// partition's order after a failure, name the failed message and every later one of its lane
 /// ([`BatchFailures::from_index`]): those after the first wait for its retry without counting
@@ -164,7 +166,7 @@ pub trait BatchProcessor: 'static {
 ///     let mut failures = BatchFailures::new();
 ///     for (index, message) in batch.iter().enumerate() {
 ///         if message.payload().is_none() {
-///             failures.fail(index, Permanent::new(anyhow::anyhow!("no payload")).into());
+///             failures.fail(index, anyhow::anyhow!("no payload").context(Permanent));
 ///         }
 ///     }
 ///     failures.into_result()

@@ -1,4 +1,6 @@
-//! Helpers for examples and tests: an in-process Kafka cluster and a simple producer.
+//! Helpers for examples and tests: unit-testing a processor without a cluster
+//! ([`TestRun`], [`MessageBuilder`]), an in-process Kafka cluster and a simple producer, and
+//! a whole system run on it ([`run_embedded`]).
 //!
 //! [`EmbeddedCluster`] wraps librdkafka's mock cluster, which speaks the real Kafka protocol
 //! on localhost ports: produce, consumer groups and offset commits work as with a broker, so
@@ -23,6 +25,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
 
 use crate::{Error, Result};
+
+mod run;
+
+pub use run::{Fate, MessageBuilder, MessageOutcome, Outcome, TestRun};
 
 /// An in-process Kafka cluster on localhost, for examples and tests. Stops when dropped.
 pub struct EmbeddedCluster {
@@ -138,4 +144,114 @@ where
         return Err(Error::Kafka(error));
     }
     Ok(produced)
+}
+
+/// The longest [`run_embedded`] waits for the messages to finish.
+const EMBEDDED_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An integration test in a few lines: starts an [`EmbeddedCluster`], creates `topic` with
+/// `partitions` (and `<topic>.dlq`, for a dead-letter policy), produces `records`, runs a
+/// system of processors made by `factory` until every record finished (processed, skipped
+/// or dead-lettered), stops it gracefully and returns its report. `configure` adjusts the
+/// configuration (brokers, topic and group are set).
+///
+/// Fails when the system does not start, or does not finish the records within 60 s (it is
+/// stopped, and the error says how far it got). If the system stops on its own (the failure
+/// policy's `then_stop`), its report is returned at once.
+///
+/// ```
+/// use kafka_actors::{Message, Processor, testkit};
+///
+/// struct Count;
+///
+/// impl Processor for Count {
+///     async fn process(&mut self, _: &Message) -> anyhow::Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// let records = (0..100).map(|i| (format!("key-{i}"), format!("order {i}")));
+/// let report = testkit::run_embedded("orders", 2, records, |config| config, || Count)?;
+/// assert!(report.is_clean());
+/// assert_eq!(report.processed, 100);
+/// # Ok::<(), kafka_actors::Error>(())
+/// ```
+pub fn run_embedded<P, F, K, V>(
+    topic: &str,
+    partitions: i32,
+    records: impl IntoIterator<Item = (K, V)>,
+    configure: impl FnOnce(crate::ConsumerConfigBuilder) -> crate::ConsumerConfigBuilder,
+    factory: F,
+) -> Result<crate::ShutdownReport>
+where
+    P: crate::Processor,
+    F: Fn() -> P + Send + Sync + 'static,
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    embedded_run(topic, partitions, records, configure, |config| {
+        crate::ConsumerSystem::spawn(config, factory)
+    })
+}
+
+/// [`run_embedded`] for a [`BatchProcessor`](crate::BatchProcessor).
+pub fn run_embedded_batches<B, F, K, V>(
+    topic: &str,
+    partitions: i32,
+    records: impl IntoIterator<Item = (K, V)>,
+    configure: impl FnOnce(crate::ConsumerConfigBuilder) -> crate::ConsumerConfigBuilder,
+    factory: F,
+) -> Result<crate::ShutdownReport>
+where
+    B: crate::BatchProcessor,
+    F: Fn() -> B + Send + Sync + 'static,
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    embedded_run(topic, partitions, records, configure, |config| {
+        crate::ConsumerSystem::spawn_batch(config, factory)
+    })
+}
+
+fn embedded_run<K, V>(
+    topic: &str,
+    partitions: i32,
+    records: impl IntoIterator<Item = (K, V)>,
+    configure: impl FnOnce(crate::ConsumerConfigBuilder) -> crate::ConsumerConfigBuilder,
+    spawn: impl FnOnce(crate::ConsumerConfig) -> Result<crate::RunningSystem>,
+) -> Result<crate::ShutdownReport>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let cluster = EmbeddedCluster::start()?;
+    cluster.create_topic(topic, partitions)?;
+    cluster.create_topic(&format!("{topic}.dlq"), 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let count = produce(&brokers, topic, records)? as u64;
+    let config = crate::ConsumerConfig::builder()
+        .brokers(&brokers)
+        .topic(topic)
+        .group_id(format!("{topic}-testkit"))
+        .handle_signals(false);
+    let system = spawn(configure(config).build()?)?;
+    let deadline = std::time::Instant::now() + EMBEDDED_RUN_TIMEOUT;
+    let finished = || {
+        let metrics = system.metrics();
+        metrics.processed + metrics.skipped + metrics.dead_lettered
+    };
+    while finished() < count && !system.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let done = finished();
+            system.stop();
+            let report = system.join()?;
+            return Err(Error::Runtime(format!(
+                "{done} of {count} messages finished within {EMBEDDED_RUN_TIMEOUT:?}; the \
+                 system stopped: {report}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    system.stop();
+    system.join()
 }

@@ -498,7 +498,7 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
     let cluster = Cluster::start();
     let topic = cluster.topic("batch-hooks", 4);
     let group = group("batch-hooks");
-    let end_offsets = cluster.produce(&topic, 2000);
+    cluster.produce(&topic, 2000);
     // The store says partition 0 was processed up to offset 100 (by an earlier run).
     let first = HookedBatcher(Batcher::succeeding());
     first.0.store.lock().unwrap().insert(0, 100);
@@ -523,6 +523,19 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
     });
     let factory = second.clone();
     let member_b = ConsumerSystem::spawn_batch(config(), move || factory.clone()).unwrap();
+    let assigned_to_b = || {
+        let events = second.0.events.lock().unwrap();
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Assigned(p) if !p.is_empty()))
+    };
+    wait_until(
+        "member B was assigned partitions",
+        SCENARIO_TIMEOUT,
+        assigned_to_b,
+    );
+    // More messages now that both read.
+    let end_offsets = cluster.produce(&topic, 1000);
     let skipped = 100;
     wait_until(
         "both members processed everything",

@@ -278,13 +278,13 @@ impl Drop for DeathWatch {
 }
 
 /// The user's processor, or nothing once it could not be rebuilt after a panic.
-enum Instance<W> {
+pub(crate) enum Instance<W> {
     Ready(Box<W>),
     Broken,
 }
 
 /// How one attempt at a batch ended.
-enum Attempt {
+pub(crate) enum Attempt {
     Finished,
     /// Every message of the batch failed.
     Failed {
@@ -300,7 +300,7 @@ enum Attempt {
 
 impl<W: Work> Instance<W> {
     /// Makes a processor with the factory and runs its `on_start`, catching panics in both.
-    async fn start(factory: &Arc<dyn Fn() -> W + Send + Sync>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(factory: &Arc<dyn Fn() -> W + Send + Sync>) -> anyhow::Result<Self> {
         let processor = catch_unwind(AssertUnwindSafe(|| factory()))
             .map_err(|panic| anyhow::anyhow!("the factory panicked: {}", panic_message(&panic)))?;
         let mut processor = Box::new(processor);
@@ -324,7 +324,7 @@ impl<W: Work> Instance<W> {
     }
 
     /// Runs the user's code on `batch`, catching a panic, its synchronous part included.
-    async fn process(&mut self, batch: &[Message]) -> Attempt {
+    pub(crate) async fn process(&mut self, batch: &[Message]) -> Attempt {
         let Instance::Ready(processor) = self else {
             return Attempt::Broken;
         };
@@ -413,7 +413,7 @@ impl<W: Work> Instance<W> {
 }
 
 /// Drops a processor, catching a panic in its `Drop`.
-fn drop_quietly<P>(processor: Box<P>) {
+pub(crate) fn drop_quietly<P>(processor: Box<P>) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(processor))) {
         log::warn!("dropping a processor panicked: {}", panic_message(&panic));
     }
@@ -558,7 +558,12 @@ impl<W: Work> ProcessorTask<W> {
                         batch.len()
                     );
                 }
-                for (message, failed) in batch.drain(..).zip(attempts.drain(..)) {
+                for (mut message, failed) in batch.drain(..).zip(attempts.drain(..)) {
+                    if quiet {
+                        // Each runs alone from now on, so that the one that failed the batch is
+                        // found without failing the others again.
+                        message.suspect();
+                    }
                     message
                         .assigned()
                         .instruments
@@ -596,6 +601,10 @@ impl<W: Work> ProcessorTask<W> {
     /// Takes more messages into the batch, up to its limits; waits at most the linger for
     /// them, and not at all when a stop, a revocation or a hook waits for this processor.
     async fn fill(&mut self) {
+        if self.batch[0].is_suspect() {
+            // Its batch failed as a whole: it runs alone.
+            return;
+        }
         let limit = self.state.shared.batch;
         let deadline = Instant::now() + limit.linger;
         let ordering_lane = self.batch[0].batch_key();
@@ -608,7 +617,9 @@ impl<W: Work> ProcessorTask<W> {
                     if room == 0 || bytes.saturating_add(message.size()) > limit.bytes {
                         return Take::Full;
                     }
-                    if ordering_lane.is_some() && message.batch_key() != ordering_lane {
+                    if message.is_suspect()
+                        || (ordering_lane.is_some() && message.batch_key() != ordering_lane)
+                    {
                         return Take::Skip;
                     }
                     room -= 1;

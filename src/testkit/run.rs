@@ -1,0 +1,530 @@
+//! Unit-testing a processor without a cluster: [`MessageBuilder`] makes messages,
+//! [`TestRun`] runs them through the framework's own ordering and failure-policy code in
+//! virtual time, and [`Outcome`] says what became of each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::actors::processor::{Attempt, Instance};
+use crate::dead_letter;
+use crate::failure::{AfterFailure, is_permanent};
+use crate::flow::AssignedPartition;
+use crate::instruments::GroupInstruments;
+use crate::lanes::{Take, WorkQueue};
+use crate::offsets::AssignmentId;
+use crate::processor::BatchOutcome;
+use crate::work::{Batches, One, Work};
+use crate::{
+    BatchProcessor, Exhausted, FailurePolicy, Message, OrderingMode, Processor, TopicPartition,
+};
+
+/// A message made by hand, for [`TestRun`]. Offsets count up per partition from 0 unless set.
+///
+/// ```
+/// use kafka_actors::testkit::MessageBuilder;
+///
+/// let message = MessageBuilder::new("orders")
+///     .partition(2)
+///     .key("customer-7")
+///     .payload(r#"{"amount": 12}"#)
+///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .timestamp(1_700_000_000_000);
+/// ```
+#[derive(Debug, Clone)]
+pub struct MessageBuilder {
+    topic: String,
+    partition: i32,
+    offset: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: Option<i64>,
+}
+
+impl MessageBuilder {
+    /// A message of `topic`, partition 0, with neither key nor payload.
+    pub fn new(topic: impl Into<String>) -> Self {
+        MessageBuilder {
+            topic: topic.into(),
+            partition: 0,
+            offset: None,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    /// The partition (default 0).
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// The offset (default: one past the previous message of the partition in the run).
+    pub fn offset(mut self, offset: i64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// The key.
+    pub fn key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// The payload.
+    pub fn payload(mut self, payload: impl AsRef<[u8]>) -> Self {
+        self.payload = Some(payload.as_ref().to_vec());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .push((key.into(), Some(value.as_ref().to_vec())));
+        self
+    }
+
+    /// The timestamp, in milliseconds since the Unix epoch.
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+}
+
+/// What became of a message in a [`TestRun`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fate {
+    /// It succeeded: its offset would be committed.
+    Processed,
+    /// Its attempts were used up and the policy skipped it.
+    Skipped,
+    /// Its attempts were used up (or it failed permanently) and it went to the dead-letter
+    /// topic with these headers: its own, then the provenance
+    /// ([`dead_letter_headers`](crate::dead_letter_headers)).
+    DeadLettered {
+        /// The dead-letter topic.
+        topic: String,
+        /// Every header of the dead letter, in order.
+        headers: Vec<(String, String)>,
+    },
+    /// It did not finish: the system was asked to stop (on it or on another message) before
+    /// it did. It would be delivered again after a restart.
+    Unfinished,
+}
+
+/// One message's story in a [`TestRun`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageOutcome {
+    /// The message's partition.
+    pub partition: TopicPartition,
+    /// Its offset.
+    pub offset: i64,
+    /// How many times `process` (or `process_batch`) ran on it.
+    pub attempts: u32,
+    /// The backoffs the failure policy waited before each retry (in virtual time).
+    pub backoffs: Vec<Duration>,
+    /// How it ended.
+    pub fate: Fate,
+}
+
+/// What a [`TestRun`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// Every message, in the order they were given.
+    pub messages: Vec<MessageOutcome>,
+    /// The order `process` ran on messages (a batch: its messages in order), retries
+    /// included: `(partition, offset)`.
+    pub runs: Vec<(i32, i64)>,
+    /// Why the system was asked to stop, if it was: the failure policy's `then_stop` after a
+    /// message used up its attempts.
+    pub stop_requested: Option<String>,
+    /// How often the processor panicked and was replaced with a fresh one.
+    pub processor_restarts: u32,
+    /// The batches `process_batch` was handed, as `(partition, offset)` lists.
+    pub batches: Vec<Vec<(i32, i64)>>,
+}
+
+impl Outcome {
+    /// The outcome of the message at `offset` of `partition`.
+    ///
+    /// # Panics
+    ///
+    /// If the run had no such message: a test asks for one it gave.
+    pub fn of(&self, partition: i32, offset: i64) -> &MessageOutcome {
+        self.messages
+            .iter()
+            .find(|m| m.partition.partition() == partition && m.offset == offset)
+            .unwrap_or_else(|| panic!("no message at partition {partition}, offset {offset}"))
+    }
+
+    /// The messages that ended as `fate` says, as `(partition, offset)`.
+    pub fn with_fate(&self, fate: impl Fn(&Fate) -> bool) -> Vec<(i32, i64)> {
+        self.messages
+            .iter()
+            .filter(|m| fate(&m.fate))
+            .map(|m| (m.partition.partition(), m.offset))
+            .collect()
+    }
+}
+
+/// Runs messages through a processor as the framework would, without a cluster: the
+/// ordering mode's lanes (a failed message holds back its partition, or its key, and nothing
+/// else), the failure policy (retries with its backoffs, then stop, skip or dead letter,
+/// [`Permanent`](crate::Permanent) errors, panics that replace the processor), and batches
+/// for a [`BatchProcessor`]. Backoffs pass in virtual time: a run takes as long as the
+/// processor's own work. One processor gets every message, as when a system has one.
+///
+/// ```
+/// use kafka_actors::testkit::{Fate, MessageBuilder, TestRun};
+/// use kafka_actors::{FailurePolicy, Message, Processor};
+///
+/// struct Parse;
+///
+/// impl Processor for Parse {
+///     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+///         message.payload_str().unwrap_or_default().parse::<u64>()?;
+///         Ok(())
+///     }
+/// }
+///
+/// let outcome = TestRun::new()
+///     .failure_policy(FailurePolicy::retry(3).then_dead_letter())
+///     .process(|| Parse, [
+///         MessageBuilder::new("orders").payload("12"),
+///         MessageBuilder::new("orders").payload("twelve"),
+///     ]);
+/// assert_eq!(outcome.of(0, 0).fate, Fate::Processed);
+/// let poison = outcome.of(0, 1);
+/// assert_eq!(poison.attempts, 3);
+/// assert_eq!(poison.backoffs.len(), 2);
+/// assert!(matches!(&poison.fate, Fate::DeadLettered { topic, .. } if topic == "orders.dlq"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    ordering: OrderingMode,
+    policy: FailurePolicy,
+    batch_messages: usize,
+}
+
+impl Default for TestRun {
+    fn default() -> Self {
+        TestRun::new()
+    }
+}
+
+impl TestRun {
+    /// Per-partition order, the default failure policy, batches of up to 500 messages.
+    pub fn new() -> Self {
+        TestRun {
+            ordering: OrderingMode::PerPartition,
+            policy: FailurePolicy::default(),
+            batch_messages: 500,
+        }
+    }
+
+    /// The ordering mode (see [`ConsumerConfigBuilder::ordering`](crate::ConsumerConfigBuilder::ordering)).
+    pub fn ordering(mut self, ordering: OrderingMode) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// The failure policy (see
+    /// [`ConsumerConfigBuilder::failure_policy`](crate::ConsumerConfigBuilder::failure_policy)).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The most messages a batch holds, for [`process_batches`](Self::process_batches)
+    /// (default 500; at least 1).
+    pub fn batch_size(mut self, messages: usize) -> Self {
+        self.batch_messages = messages.max(1);
+        self
+    }
+
+    /// Runs `messages` through processors made by `factory` (a fresh one after a panic).
+    ///
+    /// # Panics
+    ///
+    /// If the factory or `on_start` fails: the test cannot run.
+    pub fn process<P: Processor>(
+        &self,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+    ) -> Outcome {
+        self.run(move || One(factory()), messages, 1)
+    }
+
+    /// Runs `messages` through batch processors made by `factory`, in batches of one
+    /// partition's messages (any partitions', unordered) of up to
+    /// [`batch_size`](Self::batch_size): all that is at hand, since a run does not linger.
+    ///
+    /// # Panics
+    ///
+    /// If the factory or `on_start` fails: the test cannot run.
+    pub fn process_batches<B: BatchProcessor>(
+        &self,
+        factory: impl Fn() -> B + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+    ) -> Outcome {
+        self.run(move || Batches(factory()), messages, self.batch_messages)
+    }
+
+    fn run<W: Work>(
+        &self,
+        factory: impl Fn() -> W + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+        batch_messages: usize,
+    ) -> Outcome {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
+        let local = tokio::task::LocalSet::new();
+        let messages = self.make(messages);
+        local.block_on(
+            &runtime,
+            self.drive(Arc::new(factory), messages, batch_messages),
+        )
+    }
+
+    /// Makes the messages, each partition under an assignment of its own.
+    fn make(&self, builders: impl IntoIterator<Item = MessageBuilder>) -> Vec<Message> {
+        let instruments = GroupInstruments::new("testkit");
+        let mut partitions: BTreeMap<TopicPartition, (Arc<AssignedPartition>, i64)> =
+            BTreeMap::new();
+        let mut next_assignment = 1;
+        builders
+            .into_iter()
+            .map(|builder| {
+                let partition = TopicPartition::new(builder.topic.as_str(), builder.partition);
+                let (assigned, next_offset) =
+                    partitions.entry(partition.clone()).or_insert_with(|| {
+                        let assignment = AssignmentId(next_assignment);
+                        next_assignment += 1;
+                        let instruments = instruments.partition(&partition);
+                        (
+                            AssignedPartition::new(partition, assignment, instruments),
+                            0,
+                        )
+                    });
+                let offset = builder.offset.unwrap_or(*next_offset);
+                *next_offset = offset + 1;
+                let headers = (!builder.headers.is_empty()).then(|| {
+                    builder
+                        .headers
+                        .iter()
+                        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                            headers.insert(Header {
+                                key,
+                                value: value.as_deref(),
+                            })
+                        })
+                });
+                Message::made(
+                    assigned.clone(),
+                    self.ordering,
+                    offset,
+                    builder.key.as_deref(),
+                    builder.payload.as_deref(),
+                    headers,
+                    builder.timestamp,
+                )
+            })
+            .collect()
+    }
+
+    /// The run itself: the processor task's loop, with a virtual clock that jumps to the next
+    /// retry when nothing else can run.
+    async fn drive<W: Work>(
+        &self,
+        factory: Arc<dyn Fn() -> W + Send + Sync>,
+        messages: Vec<Message>,
+        batch_messages: usize,
+    ) -> Outcome {
+        let mut outcome = Outcome {
+            messages: messages
+                .iter()
+                .map(|m| MessageOutcome {
+                    partition: m.topic_partition().clone(),
+                    offset: m.offset(),
+                    attempts: 0,
+                    backoffs: Vec::new(),
+                    fate: Fate::Unfinished,
+                })
+                .collect(),
+            runs: Vec::new(),
+            stop_requested: None,
+            processor_restarts: 0,
+            batches: Vec::new(),
+        };
+        let index: BTreeMap<(TopicPartition, i64), usize> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((m.topic_partition().clone(), m.offset()), i))
+            .collect();
+        let at = |message: &Message| index[&(message.topic_partition().clone(), message.offset())];
+        let mut instance = match Instance::start(&factory).await {
+            Ok(instance) => instance,
+            Err(error) => panic!("the processor did not start: {error:#}"),
+        };
+        let mut queue: WorkQueue<Message> = WorkQueue::default();
+        queue.push(messages);
+        let mut now = Instant::now();
+        while outcome.stop_requested.is_none() {
+            let Some(first) = queue.next(now) else {
+                match queue.next_retry_at() {
+                    Some(retry_at) => {
+                        now = now.max(retry_at);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            let key = first.message.batch_key();
+            let mut batch = vec![first.message];
+            let mut attempts = vec![first.failed_attempts];
+            // Suspects (of a batch that failed as a whole) run alone, as in the processor task.
+            let mut room = match batch[0].is_suspect() {
+                true => 0,
+                false => batch_messages - 1,
+            };
+            queue.take_more(&mut batch, |message| match room {
+                0 => Take::Full,
+                _ if message.is_suspect() => Take::Skip,
+                _ if key.is_some() && message.batch_key() != key => Take::Skip,
+                _ => {
+                    room -= 1;
+                    Take::Yes
+                }
+            });
+            attempts.resize(batch.len(), 0);
+            let positions: Vec<(i32, i64)> =
+                batch.iter().map(|m| (m.partition(), m.offset())).collect();
+            outcome.runs.extend(&positions);
+            if W::BATCHES {
+                outcome.batches.push(positions);
+            }
+            for message in &batch {
+                outcome.messages[at(message)].attempts += 1;
+            }
+            let attempt = instance.process(&batch).await;
+            match attempt {
+                Attempt::Finished => {
+                    for message in batch {
+                        outcome.messages[at(&message)].fate = Fate::Processed;
+                        queue.finished(&message);
+                    }
+                }
+                Attempt::Failed {
+                    error,
+                    permanent,
+                    panicked,
+                } => {
+                    let whole = batch.len() > 1;
+                    for (mut message, failed) in batch.into_iter().zip(attempts) {
+                        if whole {
+                            message.suspect();
+                        }
+                        let slot = at(&message);
+                        let failure = (failed + 1, error.clone(), permanent);
+                        self.file(&mut outcome, &mut queue, now, slot, message, failure);
+                    }
+                    if panicked {
+                        outcome.processor_restarts += 1;
+                        instance = match Instance::start(&factory).await {
+                            Ok(instance) => instance,
+                            Err(error) => panic!("the processor did not restart: {error:#}"),
+                        };
+                    }
+                }
+                Attempt::Partial(failures) => {
+                    let mut not_processed = Vec::new();
+                    for (position, (message, failed)) in batch.into_iter().zip(attempts).enumerate()
+                    {
+                        match failures.outcome(position) {
+                            BatchOutcome::Finished => {
+                                outcome.messages[at(&message)].fate = Fate::Processed;
+                                queue.finished(&message);
+                            }
+                            BatchOutcome::Failed(error) => {
+                                let slot = at(&message);
+                                let failure =
+                                    (failed + 1, format!("{error:#}"), is_permanent(error));
+                                self.file(&mut outcome, &mut queue, now, slot, message, failure);
+                            }
+                            BatchOutcome::NotProcessed => {
+                                outcome.messages[at(&message)].attempts -= 1;
+                                not_processed.push(message);
+                            }
+                        }
+                    }
+                    queue.requeue(not_processed);
+                }
+                // Only after a failed restart, which panics above.
+                Attempt::Broken => break,
+            }
+        }
+        outcome
+    }
+
+    /// Applies the failure policy to a message whose `failed`-th attempt failed, as the
+    /// processor task does, and writes down what followed.
+    fn file(
+        &self,
+        outcome: &mut Outcome,
+        queue: &mut WorkQueue<Message>,
+        now: Instant,
+        slot: usize,
+        message: Message,
+        (failed, error, permanent): (u32, String, bool),
+    ) {
+        let story = &mut outcome.messages[slot];
+        match self.policy.after_failure(failed, permanent) {
+            AfterFailure::RetryAfter(backoff) => {
+                story.backoffs.push(backoff);
+                queue.park(message, failed, Some(now + backoff));
+            }
+            AfterFailure::GiveUp => match self.policy.exhausted() {
+                Exhausted::Skip => {
+                    story.fate = Fate::Skipped;
+                    queue.finished(&message);
+                }
+                Exhausted::DeadLetter { topic } => {
+                    let mut headers: Vec<(String, String)> = message
+                        .headers()
+                        .map(|(key, value)| {
+                            let value = String::from_utf8_lossy(value.unwrap_or_default());
+                            (key.to_owned(), value.into_owned())
+                        })
+                        .collect();
+                    let provenance = dead_letter::provenance(&message, &error, failed);
+                    headers.extend(provenance.into_iter().map(|(k, v)| (k.to_owned(), v)));
+                    story.fate = Fate::DeadLettered {
+                        topic: dead_letter::topic_of(topic.as_deref(), message.topic()),
+                        headers,
+                    };
+                    queue.finished(&message);
+                }
+                _ => {
+                    outcome.stop_requested.get_or_insert_with(|| {
+                        format!(
+                            "processing failed at {}@{}: {error} (after {failed} attempts)",
+                            message.topic_partition(),
+                            message.offset()
+                        )
+                    });
+                    queue.park(message, failed, None);
+                }
+            },
+        }
+    }
+}

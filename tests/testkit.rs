@@ -1,0 +1,233 @@
+//! The testkit as a user would test a processor with it: no cluster, the framework's own
+//! ordering and failure-policy code, virtual time; and the embedded integration run.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_actors::testkit::{self, Fate, MessageBuilder, TestRun};
+use kafka_actors::{
+    BatchFailures, BatchProcessor, FailurePolicy, Message, OrderingMode, Permanent, Processor,
+    dead_letter_headers,
+};
+
+/// Fails on payloads that say so: "fail N" fails its first N attempts, "poison" fails for
+/// good, "panic" panics once.
+#[derive(Clone, Default)]
+struct Scripted {
+    attempts: Arc<Mutex<Vec<(i32, i64)>>>,
+}
+
+impl Processor for Scripted {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let at = (message.partition(), message.offset());
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            attempts.push(at);
+            attempts.iter().filter(|a| **a == at).count()
+        };
+        match message.payload_str().unwrap_or_default() {
+            "poison" => Err(anyhow::anyhow!("malformed").context(Permanent)),
+            "panic" if attempt == 1 => panic!("a bug"),
+            text => match text.strip_prefix("fail ").map(|n| n.parse::<usize>()) {
+                Some(Ok(times)) if attempt <= times => anyhow::bail!("unavailable"),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+fn message(partition: i32, payload: &str) -> MessageBuilder {
+    MessageBuilder::new("orders")
+        .partition(partition)
+        .payload(payload)
+}
+
+#[test]
+fn retries_follow_the_policys_backoffs_in_virtual_time_and_hold_back_only_their_partition() {
+    let policy = FailurePolicy::retry(4)
+        .backoff(Duration::from_secs(10), Duration::from_secs(60))
+        .jitter(0.0);
+    let started = Instant::now();
+    let outcome = TestRun::new().failure_policy(policy).process(
+        Scripted::default,
+        [message(0, "fail 2"), message(0, "ok"), message(1, "ok")],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "backoffs are virtual"
+    );
+    let retried = outcome.of(0, 0);
+    assert_eq!(retried.fate, Fate::Processed);
+    assert_eq!(retried.attempts, 3);
+    assert_eq!(
+        retried.backoffs,
+        [Duration::from_secs(10), Duration::from_secs(20)]
+    );
+    // Partition 1 went on while partition 0 waited; partition 0's next message waited.
+    assert_eq!(outcome.runs, [(0, 0), (1, 0), (0, 0), (0, 0), (0, 1)]);
+    assert_eq!(outcome.with_fate(|f| *f == Fate::Processed).len(), 3);
+    assert_eq!(outcome.stop_requested, None);
+}
+
+#[test]
+fn per_key_a_failed_message_holds_back_only_its_key() {
+    let outcome = TestRun::new()
+        .ordering(OrderingMode::PerKey)
+        .failure_policy(FailurePolicy::retry(2).jitter(0.0))
+        .process(
+            Scripted::default,
+            [
+                message(0, "fail 1").key("a"),
+                message(0, "ok").key("a"),
+                message(0, "ok").key("b"),
+            ],
+        );
+    assert_eq!(outcome.runs, [(0, 0), (0, 2), (0, 0), (0, 1)]);
+}
+
+#[test]
+fn a_permanent_failure_goes_to_the_dead_letter_topic_with_its_headers() {
+    let outcome = TestRun::new()
+        .failure_policy(FailurePolicy::retry(5).then_dead_letter_to("orders.poison"))
+        .process(
+            Scripted::default,
+            [message(3, "poison")
+                .key("k")
+                .header("tenant", "acme")
+                .timestamp(1_700_000_000_000)],
+        );
+    let poison = outcome.of(3, 0);
+    assert_eq!(poison.attempts, 1, "a permanent failure is not retried");
+    let Fate::DeadLettered { topic, headers } = &poison.fate else {
+        panic!("{poison:?}");
+    };
+    assert_eq!(topic, "orders.poison");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    assert_eq!(header("tenant"), Some("acme"));
+    assert_eq!(header(dead_letter_headers::ORIGINAL_TOPIC), Some("orders"));
+    assert_eq!(header(dead_letter_headers::ORIGINAL_PARTITION), Some("3"));
+    assert_eq!(header(dead_letter_headers::ORIGINAL_OFFSET), Some("0"));
+    assert_eq!(header(dead_letter_headers::ATTEMPTS), Some("1"));
+    assert_eq!(
+        header(dead_letter_headers::ORIGINAL_TIMESTAMP),
+        Some("1700000000000")
+    );
+    assert!(
+        header(dead_letter_headers::ERROR)
+            .unwrap()
+            .contains("malformed")
+    );
+}
+
+#[test]
+fn exhausted_attempts_skip_or_request_a_stop_and_a_panic_replaces_the_processor() {
+    let skipped = TestRun::new()
+        .failure_policy(FailurePolicy::retry(2).then_skip())
+        .process(Scripted::default, [message(0, "fail 9"), message(0, "ok")]);
+    assert_eq!(skipped.of(0, 0).fate, Fate::Skipped);
+    assert_eq!(skipped.of(0, 1).fate, Fate::Processed);
+
+    let stopped = TestRun::new()
+        .failure_policy(FailurePolicy::retry(2))
+        .process(Scripted::default, [message(0, "fail 9"), message(0, "ok")]);
+    assert!(
+        stopped
+            .stop_requested
+            .as_deref()
+            .unwrap()
+            .contains("orders/0@0"),
+        "{stopped:?}"
+    );
+    assert_eq!(stopped.of(0, 0).fate, Fate::Unfinished);
+    assert_eq!(stopped.of(0, 1).fate, Fate::Unfinished);
+
+    let scripted = Scripted::default();
+    let panicked = TestRun::new().process(move || scripted.clone(), [message(0, "panic")]);
+    assert_eq!(panicked.processor_restarts, 1);
+    assert_eq!(panicked.of(0, 0).fate, Fate::Processed);
+    assert_eq!(panicked.of(0, 0).attempts, 2);
+}
+
+/// Stores batches; a batch holding "poison" fails as a whole, "refuse" fails alone.
+#[derive(Default)]
+struct Sink;
+
+impl BatchProcessor for Sink {
+    async fn process_batch(&mut self, batch: &[Message]) -> anyhow::Result<()> {
+        if batch.iter().any(|m| m.payload_str() == Some("poison")) {
+            anyhow::bail!("the insert failed");
+        }
+        let mut failures = BatchFailures::new();
+        for (index, message) in batch.iter().enumerate() {
+            if message.payload_str() == Some("refuse") {
+                failures.fail(index, anyhow::anyhow!("constraint").context(Permanent));
+            }
+        }
+        failures.into_result()
+    }
+}
+
+#[test]
+fn batches_isolate_a_poison_message_and_fail_only_what_they_name() {
+    let messages = (0..6).map(|i| {
+        let payload = match i {
+            2 => "poison",
+            4 => "refuse",
+            _ => "ok",
+        };
+        message(0, payload)
+    });
+    let outcome = TestRun::new()
+        .batch_size(10)
+        .failure_policy(FailurePolicy::retry(2).jitter(0.0).then_dead_letter())
+        .process_batches(|| Sink, messages.chain([message(1, "ok")]));
+    // One batch per partition, then the failed partition's lane from its first message alone.
+    assert_eq!(
+        outcome.batches[0],
+        [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5)]
+    );
+    assert_eq!(outcome.batches[1], [(1, 0)]);
+    assert_eq!(
+        outcome.with_fate(|f| matches!(f, Fate::DeadLettered { .. })),
+        [(0, 2), (0, 4)]
+    );
+    assert_eq!(
+        outcome.with_fate(|f| *f == Fate::Processed),
+        [(0, 0), (0, 1), (0, 3), (0, 5), (1, 0)]
+    );
+    // In the batch, then alone twice (the policy's two attempts).
+    assert_eq!(outcome.of(0, 2).attempts, 3);
+    assert_eq!(
+        outcome.of(0, 3).attempts,
+        2,
+        "an innocent one: in the batch, then alone"
+    );
+}
+
+#[test]
+fn an_integration_run_on_the_embedded_cluster_returns_the_report() {
+    let records = (0..300).map(|i| (format!("k{i}"), if i == 7 { "poison" } else { "ok" }));
+    let report = testkit::run_embedded_batches(
+        "testkit-orders",
+        3,
+        records,
+        |config| {
+            config
+                .batch_size(50, 1 << 20)
+                .failure_policy(FailurePolicy::retry(2).then_dead_letter())
+        },
+        || Sink,
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        (report.processed, report.dead_lettered),
+        (299, 1),
+        "{report}"
+    );
+}
