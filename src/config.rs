@@ -7,8 +7,9 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
+use crate::flow::InFlightLimit;
 use crate::flow::{BatchLimit, PrefetchLimit};
-use crate::{Error, FailurePolicy, InFlightLimit, OrderingMode, Result};
+use crate::{Error, FailurePolicy, OrderingMode, Result};
 
 /// librdkafka properties the framework sets itself; a user value would break its guarantees
 /// or duplicate a builder method.
@@ -356,6 +357,7 @@ impl ConsumerConfig {
 /// # Ok::<(), kafka_actors::Error>(())
 /// ```
 #[derive(Clone)]
+#[must_use = "a builder does nothing until `build()` is called"]
 pub struct ConsumerConfigBuilder {
     brokers: String,
     group_id: String,
@@ -705,6 +707,12 @@ impl ConsumerConfigBuilder {
             }
         }
         let http_addr = self.http_addr.as_deref().map(parse_http_addr).transpose()?;
+        if cfg!(not(feature = "http")) && http_addr.is_some() {
+            return Err(Error::config(
+                "http_addr",
+                "needs the `http` feature, which this build leaves out: nothing would serve it",
+            ));
+        }
         self.failure_policy
             .validate()
             .map_err(|reason| Error::config("failure_policy", reason))?;

@@ -43,6 +43,7 @@ pub enum Exhausted {
 ///     .then_dead_letter();
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a policy does nothing until it is given to `failure_policy`"]
 pub struct FailurePolicy {
     pub(crate) attempts: u32,
     pub(crate) initial_backoff: Duration,

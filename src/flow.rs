@@ -20,12 +20,12 @@ use crate::offsets::{AssignmentId, TopicPartition};
 /// for the whole system, see
 /// [`ConsumerConfigBuilder::max_in_flight`](crate::ConsumerConfigBuilder::max_in_flight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InFlightLimit {
+pub(crate) struct InFlightLimit {
     /// The most messages in flight.
-    pub messages: usize,
+    pub(crate) messages: usize,
     /// The most bytes of keys and payloads in flight. A single message larger than this is
     /// still dispatched, alone.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 impl InFlightLimit {

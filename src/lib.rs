@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod actors;
 mod commits;
@@ -35,7 +36,6 @@ pub use config::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol};
 pub use dead_letter::headers as dead_letter_headers;
 pub use error::{Error, Result};
 pub use failure::{Exhausted, FailurePolicy, Permanent};
-pub use flow::InFlightLimit;
 pub use message::Message;
 pub use metrics::Metrics;
 pub use offsets::TopicPartition;

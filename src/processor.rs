@@ -209,6 +209,12 @@ impl BatchFailures {
         }
     }
 
+    /// The highest index named, to catch a processor that names messages its batch does not
+    /// hold.
+    pub(crate) fn highest_index(&self) -> Option<usize> {
+        self.failed.keys().next_back().copied().max(self.from)
+    }
+
     /// Whether the message at `index` failed or was not processed, and its error if it failed.
     pub(crate) fn outcome(&self, index: usize) -> BatchOutcome<'_> {
         match self.failed.get(&index) {

@@ -164,6 +164,7 @@ pub struct PhaseReport {
 /// was abandoned, per partition. They were not committed and are delivered again to the next
 /// member that reads the partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Abandoned {
     /// The partition.
     pub partition: TopicPartition,

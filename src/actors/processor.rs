@@ -574,6 +574,14 @@ impl<W: Work> ProcessorTask<W> {
                 }
             }
             Some(Attempt::Partial(failures)) => {
+                if let Some(index) = failures.highest_index().filter(|&i| i >= batch.len()) {
+                    log::warn!(
+                        "{}: the batch's failures name message {index} of a batch of {}: \
+                         ignored (a bug in the processor)",
+                        describe(&batch),
+                        batch.len()
+                    );
+                }
                 let mut not_processed = Vec::new();
                 let outcomes = batch.drain(..).zip(attempts.drain(..)).enumerate();
                 for (index, (message, failed)) in outcomes {

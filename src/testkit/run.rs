@@ -34,6 +34,7 @@ use crate::{
 ///     .timestamp(1_700_000_000_000);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a message builder does nothing until it is given to a `TestRun`"]
 pub struct MessageBuilder {
     topic: String,
     partition: i32,
@@ -208,6 +209,7 @@ impl Outcome {
 /// assert!(matches!(&poison.fate, Fate::DeadLettered { topic, .. } if topic == "orders.dlq"));
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a test run does nothing until `process` or `process_batches` is called"]
 pub struct TestRun {
     ordering: OrderingMode,
     policy: FailurePolicy,
