@@ -24,6 +24,14 @@
 //! `SOAK_SLOW_ONE_IN` (default 500, 0 for none) sets how rare slow messages are;
 //! `SOAK_RESTART_SECONDS` replaces the random membership changes with restarts of the whole
 //! group about that often.
+//!
+//! In per-partition order, the seed also makes some members batch processors (random batch
+//! sizes and lingers) beside one-message processors in the same group. A batch member writes
+//! its ledger entries as a transaction would: those of a batch that succeeded, or of the
+//! messages before the first that failed (`BatchFailures::from_index`); none when the batch
+//! panics. (Only per partition: in the other modes a batch holds several lanes, and a whole
+//! batch's failure counts an attempt against each lane's first message, which the check that
+//! a poison message's dead letter says one attempt would not allow.)
 
 mod support;
 
@@ -33,8 +41,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{
-    ConsumerSystem, FailurePolicy, Message, OrderingMode, Permanent, Processor, RunningSystem,
-    dead_letter_headers, metric_names,
+    BatchFailures, BatchProcessor, ConsumerSystem, FailurePolicy, Message, OrderingMode, Permanent,
+    Processor, RunningSystem, dead_letter_headers, metric_names,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::rngs::StdRng;
@@ -121,6 +129,42 @@ struct SoakProcessor {
 
 impl Processor for SoakProcessor {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let entry = self.attempt(message).await?;
+        self.record(entry);
+        Ok(())
+    }
+}
+
+/// A batch member: each message as [`SoakProcessor`] does it, the ledger written as a
+/// transaction would be.
+struct SoakBatchProcessor(SoakProcessor);
+
+impl BatchProcessor for SoakBatchProcessor {
+    async fn process_batch(&mut self, batch: &[Message]) -> anyhow::Result<()> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
+            match self.0.attempt(message).await {
+                Ok(entry) => entries.push(entry),
+                Err(error) => {
+                    // What came before it is committed; it and the rest are not processed.
+                    entries.into_iter().for_each(|entry| self.0.record(entry));
+                    return Err(BatchFailures::from_index(index, error).into());
+                }
+            }
+        }
+        entries.into_iter().for_each(|entry| self.0.record(entry));
+        Ok(())
+    }
+}
+
+impl SoakProcessor {
+    fn record(&self, entry: Entry) {
+        self.shared.processed_ids.lock().unwrap().insert(entry.id);
+        self.shared.ledger.lock().unwrap().push(entry);
+    }
+
+    /// One attempt at a message, as its payload says; on success, what to record.
+    async fn attempt(&self, message: &Message) -> anyhow::Result<Entry> {
         let (id, fate, work_us) = message
             .payload_str()
             .and_then(parse_payload)
@@ -142,15 +186,13 @@ impl Processor for SoakProcessor {
             Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
             _ => {}
         }
-        self.shared.processed_ids.lock().unwrap().insert(id);
-        self.shared.ledger.lock().unwrap().push(Entry {
+        Ok(Entry {
             partition: message.partition(),
             offset: message.offset(),
             id,
             member: self.member,
             at: Instant::now(),
-        });
-        Ok(())
+        })
     }
 }
 
@@ -307,10 +349,21 @@ impl Group<'_> {
             );
         }
         // Under the consumer protocol the broker assigns: the plan's assignor is left out.
-        let config = support::classic(
+        let mut config = support::classic(
             config,
             &[("partition.assignment.strategy", self.plan.strategy)],
         );
+        // Per partition, a third of the members process batches.
+        let batches = (self.plan.ordering == OrderingMode::PerPartition
+            && self.rng.random_ratio(1, 3))
+        .then(|| {
+            let messages = self.rng.random_range(1..=64);
+            let linger = Duration::from_millis(self.rng.random_range(0..=20));
+            (messages, linger)
+        });
+        if let Some((messages, linger)) = batches {
+            config = config.batch_size(messages, 1 << 20).batch_linger(linger);
+        }
         let config = config
             .ordering(self.plan.ordering)
             .processors(processors)
@@ -326,12 +379,20 @@ impl Group<'_> {
             .unwrap();
         let shared = self.shared.clone();
         let before = self.members.len();
-        let system = ConsumerSystem::spawn(config, move || SoakProcessor {
+        let processor = move || SoakProcessor {
             shared: shared.clone(),
             member: index,
-        })
+        };
+        let system = match batches {
+            Some(_) => ConsumerSystem::spawn_batch(config, move || SoakBatchProcessor(processor())),
+            None => ConsumerSystem::spawn(config, processor),
+        }
         .unwrap_or_else(|error| panic!("member {index} did not start: {error}"));
-        note!("member {index} joins with {processors} processors");
+        let kind = match batches {
+            Some((messages, linger)) => format!(" in batches of up to {messages} ({linger:?})"),
+            None => String::new(),
+        };
+        note!("member {index} joins with {processors} processors{kind}");
         self.members.push(Member {
             index,
             system,
