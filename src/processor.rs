@@ -67,7 +67,9 @@ pub trait Processor: 'static {
     /// Returns the positions the processor stored itself (for example in the same database
     /// transaction as its results): each listed partition is read from there instead of from
     /// the group's committed offset. Where several processors answer for a partition, the
-    /// lowest position wins, so that nothing is skipped. An error, or no answer within
+    /// lowest position wins, so that nothing is skipped. A position past the partition's end
+    /// (a store that outlived its topic) makes librdkafka apply `auto.offset.reset` (by
+    /// default `earliest`: the partition is read again). An error, or no answer within
     /// [`rebalance_drain_timeout`](crate::ConsumerConfigBuilder::rebalance_drain_timeout),
     /// stops the system: reading from the committed offsets instead could skip or repeat what
     /// the store holds.
