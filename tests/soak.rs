@@ -335,7 +335,6 @@ impl Group<'_> {
             Ok(n) => n.parse().expect("SOAK_PROCESSORS is a number"),
             Err(_) => self.rng.random_range(1..=6),
         };
-        let http = free_addr();
         let mut config = self.cluster.config(&self.topic, &self.group);
         if !self.cluster.is_real_broker() {
             // The embedded cluster waits up to a session timeout for members in every
@@ -373,21 +372,32 @@ impl Group<'_> {
                 FailurePolicy::retry(self.rng.random_range(3..=5))
                     .backoff(Duration::from_millis(20), Duration::from_millis(200))
                     .then_dead_letter(),
-            )
-            .http_addr(http.to_string())
-            .build()
-            .unwrap();
+            );
         let shared = self.shared.clone();
         let before = self.members.len();
         let processor = move || SoakProcessor {
             shared: shared.clone(),
             member: index,
         };
-        let system = match batches {
-            Some(_) => ConsumerSystem::spawn_batch(config, move || SoakBatchProcessor(processor())),
-            None => ConsumerSystem::spawn(config, processor),
-        }
-        .unwrap_or_else(|error| panic!("member {index} did not start: {error}"));
+        // A port free a moment ago may be taken by then (the embedded clusters of the tests
+        // running beside this one bind ports of their own): another one is tried.
+        let mut tries = 0;
+        let (system, http) = loop {
+            let http = free_addr();
+            let config = config.clone().http_addr(http.to_string()).build().unwrap();
+            let processor = processor.clone();
+            let started = match batches {
+                Some(_) => {
+                    ConsumerSystem::spawn_batch(config, move || SoakBatchProcessor(processor()))
+                }
+                None => ConsumerSystem::spawn(config, processor),
+            };
+            match started {
+                Ok(system) => break (system, http),
+                Err(kafka_actors::Error::Http { .. }) if tries < 5 => tries += 1,
+                Err(error) => panic!("member {index} did not start: {error}"),
+            }
+        };
         let kind = match batches {
             Some((messages, linger)) => format!(" in batches of up to {messages} ({linger:?})"),
             None => String::new(),

@@ -790,10 +790,19 @@ pub fn example_binary(name: &str) -> PathBuf {
 }
 
 /// An address on this machine with a port free a moment ago.
+///
+/// Below the ephemeral range (Linux: from 32768): the kernel hands ports from that range to
+/// whatever binds port 0 (the embedded clusters of tests running beside this one), which
+/// could take a port picked there before the test binds it.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("a bound address");
+        }
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1")
 }
 
 /// `GET path`: the status code and the body.
