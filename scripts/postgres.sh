@@ -7,16 +7,19 @@
 #   scripts/postgres.sh stop    stop the server this script started, by its pid
 #   scripts/postgres.sh url     print the DATABASE_URL
 #
-# Everything lives under .postgres/ (ignored by git; a fresh data directory at every start).
-# POSTGRES_PORT (default 5433, beside a system PostgreSQL on 5432) chooses the port. PostgreSQL
-# refuses to run as root: as root, the server runs as the `postgres` user (created by the
-# package), which owns .postgres/.
+# The pid and logs live under .postgres/ (ignored by git), and so does the data directory (new
+# at every start), except as root: PostgreSQL refuses to run as root, so the server then runs
+# as the `postgres` user (created by the package), who may not be allowed into the checkout
+# (a CI checkout under a private temporary directory): its data directory is then a fresh
+# directory under /tmp that it owns, removed by `stop`. POSTGRES_PORT (default 5433, beside a
+# system PostgreSQL on 5432) chooses the port.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 home="$root/.postgres"
-data="$home/data"
 pidfile="$home/postgres.pid"
+# Where the data directory of the running server is (see above).
+datafile="$home/data-dir"
 port="${POSTGRES_PORT:-5433}"
 url="postgres://postgres@127.0.0.1:$port/postgres"
 
@@ -46,10 +49,10 @@ install_postgres() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
 }
 
-# Runs a command as the user the server runs as.
+# Runs a command as the user the server runs as (from /, which that user may enter).
 as_owner() {
   if [[ "$(id -u)" -eq 0 ]]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -65,12 +68,17 @@ start() {
     install_postgres
     bin="$(find_bin)" || die "PostgreSQL was installed but initdb was not found"
   fi
-  rm -rf "$data"
   mkdir -p "$home"
+  local data
   if [[ "$(id -u)" -eq 0 ]]; then
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-    chown postgres "$home"
+    data="$(mktemp -d /tmp/kafka-actors-postgres.XXXXXX)"
+    chown postgres "$data"
+  else
+    data="$home/data"
+    rm -rf "$data"
   fi
+  echo "$data" >"$datafile"
   as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >"$home/initdb.log" 2>&1 \
     || { cat "$home/initdb.log" >&2; die "initdb failed"; }
   # Only TCP on 127.0.0.1, the socket in the data directory: nothing outside this machine.
@@ -97,8 +105,9 @@ start() {
 
 stop() {
   [[ -f "$pidfile" ]] || return 0
-  local pid
+  local pid data
   pid="$(cat "$pidfile")"
+  data="$(cat "$datafile" 2>/dev/null || true)"
   if kill -0 "$pid" 2>/dev/null; then
     # SIGINT: PostgreSQL's fast shutdown.
     kill -INT "$pid"
@@ -107,7 +116,11 @@ stop() {
       sleep 0.5
     done
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$datafile"
+  # A data directory of its own under /tmp (as root) goes with the server.
+  if [[ "$data" == /tmp/kafka-actors-postgres.* ]]; then
+    rm -rf "$data"
+  fi
 }
 
 case "${1:-}" in
