@@ -244,11 +244,7 @@ impl FetchContext {
         let Some(revocation) = self.revocation.get().filter(|r| r.hooks) else {
             return;
         };
-        let partitions: Vec<TopicPartition> = assignment
-            .elements()
-            .iter()
-            .map(|p| TopicPartition::new(p.topic(), p.partition()))
-            .collect();
+        let partitions = partitions_of(assignment);
         let deadline = Instant::now() + revocation.drain_timeout;
         let answers = self.run_hooks(&partitions, deadline, |partitions, reply| Hook::Assigned {
             partitions,
@@ -445,11 +441,7 @@ impl ConsumerContext for FetchContext {
                     partitions.count(),
                     names(partitions)
                 );
-                let revoked: Vec<TopicPartition> = partitions
-                    .elements()
-                    .iter()
-                    .map(|p| TopicPartition::new(p.topic(), p.partition()))
-                    .collect();
+                let revoked = partitions_of(partitions);
                 self.revoke(consumer, |p| revoked.contains(p), lost);
             }
             // librdkafka unassigns everything after a rebalance error: as good as lost.
@@ -523,6 +515,14 @@ impl ConsumerContext for FetchContext {
         routes.assign(assigned, stopping);
         self.metrics.assigned(routes.held());
     }
+}
+
+/// The partitions of a list librdkafka handed over.
+fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|p| TopicPartition::new(p.topic(), p.partition()))
+        .collect()
 }
 
 /// The offsets beyond each partition's committed offset that its previous reader finished,
