@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_actors::{ConsumerConfig, ConsumerSystem, Message, Processor};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::bindings as rd;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde_json::json;
 
 /// librdkafka settings every Rust contender gets, so B1 and F are configured alike: the
@@ -72,6 +73,264 @@ pub fn raw_poll_loop(run: &Run) -> anyhow::Result<()> {
         "seconds": seconds_between(first.expect("a message"), last),
     }));
     Ok(())
+}
+
+/// librdkafka settings for B2's tuned variant, the ceiling of the librdkafka path on this
+/// machine: bigger fetches (8 MiB per partition, 64 MiB per request) and a deeper prefetch
+/// queue, so that the broker thread sends fewer, larger requests.
+pub const TUNED_SETTINGS: &[(&str, &str)] = &[
+    ("max.partition.fetch.bytes", "8388608"),
+    ("fetch.max.bytes", "67108864"),
+    ("queued.min.messages", "1000000"),
+    ("queued.max.messages.kbytes", "262144"),
+];
+
+/// B2's consumer context: forwards each assigned partition's messages to the loop's queue
+/// before librdkafka assigns it, so that the loop takes messages a batch per call while the
+/// consumer's own queue keeps the rebalance events (`rd_kafka_consume_batch_queue` on that
+/// queue would take them too, and unassign everything). What the framework's Fetcher does.
+#[derive(Default)]
+struct ForwardPartitions {
+    queue: OnceLock<Queue>,
+}
+
+/// A queue of the consumer's, destroyed before it.
+struct Queue(*mut rd::rd_kafka_queue_t);
+
+// SAFETY: librdkafka queues are thread-safe.
+unsafe impl Send for Queue {}
+unsafe impl Sync for Queue {}
+
+impl ClientContext for ForwardPartitions {}
+
+impl ConsumerContext for ForwardPartitions {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Assign(partitions), Some(queue)) = (rebalance, self.queue.get()) else {
+            return;
+        };
+        for element in partitions.elements() {
+            let topic = std::ffi::CString::new(element.topic()).expect("a topic name");
+            // SAFETY: a live consumer; the partition's queue handle is forwarded and released
+            // at once (the forwarding belongs to the partition).
+            unsafe {
+                let partition = rd::rd_kafka_queue_get_partition(
+                    consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    element.partition(),
+                );
+                if !partition.is_null() {
+                    rd::rd_kafka_queue_forward(partition, queue.0);
+                    rd::rd_kafka_queue_destroy(partition);
+                }
+            }
+        }
+    }
+}
+
+/// B2: a raw rdkafka consumer in a group that takes messages a batch per call
+/// (`rd_kafka_consume_batch_queue`, up to 1,000 at a time, waiting for one message only when
+/// none is there), does nothing per message and commits once
+/// at the end: the ceiling of the librdkafka path the framework is built on. `tuned` adds
+/// [`TUNED_SETTINGS`]. With `latency`, it records each message's latency (see
+/// [`Latencies`]) instead of counting against a deadline.
+pub fn raw_batch_loop(run: &Run, tuned: bool, latency: bool) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    for (key, value) in CONSUMER_SETTINGS
+        .iter()
+        .chain(if tuned { TUNED_SETTINGS } else { &[] })
+    {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer<ForwardPartitions> = config
+        .set("bootstrap.servers", &run.brokers)
+        .set("group.id", &run.group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(ForwardPartitions::default())?;
+    // SAFETY: a new queue of a live consumer, destroyed below before the consumer is dropped.
+    let queue = unsafe { rd::rd_kafka_queue_new(consumer.client().native_ptr()) };
+    anyhow::ensure!(!queue.is_null(), "rd_kafka_queue_new failed");
+    let _ = consumer.context().queue.set(Queue(queue));
+    consumer.subscribe(&[&run.topic])?;
+
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut first = None;
+    let mut latencies = Latencies::default();
+    let mut batch: Vec<*mut rd::rd_kafka_message_t> = Vec::with_capacity(1_000);
+    while count < run.messages {
+        // Rebalance events and errors.
+        if let Some(Err(error)) = consumer.poll(Duration::ZERO) {
+            eprintln!("b2: {error}");
+        }
+        // What is there, without waiting (a batch call with a timeout waits for a full
+        // batch); when nothing is, one message with a wait, taken as soon as it arrives.
+        // SAFETY: `batch` has room for its capacity; librdkafka writes `taken` pointers.
+        let taken = unsafe {
+            rd::rd_kafka_consume_batch_queue(queue, 0, batch.as_mut_ptr(), batch.capacity())
+        };
+        // SAFETY: as above.
+        unsafe { batch.set_len(usize::try_from(taken).unwrap_or(0)) };
+        if batch.is_empty() {
+            // SAFETY: a live queue; the message, if any, is destroyed below.
+            let message = unsafe { rd::rd_kafka_consume_queue(queue, 100) };
+            if !message.is_null() {
+                batch.push(message);
+            }
+        }
+        if !batch.is_empty() && first.is_none() {
+            first = Some(Instant::now());
+            if latency {
+                // The driver starts its paced stream once the group is joined.
+                println!("first-message {}", unix_nanos());
+                std::io::stdout().flush()?;
+            }
+        }
+        for &message in &batch {
+            // SAFETY: a message librdkafka handed over, read once and destroyed once.
+            unsafe {
+                let raw = &*message;
+                if raw.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    count += 1;
+                    bytes += raw.len as u64;
+                    next_offsets.insert(raw.partition, raw.offset + 1);
+                    if latency && !raw.payload.is_null() {
+                        let payload = std::slice::from_raw_parts(raw.payload.cast::<u8>(), raw.len);
+                        latencies.record(payload);
+                    }
+                }
+                rd::rd_kafka_message_destroy(message);
+            }
+        }
+        batch.clear();
+    }
+    let last = Instant::now();
+    let mut offsets = TopicPartitionList::new();
+    for (partition, offset) in &next_offsets {
+        offsets.add_partition_offset(&run.topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&offsets, CommitMode::Sync)?;
+    consumer.unsubscribe();
+    // SAFETY: the queue was created above and is destroyed once, before the consumer.
+    unsafe { rd::rd_kafka_queue_destroy(queue) };
+    drop(consumer);
+    let mut figures = json!({
+        "messages": count,
+        "bytes": bytes,
+        "seconds": seconds_between(first.expect("a message"), last),
+    });
+    if latency {
+        figures["latency"] = latencies.summary();
+    }
+    print_json(figures);
+    Ok(())
+}
+
+/// End-to-end latencies, from the time a message was sent (its first 8 bytes: Unix
+/// nanoseconds, written by the driver's paced producer) to the end of its processing. A
+/// message sent at time 0 is the driver's warm-up message and is not counted.
+#[derive(Default)]
+pub struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn record(&mut self, payload: &[u8]) {
+        let Some(sent) = payload.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)) else {
+            return;
+        };
+        if sent != 0 {
+            self.0.push(unix_nanos().saturating_sub(sent));
+        }
+    }
+
+    fn merge(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    /// Count and percentiles, in milliseconds.
+    fn summary(&mut self) -> serde_json::Value {
+        self.0.sort_unstable();
+        let at = |quantile: f64| {
+            let index = ((self.0.len() as f64 * quantile).ceil() as usize).saturating_sub(1);
+            self.0
+                .get(index)
+                .map_or(f64::NAN, |nanos| *nanos as f64 / 1e6)
+        };
+        json!({ "count": self.0.len(), "p50": at(0.5), "p99": at(0.99), "p999": at(0.999) })
+    }
+}
+
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// F's processor for the latency runs: records each message's latency, and on stop hands
+/// its figures to the process.
+struct Timing {
+    latencies: Latencies,
+    all: Arc<Mutex<Latencies>>,
+    progress: Arc<Progress>,
+    target: u64,
+    announced: Arc<OnceLock<()>>,
+}
+
+impl Processor for Timing {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.latencies.record(message.payload().unwrap_or_default());
+        if self.announced.set(()).is_ok() {
+            println!("first-message {}", unix_nanos());
+            std::io::stdout().flush()?;
+        }
+        if self.progress.messages.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.progress.last.get_or_init(Instant::now);
+        }
+        Ok(())
+    }
+
+    async fn on_stop(&mut self) -> anyhow::Result<()> {
+        let mine = std::mem::take(&mut self.latencies);
+        self.all.lock().unwrap().merge(mine);
+        Ok(())
+    }
+}
+
+/// F under a paced stream, in the ordering mode `KAFKA_ORDERING` names (the driver sets it),
+/// recording every message's latency until
+/// `--messages` arrived (the warm-up message included), then its percentiles.
+pub fn framework_latency(run: &Run) -> anyhow::Result<()> {
+    let progress = Arc::new(Progress::default());
+    let all = Arc::new(Mutex::new(Latencies::default()));
+    let announced = Arc::new(OnceLock::new());
+    let (shared, figures) = (progress.clone(), all.clone());
+    let target = run.messages;
+    let config = framework_config(run)?.handle_signals(false).build()?;
+    let system = ConsumerSystem::spawn(config, move || Timing {
+        latencies: Latencies::default(),
+        all: figures.clone(),
+        progress: shared.clone(),
+        target,
+        announced: announced.clone(),
+    })?;
+    wait_for("every message", Duration::from_secs(600), || {
+        progress.last.get().is_some()
+    })?;
+    system.stop();
+    let report = system.join()?;
+    anyhow::ensure!(report.is_clean(), "unclean shutdown:\n{report}");
+    let latency = all.lock().unwrap().summary();
+    print_json(json!({
+        "messages": progress.messages.load(Ordering::Relaxed),
+        "latency": latency,
+    }));
+    Ok(())
+}
+
+fn ordering_from_env(name: &str) -> kafka_actors::OrderingMode {
+    match std::env::var(name).as_deref() {
+        Ok("per-key") => kafka_actors::OrderingMode::PerKey,
+        Ok("unordered") => kafka_actors::OrderingMode::Unordered,
+        _ => kafka_actors::OrderingMode::PerPartition,
+    }
 }
 
 /// What the counting processors share.
@@ -250,11 +509,7 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 pub fn drain(run: &Run) -> anyhow::Result<()> {
     let work = Duration::from_millis(env_number("DRAIN_WORK_MS", 0)?);
     let processors = env_number("DRAIN_PROCESSORS", 4)? as usize;
-    let ordering = match std::env::var("DRAIN_ORDERING").as_deref() {
-        Ok("per-key") => kafka_actors::OrderingMode::PerKey,
-        Ok("unordered") => kafka_actors::OrderingMode::Unordered,
-        _ => kafka_actors::OrderingMode::PerPartition,
-    };
+    let ordering = ordering_from_env("DRAIN_ORDERING");
     let announced = Arc::new(OnceLock::new());
     let config = framework_config(run)?
         .processors(processors)

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -58,7 +58,7 @@ const WORKLOADS: &[Workload] = &[
 /// What the benchmark stores per partition on the mock cluster, which retains about 5 MB.
 const MOCK_PARTITION_BYTES: u64 = 4_000_000;
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -67,14 +67,14 @@ pub fn out_dir() -> PathBuf {
 }
 
 /// Where a backend's brokers are, and the embedded cluster if it is one.
-struct Backend {
+pub struct Backend {
     name: &'static str,
-    brokers: String,
+    pub brokers: String,
     _embedded: Option<EmbeddedCluster>,
 }
 
 impl Backend {
-    fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
         match &self._embedded {
             Some(embedded) => Ok(embedded.create_topic(topic, partitions)?),
             None => create_topic(&self.brokers, topic, partitions),
@@ -102,10 +102,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .sections
         .split(',')
         .any(|s| s.trim() == "throughput");
-    let sarama = if options.peers && throughput {
-        build_sarama()
+    let peers = if options.peers && throughput {
+        Peers::build()
     } else {
-        None
+        Peers::default()
     };
     let mut report = String::new();
     writeln!(report, "{}", machine_description())?;
@@ -143,6 +143,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 options.runs
             )?;
         }
+        let mut goals = Vec::new();
         for workload in WORKLOADS.iter().filter(|_| section("throughput")) {
             let mut messages = ((workload.messages as f64 * options.scale) as u64).max(1_000);
             if !real {
@@ -165,12 +166,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             backend.create_topic(&topic, workload.partitions)?;
             preload(&backend.brokers, &topic, messages, workload.payload)?;
 
-            let mut kinds = vec!["B1", "F"];
+            let mut kinds = vec!["B1", "B2", "B2T", "F"];
             if options.peers && real {
                 kinds.push("Java");
-                if sarama.is_some() {
-                    kinds.push("Go");
-                }
+                kinds.extend(peers.available());
             }
             let mut results: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
             for round in 0..options.runs {
@@ -182,7 +181,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         &topic,
                         &group,
                         messages,
-                        sarama.as_deref(),
+                        &peers,
                         options.child_timeout,
                     )
                     .with_context(|| format!("{kind} on {topic}"))?;
@@ -199,6 +198,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 workload.payload, workload.partitions
             )?;
             report.push_str(&throughput_table(&kinds, &results));
+            goals.push(Goals::of(workload, &kinds, &results));
+        }
+        if !goals.is_empty() {
+            report.push_str(&goals_table(&goals));
+        }
+        if real && section("scaling") {
+            report.push_str(&scaling_figures(
+                &backend,
+                options.runs,
+                options.scale,
+                options.child_timeout,
+            )?);
+        }
+        if real && section("latency") {
+            report.push_str(&crate::latency::section(&backend, options.child_timeout)?);
         }
         if real && section("shutdown") {
             report.push_str(&shutdown_figures(
@@ -282,18 +296,79 @@ fn preload(brokers: &str, topic: &str, messages: u64, payload: usize) -> anyhow:
     Ok(())
 }
 
-fn build_sarama() -> Option<PathBuf> {
-    let binary = out_dir().join("sarama-consumer");
+/// The peers built from source in `benches/`, each left out (and said so) when its build
+/// fails.
+#[derive(Default)]
+pub struct Peers {
+    sarama: Option<PathBuf>,
+    franz_go: Option<PathBuf>,
+    arroyo: Option<PathBuf>,
+    /// Not a peer: the record-batch decoding spike (`benches/spike`).
+    spike: Option<PathBuf>,
+}
+
+impl Peers {
+    fn build() -> Peers {
+        Peers {
+            sarama: build_go("sarama"),
+            franz_go: build_go("franz-go"),
+            arroyo: build_crate(
+                "arroyo",
+                "arroyo-consumer",
+                "; librdkafka's CMake build, which Arroyo asks for, needs libcurl's headers \
+                 (Debian: libcurl4-openssl-dev)",
+            ),
+            spike: build_crate("spike", "record-batch-spike", ""),
+        }
+    }
+
+    /// The peers' contender kinds, in table order, and the spike's.
+    fn available(&self) -> Vec<&'static str> {
+        [
+            ("Sarama", &self.sarama),
+            ("FranzGo", &self.franz_go),
+            ("Arroyo", &self.arroyo),
+            ("Spike", &self.spike),
+            ("SpikeCrate", &self.spike),
+        ]
+        .into_iter()
+        .filter_map(|(kind, binary)| binary.as_ref().map(|_| kind))
+        .collect()
+    }
+}
+
+/// Builds the Go consumer in `benches/<name>` into `target/bench/<name>-consumer`.
+fn build_go(name: &str) -> Option<PathBuf> {
+    let binary = out_dir().join(format!("{name}-consumer"));
     let built = Command::new("go")
         .args(["build", "-o"])
         .arg(&binary)
         .arg(".")
-        .current_dir(repo_root().join("benches").join("sarama"))
+        .current_dir(repo_root().join("benches").join(name))
         .status();
     match built {
         Ok(status) if status.success() => Some(binary),
         other => {
-            eprintln!("the Go peer is left out: go build failed ({other:?})");
+            eprintln!("the Go peer {name} is left out: go build failed ({other:?})");
+            None
+        }
+    }
+}
+
+/// Builds `benches/<name>`, a crate of its own (its dependencies stay out of this one's), in
+/// `target/peers`.
+fn build_crate(name: &str, binary: &str, needs: &str) -> Option<PathBuf> {
+    let target = repo_root().join("target").join("peers");
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(repo_root().join("benches").join(name).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status();
+    match built {
+        Ok(status) if status.success() => Some(target.join("release").join(binary)),
+        other => {
+            eprintln!("{name} is left out: cargo build failed ({other:?}){needs}");
             None
         }
     }
@@ -313,11 +388,42 @@ fn run_contender(
     topic: &str,
     group: &str,
     messages: u64,
-    sarama: Option<&Path>,
+    peers: &Peers,
     timeout: Duration,
 ) -> anyhow::Result<Sample> {
+    run_contender_with(kind, brokers, topic, group, messages, peers, &[], timeout)
+}
+
+/// [`run_contender`] with environment variables for the child.
+#[allow(clippy::too_many_arguments)]
+fn run_contender_with(
+    kind: &str,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    messages: u64,
+    peers: &Peers,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> anyhow::Result<Sample> {
+    let go = |binary: &Option<PathBuf>| -> anyhow::Result<Command> {
+        let mut command = Command::new(binary.as_ref().context("peer not built")?);
+        command.args([
+            "-brokers",
+            brokers,
+            "-topic",
+            topic,
+            "-group",
+            group,
+            "-messages",
+            &messages.to_string(),
+        ]);
+        Ok(command)
+    };
     let mut command = match kind {
-        "B1" | "F" => self_contender(&kind.to_lowercase(), brokers, topic, group, messages),
+        "B1" | "B2" | "B2T" | "F" => {
+            self_contender(&kind.to_lowercase(), brokers, topic, group, messages)
+        }
         "Java" => {
             let mut command = Command::new("bash");
             command
@@ -335,22 +441,26 @@ fn run_contender(
                 .args(["--messages", &messages.to_string(), "--timeout", "60000"]);
             command
         }
-        "Go" => {
-            let mut command = Command::new(sarama.context("no Go peer")?);
-            command.args([
-                "-brokers",
-                brokers,
-                "-topic",
-                topic,
-                "-group",
-                group,
-                "-messages",
-                &messages.to_string(),
-            ]);
+        "Sarama" => go(&peers.sarama)?,
+        "FranzGo" => go(&peers.franz_go)?,
+        "Arroyo" => {
+            let mut command = Command::new(peers.arroyo.as_ref().context("peer not built")?);
+            command
+                .args(["--brokers", brokers, "--topic", topic, "--group", group])
+                .args(["--messages", &messages.to_string()]);
+            command
+        }
+        "Spike" | "SpikeCrate" => {
+            let mut command = Command::new(peers.spike.as_ref().context("spike not built")?);
+            command
+                .args(["--brokers", brokers, "--topic", topic])
+                .args(["--messages", &messages.to_string()])
+                .args(["--decoder", if kind == "Spike" { "own" } else { "crate" }]);
             command
         }
         other => bail!("unknown contender {other}"),
     };
+    command.envs(env.iter().map(|(key, value)| (key, value)));
     let child = Child::spawn(&mut command)?;
     let finished = child.wait(timeout)?;
     let (count, bytes, seconds) = match kind {
@@ -403,7 +513,13 @@ fn java_figures(lines: &[String]) -> anyhow::Result<(f64, f64, f64)> {
     Ok((count, megabytes * 1e6, seconds))
 }
 
-fn self_contender(kind: &str, brokers: &str, topic: &str, group: &str, messages: u64) -> Command {
+pub fn self_contender(
+    kind: &str,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    messages: u64,
+) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("current exe"));
     command
         .args([
@@ -434,17 +550,24 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn throughput_table(kinds: &[&str], results: &BTreeMap<&str, Vec<Sample>>) -> String {
     let medians =
         |kind: &str, metric: fn(&Sample) -> f64| median(results[kind].iter().map(metric).collect());
-    let baseline = medians("B1", |s| s.messages_per_second);
+    let baseline = medians("B2", |s| s.messages_per_second);
     let mut table = String::from(
-        "| contender | msgs/s | MB/s | CPU s per 1M msgs | peak RSS (MiB) | ratio to B1 |\n|---|---:|---:|---:|---:|---:|\n",
+        "| contender | msgs/s | spread (msgs/s) | MB/s | CPU s per 1M msgs | peak RSS (MiB) | ratio to B2 |\n\
+         |---|---:|---|---:|---:|---:|---:|\n",
     );
     for kind in kinds {
         let rate = medians(kind, |s| s.messages_per_second);
+        let rates = results[kind].iter().map(|s| s.messages_per_second);
+        let (low, high) = rates.fold((f64::MAX, 0.0_f64), |(low, high), rate| {
+            (low.min(rate), high.max(rate))
+        });
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.1} | {:.2} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.0} to {:.0} | {:.1} | {:.2} | {:.0} | {:.2} |",
             contender_name(kind),
             rate,
+            low,
+            high,
             medians(kind, |s| s.megabytes_per_second),
             medians(kind, |s| s.cpu_seconds_per_million),
             medians(kind, |s| s.peak_rss_mib),
@@ -458,11 +581,173 @@ fn throughput_table(kinds: &[&str], results: &BTreeMap<&str, Vec<Sample>>) -> St
 fn contender_name(kind: &str) -> &'static str {
     match kind {
         "B1" => "B1: raw rdkafka BaseConsumer poll loop",
+        "B2" => "B2: raw rdkafka batch loop",
+        "B2T" => "B2 tuned: B2 with bigger fetches",
         "F" => "F: kafka-actors, no-op processor, 4 processors",
         "Java" => "Kafka ConsumerPerformance (Java)",
-        "Go" => "Sarama consumer group (Go)",
+        "Sarama" => "Sarama consumer group (Go)",
+        "FranzGo" => "franz-go consumer group (Go)",
+        "Arroyo" => "Arroyo, counting strategy (Rust, sentry_arroyo)",
+        "Spike" => "Spike: record batches read in place (no group, no commit)",
+        "SpikeCrate" => "Spike with kafka-protocol's decoder (a Record per message)",
         _ => "?",
     }
+}
+
+/// One workload's standing against the issue's goals: F against B2 in the same run, and F
+/// against the fastest peer.
+struct Goals {
+    workload: String,
+    throughput: f64,
+    cpu: f64,
+    overhead_ns: f64,
+    fastest_peer: Option<(&'static str, f64, f64)>,
+}
+
+impl Goals {
+    fn of(workload: &Workload, kinds: &[&str], results: &BTreeMap<&str, Vec<Sample>>) -> Goals {
+        let medians = |kind: &str, metric: fn(&Sample) -> f64| {
+            median(results[kind].iter().map(metric).collect())
+        };
+        let rate = |kind: &str| medians(kind, |s| s.messages_per_second);
+        let cpu = |kind: &str| medians(kind, |s| s.cpu_seconds_per_million);
+        let fastest_peer = kinds
+            .iter()
+            .filter(|kind| ["Java", "Sarama", "FranzGo", "Arroyo"].contains(kind))
+            .map(|kind| (*kind, rate(kind)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(kind, peer_rate)| {
+                (
+                    contender_name(kind),
+                    rate("F") / peer_rate,
+                    cpu("F") / cpu(kind),
+                )
+            });
+        Goals {
+            workload: format!(
+                "{} B, {} partition(s)",
+                workload.payload, workload.partitions
+            ),
+            throughput: rate("F") / rate("B2"),
+            cpu: cpu("F") / cpu("B2"),
+            overhead_ns: (cpu("F") - cpu("B2")) * 1e3,
+            fastest_peer,
+        }
+    }
+}
+
+fn goals_table(goals: &[Goals]) -> String {
+    let mut table = String::from(
+        "### The framework against B2 and the fastest peer\n\n\
+         Goals: F at least 0.95 of B2's msgs/s, F's CPU per message at most 1.2 times B2's, F \
+         ahead of every peer. The overhead is F's CPU per message minus B2's (whole process, \
+         start and stop included).\n\n\
+         | workload | F / B2 msgs/s (goal >= 0.95) | F / B2 CPU per msg (goal <= 1.2) | F - B2 CPU per msg | fastest peer | F / it msgs/s | F / it CPU per msg |\n\
+         |---|---:|---:|---:|---|---:|---:|\n",
+    );
+    for goal in goals {
+        let mark = |met: bool| if met { "met" } else { "not met" };
+        let (peer, peer_rate, peer_cpu) = match goal.fastest_peer {
+            Some((name, rate, cpu)) => (name, format!("{rate:.2}"), format!("{cpu:.2}")),
+            None => ("(none run)", String::new(), String::new()),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {:.2} ({}) | {:.2} ({}) | {:.0} ns | {peer} | {peer_rate} | {peer_cpu} |",
+            goal.workload,
+            goal.throughput,
+            mark(goal.throughput >= 0.95),
+            goal.cpu,
+            mark(goal.cpu <= 1.2),
+            goal.overhead_ns,
+        );
+    }
+    table.push('\n');
+    table
+}
+
+/// Throughput and CPU per message from 1 to 64 to 512 partitions (4 processors), then from
+/// 4 to 64 to 256 processors on 512 partitions; B2 beside F for the framework's overhead.
+fn scaling_figures(
+    backend: &Backend,
+    runs: usize,
+    scale: f64,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let messages = ((1_000_000.0 * scale) as u64).max(1_000);
+    let no_peers = Peers::default();
+    let mut rows = String::new();
+    let mut b2_of_512 = None;
+    for (partitions, processors) in [(1, 4), (64, 4), (512, 4), (512, 64), (512, 256)] {
+        let topic = format!("bench-scaling-{partitions}p-{}", std::process::id());
+        if processors == 4 {
+            eprintln!("[scaling] preloading {topic} with {messages} messages");
+            backend.create_topic(&topic, partitions)?;
+            preload(&backend.brokers, &topic, messages, 100)?;
+        }
+        let env = [("KAFKA_PROCESSORS", processors.to_string())];
+        let (mut b2, mut f): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
+        for round in 0..runs {
+            if processors == 4 {
+                let group = format!("{topic}-B2-{round}");
+                b2.push(run_contender(
+                    "B2",
+                    &backend.brokers,
+                    &topic,
+                    &group,
+                    messages,
+                    &no_peers,
+                    timeout,
+                )?);
+            }
+            let group = format!("{topic}-F-{processors}-{round}");
+            f.push(run_contender_with(
+                "F",
+                &backend.brokers,
+                &topic,
+                &group,
+                messages,
+                &no_peers,
+                &env,
+                timeout,
+            )?);
+        }
+        let figures = |samples: &[Sample]| {
+            (
+                median(samples.iter().map(|s| s.messages_per_second).collect()),
+                median(samples.iter().map(|s| s.cpu_seconds_per_million).collect()),
+            )
+        };
+        let b2 = if b2.is_empty() {
+            b2_of_512.context("B2 on 512 partitions")?
+        } else {
+            figures(&b2)
+        };
+        if partitions == 512 {
+            b2_of_512 = Some(b2);
+        }
+        let f = figures(&f);
+        eprintln!("[scaling] {partitions} partitions, {processors} processors: B2 {b2:?}, F {f:?}");
+        writeln!(
+            rows,
+            "| {partitions} | {processors} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} ns |",
+            b2.0,
+            f.0,
+            f.0 / b2.0,
+            b2.1,
+            f.1,
+            (f.1 - b2.1) * 1e3
+        )?;
+    }
+    Ok(format!(
+        "\n## Scaling on the real broker\n\n\
+         {messages} messages of 100 B per topic; F per partition with the processors given \
+         (`KAFKA_PROCESSORS`), B2 (which has no processors) beside it on the same topic. \
+         Medians of {runs} runs, alternating. The last column is the framework's overhead: F's \
+         CPU per message minus B2's.\n\n\
+         | partitions | processors | B2 msgs/s | F msgs/s | F / B2 | B2 CPU s per 1M | F CPU s per 1M | F - B2 CPU per msg |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n"
+    ))
 }
 
 /// SIGTERM under load, then a second instance in the same group.
@@ -737,21 +1022,21 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
 /// `wait4` when it exits, and whose peak RSS is read from `/proc/<pid>/status` while it runs.
 /// (`wait4`'s `ru_maxrss` would not do: Linux carries the parent's peak over into a child
 /// across fork and exec, so every child would seem at least as large as this driver.)
-struct Child {
+pub struct Child {
     pid: libc::pid_t,
     lines: mpsc::Receiver<String>,
     seen: std::cell::RefCell<Vec<String>>,
     _child: std::process::Child,
 }
 
-struct Finished {
+pub struct Finished {
     lines: Vec<String>,
     cpu_seconds: f64,
     max_rss_kib: i64,
 }
 
 impl Finished {
-    fn last_json(&self) -> anyhow::Result<Value> {
+    pub fn last_json(&self) -> anyhow::Result<Value> {
         let line = self
             .lines
             .iter()
@@ -763,7 +1048,7 @@ impl Finished {
 }
 
 impl Child {
-    fn spawn(command: &mut Command) -> anyhow::Result<Child> {
+    pub fn spawn(command: &mut Command) -> anyhow::Result<Child> {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -785,7 +1070,7 @@ impl Child {
         })
     }
 
-    fn wait_for_line(&self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+    pub fn wait_for_line(&self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -805,7 +1090,7 @@ impl Child {
         unsafe { libc::kill(self.pid, signal) };
     }
 
-    fn wait(self, limit: Duration) -> anyhow::Result<Finished> {
+    pub fn wait(self, limit: Duration) -> anyhow::Result<Finished> {
         let deadline = Instant::now() + limit;
         let mut status = 0;
         // SAFETY: rusage is plain data, fully written by wait4 when it reaps the child.

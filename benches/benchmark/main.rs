@@ -4,7 +4,8 @@
 //! ```text
 //! scripts/bench.sh                                      # everything, writes BENCHMARKS.md
 //! cargo bench --bench benchmark -- --brokers 127.0.0.1:9092 [--runs 3] [--scale 0.1]
-//!     [--backends real,mock] [--no-peers] [--sections throughput,shutdown,drain,memory]
+//!     [--backends real,mock] [--no-peers]
+//!     [--sections throughput,scaling,latency,shutdown,drain,memory]
 //! scripts/bench.sh ordering                             # the ordering-mode table only
 //! scripts/bench.sh sinks                                # the database sink table only
 //! cargo bench --bench benchmark -- sinks [--brokers B] [--database-url URL] [--runs 3]
@@ -25,6 +26,7 @@
 
 mod contenders;
 mod driver;
+mod latency;
 mod ordering;
 mod sinks;
 
@@ -52,6 +54,11 @@ fn main() -> anyhow::Result<()> {
         };
         return match kind.as_str() {
             "b1" => contenders::raw_poll_loop(&run),
+            "b2" => contenders::raw_batch_loop(&run, false, false),
+            "b2t" => contenders::raw_batch_loop(&run, true, false),
+            // Latency under the driver's paced stream.
+            "b2-latency" => contenders::raw_batch_loop(&run, false, true),
+            "f-latency" => contenders::framework_latency(&run),
             "f" => contenders::framework(&run, false),
             // The same, with the Prometheus recorder and the HTTP server: what metrics cost.
             "fp" => contenders::framework(&run, true),
@@ -102,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         peers: !args.iter().any(|arg| arg == "--no-peers"),
         child_timeout: Duration::from_secs(600),
         sections: value("--sections")
-            .unwrap_or_else(|| "throughput,shutdown,drain,memory".to_owned()),
+            .unwrap_or_else(|| "throughput,scaling,latency,shutdown,drain,memory".to_owned()),
     };
     driver::run(options)
 }
