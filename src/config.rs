@@ -204,6 +204,7 @@ pub struct ConsumerConfig {
     pub(crate) startup_timeout: Duration,
     pub(crate) stall_timeout: Option<Duration>,
     pub(crate) handle_signals: bool,
+    pub(crate) read_headers: bool,
     pub(crate) http_addr: Option<SocketAddr>,
     pub(crate) poll_ttl: Duration,
     pub(crate) group_protocol: GroupProtocol,
@@ -232,6 +233,7 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("startup_timeout", &self.startup_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("read_headers", &self.read_headers)
             .field("http_addr", &self.http_addr)
             .field("poll_ttl", &self.poll_ttl)
             .field("group_protocol", &self.group_protocol)
@@ -262,6 +264,7 @@ impl std::fmt::Debug for ConsumerConfigBuilder {
             .field("startup_timeout", &self.startup_timeout)
             .field("stall_timeout", &self.stall_timeout)
             .field("handle_signals", &self.handle_signals)
+            .field("read_headers", &self.read_headers)
             .field("http_addr", &self.http_addr)
             .field("poll_ttl", &self.poll_ttl)
             .field("group_protocol", &self.group_protocol)
@@ -379,6 +382,7 @@ pub struct ConsumerConfigBuilder {
     startup_timeout: Duration,
     stall_timeout: Option<Duration>,
     handle_signals: bool,
+    read_headers: bool,
     http_addr: Option<String>,
     poll_ttl: Duration,
     group_protocol: GroupProtocol,
@@ -407,6 +411,7 @@ impl Default for ConsumerConfigBuilder {
             startup_timeout: Duration::from_secs(30),
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             handle_signals: true,
+            read_headers: true,
             http_addr: None,
             poll_ttl: DEFAULT_POLL_TTL,
             group_protocol: GroupProtocol::Classic,
@@ -580,6 +585,19 @@ impl ConsumerConfigBuilder {
     /// after the system returned, these signals no longer end the process by themselves.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.handle_signals = handle;
+        self
+    }
+
+    /// Whether messages carry their Kafka headers (default true). With `false`,
+    /// [`Message::headers`](crate::Message::headers) is always `None`, a dead letter carries
+    /// no copy of the original headers (its provenance headers are still written), and a
+    /// `traceparent` header is not followed. librdkafka parses each record's headers with an
+    /// allocation of its own even when there are none: on a topic without headers, leaving
+    /// them out saved about a sixth of the consumer's CPU per message in the benchmark
+    /// (BENCHMARKS.md). Confluent's .NET client has the same switch
+    /// (`ConsumeResultFields`), for the same reason.
+    pub fn read_headers(mut self, read: bool) -> Self {
+        self.read_headers = read;
         self
     }
 
@@ -759,6 +777,7 @@ impl ConsumerConfigBuilder {
             startup_timeout: self.startup_timeout,
             stall_timeout: self.stall_timeout,
             handle_signals: self.handle_signals,
+            read_headers: self.read_headers,
             http_addr,
             poll_ttl: self.poll_ttl,
             group_protocol: self.group_protocol,

@@ -44,6 +44,7 @@ impl ConsumerConfigBuilder {
     /// | `KAFKA_POLL_TTL` | [`poll_ttl`](Self::poll_ttl) | a duration |
     /// | `KAFKA_BATCH_MESSAGES`, `KAFKA_BATCH_BYTES` | [`batch_size`](Self::batch_size) | whole numbers |
     /// | `KAFKA_BATCH_LINGER` | [`batch_linger`](Self::batch_linger) | a duration |
+    /// | `KAFKA_READ_HEADERS` | [`read_headers`](Self::read_headers) | `true`, `false` |
     /// | `HTTP_ADDR` | [`http_addr`](Self::http_addr) | `0.0.0.0:9464` |
     /// | `KAFKA_OPTION_<NAME>` | the librdkafka property [`kafka_option`](Self::kafka_option) | its value |
     ///
@@ -132,6 +133,19 @@ impl ConsumerConfigBuilder {
                 other => Some(duration("KAFKA_STALL_TIMEOUT", other)?),
             };
             self = self.stall_timeout(timeout);
+        }
+        if let Some(value) = var("KAFKA_READ_HEADERS") {
+            let read = match value.trim() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(Error::config(
+                        "KAFKA_READ_HEADERS",
+                        format!("is {other:?}; expected true or false"),
+                    ));
+                }
+            };
+            self = self.read_headers(read);
         }
         if let Some(addr) = var("HTTP_ADDR") {
             self = self.http_addr(addr.trim());
@@ -239,6 +253,7 @@ mod tests {
             ("KAFKA_STARTUP_TIMEOUT", "1m"),
             ("KAFKA_STALL_TIMEOUT", "off"),
             ("KAFKA_POLL_TTL", "45s"),
+            ("KAFKA_READ_HEADERS", "false"),
             ("KAFKA_OPTION_FETCH_MAX_BYTES", "1048576"),
             ("KAFKA_OPTION_CLIENT_ID", "billing-1"),
         ])
@@ -256,6 +271,7 @@ mod tests {
         assert_eq!(config.startup_timeout, Duration::from_secs(60));
         assert_eq!(config.stall_timeout, None);
         assert_eq!(config.poll_ttl, Duration::from_secs(45));
+        assert!(!config.read_headers);
         assert_eq!(config.kafka_options["fetch.max.bytes"], "1048576");
         assert_eq!(config.kafka_options["client.id"], "billing-1");
     }
@@ -265,6 +281,7 @@ mod tests {
         let config = from(&[("KAFKA_BROKERS", "b:9092"), ("KAFKA_GROUP", "g")]).unwrap();
         assert_eq!(config.topics, ["from-code"]);
         assert_eq!(config.processors, 4);
+        assert!(config.read_headers);
     }
 
     #[test]
@@ -280,6 +297,7 @@ mod tests {
             ),
             ("KAFKA_SHUTDOWN_TIMEOUT", "20", "not a duration"),
             ("KAFKA_STALL_TIMEOUT", "never", "not a duration"),
+            ("KAFKA_READ_HEADERS", "no", "expected true or false"),
             ("KAFKA_OPTION_", "x", "does not name a librdkafka property"),
             (
                 "KAFKA_OPTION_SESSION-TIMEOUT",

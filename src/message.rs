@@ -7,6 +7,7 @@ use rdkafka::message::{Headers, OwnedHeaders};
 
 use crate::flow::{AssignedPartition, Load};
 use crate::offsets::{AssignmentId, Position, TopicPartition};
+use crate::routes::FlowSettings;
 use crate::routing::{Lane, OrderingMode};
 
 /// A record as librdkafka hands it over, before the Fetcher copies it into a [`Message`].
@@ -65,17 +66,21 @@ impl Message {
     pub(crate) fn from_kafka(
         message: &impl Record,
         assigned: Arc<AssignedPartition>,
-        ordering: OrderingMode,
+        flow: FlowSettings,
         bytes: Bytes,
     ) -> Self {
         Message {
             assigned,
-            ordering,
+            ordering: flow.ordering,
             offset: message.offset(),
             bytes,
             key_len: message.key().map(<[u8]>::len),
             payload_len: message.payload().map(<[u8]>::len),
-            headers: message.headers(),
+            headers: if flow.read_headers {
+                message.headers()
+            } else {
+                None
+            },
             timestamp: message.timestamp(),
             suspect: false,
         }

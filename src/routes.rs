@@ -32,12 +32,14 @@ use crate::offsets::{AssignmentId, Position, TopicPartition};
 use crate::routing::{OrderingMode, Router};
 use crate::stall::Sighting;
 
-/// How the Fetcher spreads messages and bounds the work in flight.
+/// How the Fetcher makes messages, spreads them and bounds the work in flight.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FlowSettings {
     pub(crate) ordering: OrderingMode,
     pub(crate) partition_limit: InFlightLimit,
     pub(crate) total_limit: InFlightLimit,
+    /// Whether messages carry their headers ([`read_headers`](crate::ConsumerConfigBuilder::read_headers)).
+    pub(crate) read_headers: bool,
 }
 
 /// How many messages past the first one waiting (per key) the Fetcher looks for messages
@@ -376,8 +378,7 @@ impl Routes {
             };
             Message::copy_into(&record, buffer);
             let bytes = buffer.split().freeze();
-            let message =
-                Message::from_kafka(&record, route.assigned.clone(), self.flow.ordering, bytes);
+            let message = Message::from_kafka(&record, route.assigned.clone(), self.flow, bytes);
             let processor = match self.flow.ordering {
                 OrderingMode::PerPartition => Some(route.processor),
                 OrderingMode::PerKey => Some(
@@ -612,6 +613,7 @@ mod tests {
                 ordering,
                 partition_limit: limit(partition_limit),
                 total_limit: limit(total_limit),
+                read_headers: true,
             },
         );
         routes.assign(

@@ -379,4 +379,29 @@ fn headers_timestamps_tombstones_and_keyless_messages_arrive_intact() {
     system.stop();
     system.join().unwrap();
     assert_eq!(*seen.lock().unwrap(), expected);
+
+    // The same topic read by a system told not to read headers: everything but the headers.
+    let without_headers = Arc::new(Mutex::new(Vec::new()));
+    let collector = without_headers.clone();
+    let config = cluster
+        .config(&topic, &format!("{group}-no-headers"))
+        .read_headers(false)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Everything(collector.clone())).unwrap();
+    wait_until(
+        "all 4 messages are processed again",
+        SCENARIO_TIMEOUT,
+        || without_headers.lock().unwrap().len() >= expected.len(),
+    );
+    system.stop();
+    system.join().unwrap();
+    let headerless: Vec<Seen> = expected
+        .into_iter()
+        .map(|seen| Seen {
+            headers: Vec::new(),
+            ..seen
+        })
+        .collect();
+    assert_eq!(*without_headers.lock().unwrap(), headerless);
 }

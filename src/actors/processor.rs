@@ -30,7 +30,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::{Addr, ArbiterHandle};
 use futures::FutureExt;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::actors::offset_tracker::{Completions, OffsetTracker};
@@ -44,7 +43,7 @@ use crate::offsets::{AssignmentId, Position, TopicPartition};
 use crate::processor::{BatchFailures, BatchOutcome, StoredPositions};
 use crate::report::StopReason;
 use crate::stall::Sighting;
-use crate::stop::StopHandle;
+use crate::stop::{Abandon, StopHandle};
 use crate::trace;
 use crate::work::Work;
 
@@ -70,7 +69,7 @@ pub(crate) struct ProcessorShared<W> {
     pub(crate) stop: StopHandle,
     /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
     /// and the queued ones too.
-    pub(crate) abandon: CancellationToken,
+    pub(crate) abandon: Abandon,
     pub(crate) metrics: Arc<SystemMetrics>,
     pub(crate) policy: FailurePolicy,
     pub(crate) dead_letters: Option<DeadLetters>,

@@ -16,7 +16,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
 
 use crate::actors::fetcher::{Close, Closed, FetchContext, Fetcher, Revocation, StopFetching};
 use crate::actors::offset_tracker::{
@@ -32,7 +31,7 @@ use crate::instruments::GroupInstruments;
 use crate::metrics::SystemMetrics;
 use crate::report::{Phase, PhaseReport, ShutdownReport, StopReason};
 use crate::routes::FlowSettings;
-use crate::stop::{StopHandle, StopRequest, abandon_requested, stop_requested};
+use crate::stop::{Abandon, StopHandle, StopRequest, abandon_requested, stop_requested};
 use crate::trouble::Trouble;
 use crate::work::Work;
 use crate::{Error, Result};
@@ -90,6 +89,7 @@ impl Supervisor {
             ordering: config.ordering,
             partition_limit: config.partition_limit,
             total_limit: config.total_limit,
+            read_headers: config.read_headers,
         };
         let consumer: BaseConsumer<FetchContext> =
             config
@@ -107,7 +107,7 @@ impl Supervisor {
         let workers = (0..config.worker_threads)
             .map(|_| Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string())))
             .collect::<Result<Vec<_>>>()?;
-        let abandon = CancellationToken::new();
+        let abandon = Abandon::default();
         let dead_letters = match config.failure_policy.exhausted() {
             Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
                 &config.brokers,
@@ -394,7 +394,7 @@ struct ShutdownPlan {
     metrics: Arc<SystemMetrics>,
     timeout: Duration,
     requests: watch::Receiver<StopRequest>,
-    abandon: CancellationToken,
+    abandon: Abandon,
     tracker: Addr<OffsetTracker>,
     fetcher: Addr<Fetcher>,
     processors: Vec<ProcessorHandle>,
