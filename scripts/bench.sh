@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole benchmark and writes its figures into BENCHMARKS.md: starts Apache Kafka with
 # scripts/kafka.sh, runs `cargo bench --bench benchmark` against it and against the embedded
-# cluster, stops the broker (also on failure), and replaces the results section of
-# BENCHMARKS.md with the report the run produced. Extra arguments go to the benchmark, e.g.
+# cluster (the peers in benches/ are built by the benchmark: Go for Sarama and franz-go, Cargo
+# for Arroyo and the record-batch spike), stops the broker (also on failure), and replaces the
+# results section of BENCHMARKS.md with the report the run produced. Extra arguments go to the benchmark, e.g.
 # `scripts/bench.sh --runs 5` or `scripts/bench.sh --scale 0.1` for a quick look.
 #
 # `scripts/bench.sh ordering` runs only the ordering-mode table, on the embedded cluster (no
@@ -42,6 +43,16 @@ if [ "${1:-}" = sinks ]; then
     cargo bench --bench benchmark -- sinks --database-url "$(bash scripts/postgres.sh url)" "$@"
     replace_section sinks target/bench/sinks.md
     exit 0
+fi
+
+# The Arroyo peer (benches/arroyo) builds librdkafka with CMake, which needs libcurl's headers;
+# without them the benchmark leaves Arroyo out and says so.
+if [ ! -e /usr/include/curl/curl.h ] && command -v apt-get >/dev/null; then
+    echo "bench.sh: installing libcurl's headers (libcurl4-openssl-dev) for the Arroyo peer"
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libcurl4-openssl-dev >/dev/null
 fi
 
 trap 'bash scripts/kafka.sh stop' EXIT
