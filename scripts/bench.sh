@@ -47,7 +47,7 @@ fi
 
 # The Arroyo peer (benches/arroyo) builds librdkafka with CMake, which needs libcurl's headers;
 # without them the benchmark leaves Arroyo out and says so.
-if [ ! -e /usr/include/curl/curl.h ] && command -v apt-get >/dev/null; then
+if ! echo '#include <curl/curl.h>' | cc -E - >/dev/null 2>&1 && command -v apt-get >/dev/null; then
     echo "bench.sh: installing libcurl's headers (libcurl4-openssl-dev) for the Arroyo peer"
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -774,7 +774,9 @@ fn scaling_figures(
 fn shutdown_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow::Result<String> {
     let topic = format!("bench-shutdown-{}", std::process::id());
     backend.create_topic(&topic, 8)?;
-    preload(&backend.brokers, &topic, 2_000_000, 100)?;
+    // Enough that the first instance, reading about 2 million messages a second, leaves
+    // plenty for the next one after its second of consuming.
+    preload(&backend.brokers, &topic, 8_000_000, 100)?;
     let classic = handover(backend, &topic, "classic", runs, timeout)?;
     let consumer = handover(backend, &topic, "consumer", runs, timeout)?;
     let row = |figure: &str, value: &dyn Fn(&Handover) -> String| {
@@ -855,7 +857,9 @@ fn handover(
         );
 
         let second = Child::spawn(&mut serve(&group))?;
-        let line = second.wait_for_line("first-message", Duration::from_secs(120))?;
+        let line = second
+            .wait_for_line("first-message", Duration::from_secs(120))
+            .context("the next instance got no message (did the first read the whole topic?)")?;
         let first_message_at: u128 = line
             .split_whitespace()
             .nth(1)
