@@ -213,7 +213,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             )?);
         }
         if real && section("latency") {
-            report.push_str(&crate::latency::section(&backend, options.child_timeout)?);
+            report.push_str(&crate::latency::section(
+                &backend,
+                options.runs,
+                options.child_timeout,
+            )?);
         }
         if real && section("shutdown") {
             report.push_str(&shutdown_figures(
@@ -543,7 +547,7 @@ pub fn self_contender(
     command
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     if values.len() % 2 == 1 {
