@@ -13,9 +13,10 @@
 //! ```
 //!
 //! The driver preloads the topics, then runs each contender in a child process of its own
-//! (this same binary with `contender <kind>`, Kafka's `ConsumerPerformance`, or the Go Sarama
-//! consumer under `benches/sarama`), alternating contenders run after run, and reads each
-//! child's CPU time from `wait4` and its peak RSS from `/proc/<pid>/status` (VmHWM).
+//! (this same binary with `contender <kind>`: B1, B2, F; Kafka's `ConsumerPerformance`; the
+//! peers under `benches/`: Sarama and franz-go in Go, Arroyo in Rust; the record-batch spike
+//! under `benches/spike`), alternating contenders run after run, and reads each child's CPU
+//! time from `wait4` and its peak RSS from `/proc/<pid>/status` (VmHWM).
 //!
 //! To profile one contender by hand:
 //!
