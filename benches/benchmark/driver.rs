@@ -1050,10 +1050,13 @@ fn memory_figures(backend: &Backend, timeout: Duration) -> anyhow::Result<String
 /// `wait4` when it exits, and whose peak RSS is read from `/proc/<pid>/status` while it runs.
 /// (`wait4`'s `ru_maxrss` would not do: Linux carries the parent's peak over into a child
 /// across fork and exec, so every child would seem at least as large as this driver.)
+/// A child not reaped by [`wait`](Child::wait) (the driver failed on the way) is killed when
+/// dropped, so that a failed run leaves no contender behind.
 pub struct Child {
     pid: libc::pid_t,
     lines: mpsc::Receiver<String>,
     seen: std::cell::RefCell<Vec<String>>,
+    reaped: bool,
     _child: std::process::Child,
 }
 
@@ -1094,6 +1097,7 @@ impl Child {
             pid: child.id() as libc::pid_t,
             lines,
             seen: Default::default(),
+            reaped: false,
             _child: child,
         })
     }
@@ -1118,7 +1122,7 @@ impl Child {
         unsafe { libc::kill(self.pid, signal) };
     }
 
-    pub fn wait(self, limit: Duration) -> anyhow::Result<Finished> {
+    pub fn wait(mut self, limit: Duration) -> anyhow::Result<Finished> {
         let deadline = Instant::now() + limit;
         let mut status = 0;
         // SAFETY: rusage is plain data, fully written by wait4 when it reaps the child.
@@ -1129,6 +1133,7 @@ impl Child {
             // SAFETY: status and usage are valid for writes; the pid is our own child's.
             let reaped = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
             if reaped == self.pid {
+                self.reaped = true;
                 break;
             }
             if reaped < 0 {
@@ -1145,7 +1150,8 @@ impl Child {
             "child {} failed with status {status}",
             self.pid
         );
-        let mut lines = self.seen.into_inner();
+        let mut lines = self.seen.take();
+        // Until the reader thread ends, at the child's end of output.
         lines.extend(self.lines.iter());
         let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
         Ok(Finished {
@@ -1153,6 +1159,16 @@ impl Child {
             cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
             max_rss_kib: peak_rss_kib,
         })
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.signal(libc::SIGKILL);
+            // SAFETY: reaps our own child; status and usage are not wanted.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        }
     }
 }
 
