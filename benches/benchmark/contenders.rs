@@ -325,14 +325,6 @@ pub fn framework_latency(run: &Run) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ordering_from_env(name: &str) -> kafka_actors::OrderingMode {
-    match std::env::var(name).as_deref() {
-        Ok("per-key") => kafka_actors::OrderingMode::PerKey,
-        Ok("unordered") => kafka_actors::OrderingMode::Unordered,
-        _ => kafka_actors::OrderingMode::PerPartition,
-    }
-}
-
 /// What the counting processors share.
 #[derive(Default)]
 struct Progress {
@@ -504,17 +496,12 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 }
 
 /// A service with a deep backlog that gets SIGTERM a few seconds in: how long its stop takes.
-/// Set by the environment: `DRAIN_WORK_MS` (work per message, default 0), `DRAIN_PROCESSORS`
-/// (default 4), `DRAIN_ORDERING` (`per-partition`, the default, `per-key` or `unordered`).
+/// Set by the environment: `DRAIN_WORK_MS` (work per message, default 0); the pool and the
+/// ordering mode come, as for any service, from `KAFKA_PROCESSORS` and `KAFKA_ORDERING`.
 pub fn drain(run: &Run) -> anyhow::Result<()> {
     let work = Duration::from_millis(env_number("DRAIN_WORK_MS", 0)?);
-    let processors = env_number("DRAIN_PROCESSORS", 4)? as usize;
-    let ordering = ordering_from_env("DRAIN_ORDERING");
     let announced = Arc::new(OnceLock::new());
-    let config = framework_config(run)?
-        .processors(processors)
-        .ordering(ordering)
-        .build()?;
+    let config = framework_config(run)?.build()?;
     let report = ConsumerSystem::start(config, move || Slow {
         work,
         announced: announced.clone(),

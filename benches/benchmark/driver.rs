@@ -547,6 +547,15 @@ pub fn self_contender(
     command
 }
 
+/// The lowest and the highest of `values`.
+pub fn spread(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    values
+        .into_iter()
+        .fold((f64::MAX, f64::MIN), |(low, high), value| {
+            (low.min(value), high.max(value))
+        })
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
@@ -567,10 +576,7 @@ fn throughput_table(kinds: &[&str], results: &BTreeMap<&str, Vec<Sample>>) -> St
     );
     for kind in kinds {
         let rate = medians(kind, |s| s.messages_per_second);
-        let rates = results[kind].iter().map(|s| s.messages_per_second);
-        let (low, high) = rates.fold((f64::MAX, 0.0_f64), |(low, high), rate| {
-            (low.min(rate), high.max(rate))
-        });
+        let (low, high) = spread(results[kind].iter().map(|s| s.messages_per_second));
         let _ = writeln!(
             table,
             "| {} | {:.0} | {:.0} to {:.0} | {:.1} | {:.2} | {:.0} | {:.2} |",
@@ -948,8 +954,8 @@ fn drain_figures(backend: &Backend, runs: usize, timeout: Duration) -> anyhow::R
             let mut command = self_contender("drain", &backend.brokers, topic, &group, 0);
             command
                 .env("DRAIN_WORK_MS", if work == "none" { "0" } else { "3" })
-                .env("DRAIN_PROCESSORS", processors.to_string())
-                .env("DRAIN_ORDERING", ordering);
+                .env("KAFKA_PROCESSORS", processors.to_string())
+                .env("KAFKA_ORDERING", ordering);
             let child = Child::spawn(&mut command)?;
             child.wait_for_line("first-message", Duration::from_secs(60))?;
             std::thread::sleep(after);

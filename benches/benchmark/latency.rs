@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::contenders::unix_nanos;
-use crate::driver::{Backend, Child, create_topic, median, repo_root, self_contender};
+use crate::driver::{Backend, Child, create_topic, median, repo_root, self_contender, spread};
 
 /// The produce rates, messages per second (`BENCH_LATENCY_RATES=1000,50000` picks others, for
 /// a quick look).
@@ -65,10 +65,7 @@ pub fn section(backend: &Backend, runs: usize, timeout: Duration) -> anyhow::Res
         }
         for ((name, _, _), figures) in CONSUMERS.iter().zip(figures) {
             let median = |of: fn(&Percentiles) -> f64| median(figures.iter().map(of).collect());
-            let p99s: Vec<f64> = figures.iter().map(|f| f.p99).collect();
-            let (low, high) = p99s
-                .iter()
-                .fold((f64::MAX, 0.0_f64), |(l, h), v| (l.min(*v), h.max(*v)));
+            let (low, high) = spread(figures.iter().map(|f| f.p99));
             writeln!(
                 rows,
                 "| {rate} | {name} | {:.2} | {:.2} | {:.2} to {:.2} | {:.2} |",
