@@ -852,6 +852,50 @@ mod tests {
     }
 
     #[test]
+    fn nothing_past_an_unreadable_record_is_taken() {
+        let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+        let mut broken = record(0, 1, "k");
+        broken.error = Some(RDKafkaErrorCode::BadCompression);
+        let taken = routes.take(vec![
+            record(0, 0, "k"),
+            broken,
+            record(0, 2, "k"),
+            record(1, 0, "k"),
+        ]);
+        let offsets_of =
+            |positions: &[Position]| -> Vec<i64> { positions.iter().map(|p| p.offset).collect() };
+        assert_eq!(
+            offsets_of(&taken.positions),
+            [0, 0],
+            "partition 0 stops at the bad record; partition 1 goes on"
+        );
+        // The tracker hears of offset 0 only: the commit point stays at the bad record.
+        let mut book = crate::offsets::OffsetBook::default();
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
+        book.dispatched(&taken.positions[..1]);
+        book.finished(&taken.positions[..1], |_, _| {});
+        assert_eq!(book.uncommitted()[0].offset, 1);
+        // Nor is anything of it taken in later rounds.
+        let taken = routes.take(vec![record(0, 3, "k")]);
+        assert!(taken.positions.is_empty());
+        assert!(routes.resumable().is_empty(), "it stays paused");
+    }
+
+    #[test]
+    fn partitions_assigned_paused_are_never_resumed_by_flow_control() {
+        // An on_assigned hook failed: their positions are unknown, so they stay paused.
+        let mut routes = routes(OrderingMode::PerPartition, 1, 0);
+        let assigned = AssignedPartition::new(
+            TopicPartition::new("t", 0),
+            AssignmentId(1),
+            Default::default(),
+        );
+        routes.assign(vec![(assigned, Vec::new())], true);
+        assert_eq!(routes.paused(), 1);
+        assert!(routes.resumable().is_empty());
+    }
+
+    #[test]
     fn a_message_waiting_in_a_backlog_is_located() {
         let mut routes = routes(OrderingMode::PerPartition, 1, 1);
         let taken = routes.take((0..3).map(|o| record(0, o, "k")).collect());

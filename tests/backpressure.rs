@@ -119,3 +119,98 @@ fn a_byte_limit_bounds_in_flight_work_to_within_one_message() {
     );
     assert!(metrics.peak_in_flight_bytes >= limit / 2, "{metrics:?}");
 }
+
+/// Hangs on offset 0 until told to go on; records the rest.
+struct HangsOnTheFirst {
+    ledger: Ledger,
+    go_on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl kafka_actors::Processor for HangsOnTheFirst {
+    async fn process(&mut self, message: &kafka_actors::Message) -> anyhow::Result<()> {
+        while message.offset() == 0 && !self.go_on.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.ledger.record(message.partition(), message.offset());
+        Ok(())
+    }
+}
+
+/// The value of gauge `name` in a Prometheus rendering (its first sample).
+fn gauge(rendered: &str, name: &str) -> Option<f64> {
+    rendered
+        .lines()
+        .find(|line| line.starts_with(&format!("{name}{{")))
+        .and_then(|line| line.rsplit_once(' ')?.1.parse().ok())
+}
+
+#[test]
+fn behind_a_stuck_message_a_partition_takes_no_more_than_its_commit_can_record() {
+    // Unordered, one partition: offset 0 hangs while 60,000 messages could stream past it.
+    // Whatever finishes behind it cannot be committed; the partition must stop taking
+    // messages once what it would have to record passes the bound (20,000 offsets), so that
+    // bookkeeping and the commit's metadata stay bounded.
+    const WINDOW: usize = 20_000;
+    let cluster = Cluster::start();
+    let topic = cluster.topic("stuck-window", 1);
+    let end_offsets = cluster.produce(&topic, 3 * WINDOW);
+    let group = group("stuck-window");
+    let ledger = Ledger::default();
+    let go_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = support::free_addr();
+    let config = cluster
+        .config(&topic, &group)
+        .ordering(kafka_actors::OrderingMode::Unordered)
+        .processors(4)
+        .http_addr(http.to_string())
+        .build()
+        .unwrap();
+    let (recorder, release) = (ledger.clone(), go_on.clone());
+    let system = ConsumerSystem::spawn(config, move || HangsOnTheFirst {
+        ledger: recorder.clone(),
+        go_on: release.clone(),
+    })
+    .unwrap();
+    wait_until(
+        "the partition paused, or everything but offset 0 finished",
+        SCENARIO_TIMEOUT,
+        || system.metrics().paused_partitions == 1 || ledger.len() == 3 * WINDOW - 1,
+    );
+    assert!(
+        ledger.len() < WINDOW,
+        "{} messages finished behind the stuck one",
+        ledger.len()
+    );
+    wait_until(
+        "the incomplete offsets gauge was published",
+        SCENARIO_TIMEOUT,
+        || {
+            let (_, body) = support::get(http, "/metrics");
+            gauge(&body, kafka_actors::metric_names::INCOMPLETE_OFFSETS)
+                .is_some_and(|incomplete| incomplete >= (WINDOW / 2) as f64)
+        },
+    );
+    let (_, body) = support::get(http, "/metrics");
+    let incomplete = gauge(&body, kafka_actors::metric_names::INCOMPLETE_OFFSETS).unwrap();
+    assert!(incomplete < WINDOW as f64, "{incomplete} incomplete offsets");
+    assert!(
+        ledger.len() < WINDOW,
+        "{} messages finished behind the stuck one",
+        ledger.len()
+    );
+    go_on.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until("everything was processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}

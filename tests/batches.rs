@@ -621,3 +621,69 @@ fn hooks_tell_of_assignments_and_revocations_and_reading_starts_at_stored_positi
         );
     }
 }
+
+/// Records each batch's offsets; the first batch holding offset 5 says so, waits 300 ms and
+/// fails from offset 5 on.
+#[derive(Clone, Default)]
+struct FailsFromFive {
+    batches: Arc<Mutex<Vec<Vec<i64>>>>,
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BatchProcessor for FailsFromFive {
+    async fn process_batch(&mut self, batch: &[Message]) -> anyhow::Result<()> {
+        let offsets: Vec<i64> = batch.iter().map(Message::offset).collect();
+        let first_time = !self.waiting.load(std::sync::atomic::Ordering::SeqCst);
+        self.batches.lock().unwrap().push(offsets.clone());
+        match offsets.iter().position(|o| *o == 5) {
+            Some(index) if first_time => {
+                self.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(BatchFailures::from_index(index, anyhow::anyhow!("row 5 refused")).into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn a_stop_during_a_batch_that_fails_from_a_message_runs_nothing_after_it() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("batch-stop-from", 1);
+    cluster.produce(&topic, 10);
+    let group = group("batch-stop-from");
+    let processor = FailsFromFive::default();
+    let config = cluster
+        .config(&topic, &group)
+        .batch_size(10, 1 << 20)
+        .batch_linger(Duration::from_millis(500))
+        .failure_policy(
+            FailurePolicy::retry(3).backoff(Duration::from_secs(1), Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
+    let factory = processor.clone();
+    let system = ConsumerSystem::spawn_batch(config, move || factory.clone()).unwrap();
+    wait_until("the batch with offset 5 runs", SCENARIO_TIMEOUT, || {
+        processor.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    let batches = processor.batches.lock().unwrap().clone();
+    let failing = batches
+        .iter()
+        .position(|batch| batch.contains(&5))
+        .unwrap();
+    let after: Vec<i64> = batches[failing + 1..].iter().flatten().copied().collect();
+    assert!(
+        after.iter().all(|offset| *offset < 5),
+        "offsets behind the failed offset 5 ran after it failed, during the stop: {batches:?}"
+    );
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        BTreeMap::from([(0, 5)]),
+        "committed up to the failed message, nothing past it"
+    );
+}

@@ -405,3 +405,54 @@ fn a_stop_with_a_deep_backlog_is_short_per_key() {
 fn a_stop_with_a_deep_backlog_is_short_unordered() {
     stop_with_a_deep_backlog(OrderingMode::Unordered);
 }
+
+/// Fails every tenth message (its retry far away); records the rest.
+struct FailsEveryTenth(Ledger);
+
+impl Processor for FailsEveryTenth {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if message.offset() % 10 == 0 {
+            anyhow::bail!("offset {} waits a minute for its retry", message.offset());
+        }
+        self.0.record(message.partition(), message.offset());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stop_with_thousands_of_retry_gaps_leaves_only_the_gaps_to_the_restart() {
+    // Unordered, one partition: every tenth message fails and waits a minute for its retry,
+    // the others finish. The stop gives the retries up, leaving 2,000 gaps below finished
+    // offsets; the restart must process the gaps and nothing else.
+    let cluster = Cluster::start();
+    let topic = cluster.topic("retry-gaps", 1);
+    let group = group("retry-gaps");
+    let end_offsets = cluster.produce(&topic, 20_000);
+    let ledger = Ledger::default();
+    let config = || {
+        cluster
+            .config(&topic, &group)
+            .ordering(OrderingMode::Unordered)
+            .processors(4)
+    };
+    let recorder = ledger.clone();
+    let system = ConsumerSystem::spawn(
+        config()
+            .failure_policy(kafka_actors::FailurePolicy::retry(3).backoff(
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            ))
+            .build()
+            .unwrap(),
+        move || FailsEveryTenth(recorder.clone()),
+    )
+    .unwrap();
+    wait_until("every message but the failing ones finished", SCENARIO_TIMEOUT, || {
+        ledger.len() >= 18_000
+    });
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(ledger.len(), 18_000);
+    support::restart_and_finish(&cluster, config(), &ledger, &topic, &group, &end_offsets);
+}

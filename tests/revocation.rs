@@ -206,3 +206,90 @@ fn a_second_stop_request_cuts_short_a_revocation_that_waits() {
     member_b.stop();
     member_b.join().unwrap();
 }
+
+/// A batch processor whose work never awaits (a synchronous database call, CPU work): each
+/// batch blocks its thread for 400 ms. Records batches and hooks in order.
+#[derive(Clone, Default)]
+struct Blocking {
+    events: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl kafka_actors::BatchProcessor for Blocking {
+    const PARTITION_HOOKS: bool = true;
+
+    async fn process_batch(&mut self, _: &[Message]) -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(400));
+        self.events.lock().unwrap().push("batch");
+        Ok(())
+    }
+
+    async fn on_assigned(
+        &mut self,
+        partitions: &[kafka_actors::TopicPartition],
+    ) -> anyhow::Result<kafka_actors::StoredPositions> {
+        if !partitions.is_empty() {
+            self.events.lock().unwrap().push("assigned");
+        }
+        Ok(Vec::new())
+    }
+
+    async fn on_revoked(&mut self, _: &[kafka_actors::TopicPartition]) -> anyhow::Result<()> {
+        self.events.lock().unwrap().push("revoked");
+        Ok(())
+    }
+}
+
+#[test]
+fn a_processor_whose_work_never_awaits_runs_a_rebalances_hooks_after_its_batch_in_progress() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("blocking", 2);
+    let group = group("blocking");
+    cluster.produce(&topic, 200);
+    let config = || {
+        // Cooperative: member A keeps a partition whose queued batches go on running.
+        let config = support::classic(
+            cluster.config(&topic, &group),
+            &[("partition.assignment.strategy", "cooperative-sticky")],
+        );
+        config
+            .processors(1)
+            .batch_size(1, 1 << 20)
+            // A queue of work at hand, so that batches run back to back.
+            .prefetch(64, Duration::from_secs(60))
+            .rebalance_drain_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap()
+    };
+    let first = Blocking::default();
+    let factory = first.clone();
+    let member_a = ConsumerSystem::spawn_batch(config(), move || factory.clone()).unwrap();
+    let batches = |events: &[&str]| events.iter().filter(|e| **e == "batch").count();
+    wait_until("member A runs batches", SCENARIO_TIMEOUT, || {
+        batches(&first.events.lock().unwrap()) >= 2
+    });
+    let second = Blocking::default();
+    let factory = second.clone();
+    let joined_at = first.events.lock().unwrap().len();
+    let member_b = ConsumerSystem::spawn_batch(config(), move || factory.clone()).unwrap();
+    wait_until("member B was assigned a partition", SCENARIO_TIMEOUT, || {
+        second.events.lock().unwrap().contains(&"assigned")
+    });
+    member_b.stop();
+    member_a.stop();
+    let (report_a, report_b) = (member_a.join().unwrap(), member_b.join().unwrap());
+    assert!(report_a.is_clean(), "{report_a}");
+    assert!(report_b.is_clean(), "{report_b}");
+    // A's revocation hook ran right after the batch it was running when B joined (a batch or
+    // two, as the rebalance may begin a moment after B starts), not dozens of batches later.
+    let events = first.events.lock().unwrap().clone();
+    eprintln!("events of A: {events:?}, B joined at {joined_at}");
+    let revoked = events[joined_at..]
+        .iter()
+        .position(|e| *e == "revoked")
+        .expect("member A was told of a revocation");
+    assert!(
+        batches(&events[joined_at..joined_at + revoked]) <= 3,
+        "member A ran {} batches before its revocation hook: {events:?}",
+        batches(&events[joined_at..joined_at + revoked])
+    );
+}

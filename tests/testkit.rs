@@ -231,3 +231,135 @@ fn an_integration_run_on_the_embedded_cluster_returns_the_report() {
         "{report}"
     );
 }
+
+/// Counts each message's runs, and decides a batch's outcome from its offsets and those counts.
+struct Script<F>(Arc<Mutex<std::collections::HashMap<i64, u32>>>, F);
+
+impl<F> BatchProcessor for Script<F>
+where
+    F: Fn(&[i64], &std::collections::HashMap<i64, u32>) -> anyhow::Result<()> + 'static,
+{
+    async fn process_batch(&mut self, batch: &[Message]) -> anyhow::Result<()> {
+        let offsets: Vec<i64> = batch.iter().map(Message::offset).collect();
+        let mut runs = self.0.lock().unwrap();
+        for offset in &offsets {
+            *runs.entry(*offset).or_default() += 1;
+        }
+        (self.1)(&offsets, &runs)
+    }
+}
+
+/// Whether each message's successful run came after those of every earlier message of its
+/// key: the batches' runs, read in order, against the fates.
+fn key_order_kept(outcome: &testkit::Outcome, keys: &[&str]) -> Result<(), String> {
+    let processed: std::collections::BTreeSet<i64> = outcome
+        .with_fate(|f| *f == Fate::Processed)
+        .into_iter()
+        .map(|(_, offset)| offset)
+        .collect();
+    // The last run of a processed message is its successful one (nothing runs after success).
+    let mut last_run = std::collections::HashMap::new();
+    for (index, (_, offset)) in outcome.runs.iter().enumerate() {
+        last_run.insert(*offset, index);
+    }
+    for (later, later_key) in keys.iter().enumerate() {
+        for (earlier, earlier_key) in keys.iter().enumerate().take(later) {
+            let (earlier, later) = (earlier as i64, later as i64);
+            if earlier_key == later_key
+                && processed.contains(&earlier)
+                && processed.contains(&later)
+                && last_run[&later] < last_run[&earlier]
+            {
+                return Err(format!(
+                    "offset {later} of key {later_key} succeeded before offset {earlier}: \
+                     batches {:?}",
+                    outcome.batches
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn per_key_a_batch_never_takes_a_message_past_an_earlier_one_of_its_key_left_behind() {
+    // Offsets 0-3 with keys X, X, D, X. Any batch holding offset 0 fails as a whole the
+    // first time; offset 2 fails its first attempt alone. Batches must never take offset 3
+    // while offset 1, of the same key, waits.
+    let keys = ["X", "X", "D", "X"];
+    let runs = Arc::default();
+    let script = |offsets: &[i64], runs: &std::collections::HashMap<i64, u32>| {
+        if offsets.contains(&0) && runs[&0] == 1 {
+            anyhow::bail!("the batch with offset 0 fails");
+        }
+        let mut failures = BatchFailures::new();
+        if let Some(index) = offsets.iter().position(|o| *o == 2)
+            && runs[&2] == 1
+        {
+            failures.fail(index, anyhow::anyhow!("offset 2 fails once"));
+        }
+        failures.into_result()
+    };
+    let outcome = TestRun::new()
+        .ordering(OrderingMode::PerKey)
+        .batch_size(2)
+        .failure_policy(FailurePolicy::retry(3).jitter(0.0))
+        .process_batches(
+            {
+                let runs: Arc<Mutex<_>> = Arc::clone(&runs);
+                move || Script(runs.clone(), script)
+            },
+            keys.iter()
+                .map(|key| MessageBuilder::new("orders").key(key).payload("x")),
+        );
+    assert_eq!(
+        outcome.with_fate(|f| *f == Fate::Processed).len(),
+        4,
+        "{outcome:?}"
+    );
+    key_order_kept(&outcome, &keys).unwrap();
+}
+
+#[test]
+fn a_batch_failing_as_a_whole_charges_no_attempt_to_a_retried_message_that_did_not_cause_it() {
+    // Offsets: 0 key B, 1 key A (m0), 2 key B (q1). The first batch fails all three alone
+    // (0 and 1 each charged an attempt; 2 waits behind 0). Offset 0's retry succeeds, which
+    // frees 2; offset 1's retry then takes 2 into its batch, and 2 fails any batch it is in as
+    // a whole. Offset 1 did not cause that: with two attempts and then a skip, it must still
+    // end processed.
+    let keys = ["B", "A", "B"];
+    let runs = Arc::default();
+    let script = |offsets: &[i64], runs: &std::collections::HashMap<i64, u32>| {
+        if runs[&offsets[0]] == 1 && offsets.len() == 3 {
+            let mut failures = BatchFailures::new();
+            for index in 0..3 {
+                failures.fail(index, anyhow::anyhow!("refused the first time"));
+            }
+            return failures.into_result();
+        }
+        if offsets.contains(&2) {
+            anyhow::bail!("offset 2 fails every batch it is in");
+        }
+        Ok(())
+    };
+    let outcome = TestRun::new()
+        .ordering(OrderingMode::PerKey)
+        .batch_size(3)
+        .failure_policy(FailurePolicy::retry(2).jitter(0.0).then_skip())
+        .process_batches(
+            {
+                let runs: Arc<Mutex<_>> = Arc::clone(&runs);
+                move || Script(runs.clone(), script)
+            },
+            keys.iter()
+                .map(|key| MessageBuilder::new("orders").key(key).payload("x")),
+        );
+    assert!(
+        outcome.batches.contains(&vec![(0, 1), (0, 2)]),
+        "offset 1's retry took offset 2: {:?}",
+        outcome.batches
+    );
+    assert_eq!(outcome.of(0, 1).fate, Fate::Processed, "{outcome:?}");
+    assert_eq!(outcome.of(0, 0).fate, Fate::Processed);
+    assert_eq!(outcome.of(0, 2).fate, Fate::Skipped);
+}

@@ -1264,3 +1264,107 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use actix::Actor;
+
+    use super::*;
+    use crate::actors::offset_tracker::{Assigned, Fetched, Report};
+    use crate::flow::AssignedPartition;
+    use crate::instruments::GroupInstruments;
+    use crate::routing::OrderingMode;
+    use crate::work::One;
+    use crate::{Processor, TopicPartition};
+
+    /// Records the offsets it processes.
+    struct Recording(Arc<Mutex<Vec<i64>>>);
+
+    impl Processor for Recording {
+        async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(message.offset());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_draining_processor_refuses_what_it_is_handed_and_releases_it() {
+        let system = actix::System::new();
+        system.block_on(async {
+            let metrics = Arc::new(SystemMetrics::new("processor-test"));
+            let stop = StopHandle::new();
+            let tracker = OffsetTracker::new(
+                Duration::from_secs(60),
+                None,
+                metrics.clone(),
+                stop.clone(),
+            )
+            .start();
+            let processed = Arc::new(Mutex::new(Vec::new()));
+            let recording = processed.clone();
+            let shared = ProcessorShared {
+                factory: Arc::new(move || One(Recording(recording.clone()))),
+                tracker: tracker.clone(),
+                stop,
+                abandon: Abandon::default(),
+                metrics,
+                policy: FailurePolicy::default(),
+                dead_letters: None,
+                prefetch: PrefetchLimit {
+                    messages: 100,
+                    work: Duration::from_secs(1),
+                },
+                batch: BatchLimit::ONE,
+                fetcher_wakeup: Arc::new(Notify::new()),
+            };
+            let (processor, started) = spawn(0, shared, &actix::Arbiter::current());
+            started.await.unwrap().unwrap();
+
+            let partition = TopicPartition::new("t", 0);
+            let assigned = AssignedPartition::new(
+                partition.clone(),
+                AssignmentId(1),
+                GroupInstruments::new("processor-test").partition(&partition),
+            );
+            tracker
+                .send(Assigned(vec![(partition, AssignmentId(1), Vec::new())]))
+                .await
+                .unwrap();
+            let messages: Vec<Message> = (0..3)
+                .map(|offset| {
+                    Message::made(
+                        assigned.clone(),
+                        OrderingMode::PerPartition,
+                        offset,
+                        None,
+                        Some(b"x"),
+                        None,
+                        None,
+                    )
+                })
+                .collect();
+            tracker
+                .send(Fetched {
+                    positions: messages.iter().map(Message::position).collect(),
+                    finished_earlier: Vec::new(),
+                })
+                .await
+                .unwrap();
+            processor.drain().await.unwrap();
+            // A hand-out after the drain (a Fetcher late to stop fetching).
+            processor.hand(messages);
+            processor.drain().await.unwrap();
+            assert!(
+                processed.lock().unwrap().is_empty(),
+                "a draining processor ran {:?}",
+                processed.lock().unwrap()
+            );
+            assert_eq!(assigned.in_flight.load().messages, 0);
+            let report = tracker.send(Report).await.unwrap();
+            assert_eq!(report.released, 3, "{report:?}");
+            processor.stop(Duration::from_secs(1)).await.unwrap();
+        });
+    }
+}
