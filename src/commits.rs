@@ -129,7 +129,8 @@ impl CommitLine {
     ) -> Result<u64, CommitFailure> {
         let id = self.next_id;
         self.next_id += 1;
-        self.queue.send(consumer, &offsets(&points)?, id)?;
+        self.queue
+            .send(consumer, &offsets(&points, &self.instruments)?, id)?;
         self.on_its_way = Some(Sent {
             id,
             points,
@@ -178,7 +179,10 @@ impl CommitLine {
 
 /// The commit points as a partition list, each with the offsets finished beyond it as its
 /// metadata.
-fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> {
+fn offsets(
+    points: &[CommitPoint],
+    instruments: &GroupInstruments,
+) -> Result<TopicPartitionList, CommitFailure> {
     let mut offsets = TopicPartitionList::new();
     for point in points {
         let mut element =
@@ -189,14 +193,17 @@ fn offsets(points: &[CommitPoint]) -> Result<TopicPartitionList, CommitFailure> 
         if !point.finished.is_empty() {
             let (metadata, encoded) = encode_finished(point.offset, &point.finished);
             if encoded < point.finished.len() {
-                log::info!(
-                    "{}: {} of {} messages finished beyond offset {} fit in the commit; the \
-                     next reader processes the rest again",
+                // The commit window keeps this from happening.
+                let left_out = point.finished.len() - encoded;
+                log::warn!(
+                    "{}: {left_out} of {} messages finished beyond offset {} do not fit in \
+                     the commit; the next reader processes them again (a bug: please report \
+                     it)",
                     point.partition,
-                    encoded,
                     point.finished.len(),
                     point.offset
                 );
+                instruments.metadata_truncated.increment(left_out as u64);
             }
             element.set_metadata(metadata);
         }

@@ -157,6 +157,14 @@ impl FailurePolicy {
         }
     }
 
+    /// The wait before the messages of a batch that failed as a whole are tried again, each
+    /// alone: no attempt is counted against any of them (which one failed the batch is not
+    /// known), so the wait is the one after the attempts each failed before, at least the
+    /// first.
+    pub(crate) fn isolation_backoff(&self, failed_before: u32) -> Duration {
+        self.backoff_after(failed_before.max(1), rand::random::<f64>())
+    }
+
     /// The wait after the `attempt`-th failed attempt; `random` in `[0, 1)` places it within
     /// the jitter.
     fn backoff_after(&self, attempt: u32, random: f64) -> Duration {

@@ -10,7 +10,7 @@
 //! when it is paused and fetches it again after the resume.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::instruments::PartitionInstruments;
@@ -118,6 +118,10 @@ pub(crate) struct AssignedPartition {
     /// Set when the partition is revoked or lost: processors drop what they hold of it and
     /// have not started, and retry nothing of it.
     fenced: AtomicBool,
+    /// Its commit point as the OffsetTracker last computed it (`i64::MIN` before it did): the
+    /// Fetcher takes no message [`COMMIT_WINDOW`](crate::offsets::COMMIT_WINDOW) or more past
+    /// it. It only grows, so a stale value only pauses the partition early.
+    commit_floor: AtomicI64,
 }
 
 impl AssignedPartition {
@@ -132,7 +136,18 @@ impl AssignedPartition {
             in_flight: InFlight::default(),
             instruments,
             fenced: AtomicBool::new(false),
+            commit_floor: AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// The tracker's latest commit point, if it computed one.
+    pub(crate) fn commit_floor(&self) -> Option<i64> {
+        Some(self.commit_floor.load(Ordering::Relaxed)).filter(|floor| *floor != i64::MIN)
+    }
+
+    /// Publishes the tracker's commit point.
+    pub(crate) fn set_commit_floor(&self, point: i64) {
+        self.commit_floor.fetch_max(point, Ordering::Relaxed);
     }
 
     pub(crate) fn fence(&self) {

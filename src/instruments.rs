@@ -29,6 +29,7 @@ pub(crate) struct GroupInstruments {
     pub(crate) stalled: Gauge,
     pub(crate) commits_succeeded: Counter,
     pub(crate) commits_failed: Counter,
+    pub(crate) metadata_truncated: Counter,
     pub(crate) commit_duration: Histogram,
     pub(crate) assignments: Counter,
     pub(crate) revocations: Counter,
@@ -148,6 +149,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Commits that failed.",
     ),
     (
+        names::COMMIT_METADATA_TRUNCATED,
+        Kind::Counter,
+        None,
+        "Offsets finished beyond a commit point left out of its metadata.",
+    ),
+    (
         names::COMMIT_DURATION,
         Kind::Histogram,
         Some(Unit::Seconds),
@@ -224,6 +231,7 @@ impl GroupInstruments {
             stalled: gauge!(names::STALLED_PARTITIONS, labels.iter()),
             commits_succeeded: counter!(names::COMMITS_SUCCEEDED, labels.iter()),
             commits_failed: counter!(names::COMMITS_FAILED, labels.iter()),
+            metadata_truncated: counter!(names::COMMIT_METADATA_TRUNCATED, labels.iter()),
             commit_duration: histogram!(names::COMMIT_DURATION, labels.iter()),
             assignments: counter!(names::ASSIGNMENTS, labels.iter()),
             revocations: counter!(names::REVOCATIONS, labels.iter()),

@@ -43,7 +43,8 @@ pub(crate) enum Take {
 /// A parked lane: its first message failed; the lane's later messages wait behind it.
 #[derive(Debug)]
 struct Parked<M> {
-    /// The failed message and its failed attempts; `None` while its retry runs.
+    /// The failed message and its failed attempts; `None` while it is out of the queue (its
+    /// retry runs, or its dead letter is on its way).
     head: Option<(M, u32)>,
     /// When the head is retried; `None` when it is never retried (the system stops on it).
     retry_at: Option<Instant>,
@@ -181,9 +182,11 @@ impl<M: Laned> WorkQueue<M> {
 
     /// Takes more messages to run with one already taken (a batch): in arrival order, those
     /// of lanes not parked that `choose` takes, until it says the batch is full. The others
-    /// keep their places.
+    /// keep their places, and so does every later message of a lane one was left of: **a
+    /// batch never takes a message past an earlier one of its lane left behind**.
     pub(crate) fn take_more(&mut self, into: &mut Vec<M>, mut choose: impl FnMut(&M) -> Take) {
         let parked = &self.parked;
+        let mut left_behind: HashSet<M::Lane> = HashSet::new();
         let mut full = false;
         for (queue, counted) in [(&mut self.unparked, false), (&mut self.ready, true)] {
             if full {
@@ -191,7 +194,11 @@ impl<M: Laned> WorkQueue<M> {
             }
             let mut kept = VecDeque::with_capacity(queue.len());
             while let Some(message) = queue.pop_front() {
-                if !parked.is_empty() && parked.contains_key(&message.lane()) {
+                let held_back = (!parked.is_empty() || !left_behind.is_empty()) && {
+                    let lane = message.lane();
+                    parked.contains_key(&lane) || left_behind.contains(&lane)
+                };
+                if held_back {
                     kept.push_back(message);
                     continue;
                 }
@@ -200,7 +207,10 @@ impl<M: Laned> WorkQueue<M> {
                         self.started += usize::from(counted);
                         into.push(message);
                     }
-                    Take::Skip => kept.push_back(message),
+                    Take::Skip => {
+                        left_behind.insert(message.lane());
+                        kept.push_back(message);
+                    }
                     Take::Full => {
                         kept.push_back(message);
                         full = true;
@@ -227,6 +237,27 @@ impl<M: Laned> WorkQueue<M> {
         for message in front.into_iter().rev() {
             self.unparked.push_front(message);
         }
+    }
+
+    /// Puts a message that ran behind its lane's parked message (which failed, or whose dead
+    /// letter is on its way, earlier in the same batch): it waits for that one, without an
+    /// attempt of its own counted.
+    pub(crate) fn wait_behind(&mut self, message: M) {
+        match self.parked.get_mut(&message.lane()) {
+            Some(parked) => parked.behind.push_back(message),
+            None => self.requeue(vec![message]),
+        }
+    }
+
+    /// Holds a message's lane while the message is out of the queue (its dead letter is on
+    /// its way): later messages of the lane wait behind it until it is
+    /// [`finished`](Self::finished), or [`park`](Self::park)ed again.
+    pub(crate) fn hold(&mut self, message: &M) {
+        self.parked.entry(message.lane()).or_insert_with(|| Parked {
+            head: None,
+            retry_at: None,
+            behind: VecDeque::new(),
+        });
     }
 
     /// The item's message failed its `failed_attempts`-th attempt and waits: its lane is

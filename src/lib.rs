@@ -3,6 +3,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod actors;
+mod batch;
 mod commits;
 mod config;
 mod dead_letter;

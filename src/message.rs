@@ -226,6 +226,26 @@ impl crate::lanes::Laned for Message {
     }
 }
 
+impl crate::batch::Batchable for Message {
+    type BatchKey = AssignmentId;
+
+    fn batch_key(&self) -> Option<AssignmentId> {
+        Message::batch_key(self)
+    }
+
+    fn size(&self) -> usize {
+        Message::size(self)
+    }
+
+    fn is_suspect(&self) -> bool {
+        Message::is_suspect(self)
+    }
+
+    fn suspect(&mut self) {
+        Message::suspect(self)
+    }
+}
+
 impl Drop for Message {
     fn drop(&mut self) {
         self.assigned.in_flight.release_one(self.bytes.len());

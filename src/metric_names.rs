@@ -65,6 +65,10 @@ pub const COMMITS_SUCCEEDED: &str = "kafka_actors_commits_succeeded_total";
 pub const COMMITS_FAILED: &str = "kafka_actors_commits_failed_total";
 /// Histogram, seconds: from sending a commit to its answer. Labels: group.
 pub const COMMIT_DURATION: &str = "kafka_actors_commit_duration_seconds";
+/// Counter: offsets finished beyond a commit point that did not fit in the commit's metadata
+/// (the next reader processes them again). 0 by construction (a partition takes nothing past
+/// its commit window); anything else is a bug, logged at `warn`. Labels: group.
+pub const COMMIT_METADATA_TRUNCATED: &str = "kafka_actors_commit_metadata_truncated_total";
 
 /// Counter: rebalances that assigned partitions to this member. Labels: group.
 pub const ASSIGNMENTS: &str = "kafka_actors_assignments_total";

@@ -27,9 +27,11 @@ pub struct Metrics {
     pub peak_partition_in_flight_bytes: usize,
     /// Of the messages in flight, those waiting in the fetcher until a processor has room.
     pub waiting_messages: usize,
-    /// Partitions paused now because their in-flight work reached a limit.
+    /// Partitions paused now: their in-flight work reached a limit, or their next message is
+    /// past the commit window (20,000 offsets past the partition's commit point), or the
+    /// system stops.
     pub paused_partitions: usize,
-    /// How many times a partition was paused because its in-flight work reached a limit.
+    /// How many times a partition was paused (in-flight limits, commit window).
     pub pauses: u64,
     /// How many times partitions were assigned to this member (once per rebalance that gave
     /// it partitions).

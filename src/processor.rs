@@ -113,15 +113,20 @@ pub trait Processor: 'static {
 ///
 /// Those of [`Processor`], per message: a message is finished when its batch returned `Ok`, or
 /// when the batch returned [`BatchFailures`] that do not name it. On any other error (or a
-/// panic) every message of the batch failed, and the failure policy applies to each: each
-/// lane (a partition, per partition) is retried from its first message after the backoff, and
-/// the batch's messages then run alone, so that the one that failed the batch is found (and
-/// retried, skipped or dead-lettered by itself) without failing the others again; batches
-/// resume after them. Messages named in `BatchFailures` go through the failure policy; the
-/// rest of the batch is finished, even messages after a failed one in its lane. To keep a
-/// partition's order after a failure, name the failed message and every later one of its lane
-/// ([`BatchFailures::from_index`]): those after the first wait for its retry without counting
-/// a failed attempt.
+/// panic) of a batch of several messages, which one failed it is unknown: no attempt is
+/// counted against any; each lane (a partition, per partition; a key, per key) waits for the
+/// backoff from its first message, and the batch's messages then run alone, so that the one
+/// that failed the batch is found (and retried, skipped or dead-lettered by itself) without
+/// failing the others again; batches resume after them. (A batch of one message fails as a
+/// message does.) Messages named in `BatchFailures` go through the failure policy, but only
+/// the first failure of a lane in a batch counts an attempt (later ones of the lane wait
+/// behind it); the rest of the batch is finished, even messages after a failed one in its
+/// lane. To keep a partition's order after a failure, name the failed message and every later
+/// one of its lane ([`BatchFailures::from_index`]): those after the first wait for its retry
+/// without counting a failed attempt.
+///
+/// A batch never takes a message past an earlier message of its lane that has not finished:
+/// a message's successful run comes after those of every earlier message of its lane.
 pub trait BatchProcessor: 'static {
     /// As [`Processor::PARTITION_HOOKS`].
     const PARTITION_HOOKS: bool = false;

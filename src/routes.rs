@@ -19,6 +19,15 @@
 //! - **In-flight work never passes a limit by more than one message's bytes**: a partition is
 //!   paused the moment its count reaches its limit, every partition when the system's does,
 //!   and resumed at half; the resume starts at the first message not taken.
+//! - **No message is taken [`COMMIT_WINDOW`] or more past its partition's commit point**, so
+//!   whatever finished beyond a commit point fits in the commit's metadata, and a message
+//!   stuck for good holds back a bounded window, not the memory of everything behind it.
+//! - **Nothing past an unreadable record is taken**: its partition is held, unread, while the
+//!   system stops; the commit point stays at the bad record.
+//!
+//! A partition is paused for flow control (limits, the window), resumed by
+//! [`resumable`](Routes::resumable) when it drained; or *held* (the system stops, an
+//! `on_assigned` hook failed, a record could not be read), never resumed.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -28,9 +37,10 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::flow::{AssignedPartition, InFlightLimit, Load};
 use crate::message::{Message, Record};
-use crate::offsets::{AssignmentId, Position, TopicPartition};
+use crate::offsets::{AssignmentId, COMMIT_WINDOW, Position, TopicPartition};
 use crate::routing::{OrderingMode, Router};
 use crate::stall::Sighting;
+use crate::trouble::Trouble;
 
 /// How the Fetcher makes messages, spreads them and bounds the work in flight.
 #[derive(Debug, Clone, Copy)]
@@ -120,17 +130,31 @@ impl Backlog {
     }
 }
 
+/// Why a partition is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// Its in-flight work (or the system's) reached a limit: resumed once it drained to half.
+    Limit,
+    /// Its next message would be past the commit window: resumed once its commit point moved
+    /// up to half the window behind it.
+    Window,
+    /// The system stops, an `on_assigned` hook failed (where to read from is unknown), or a
+    /// record could not be read: never resumed.
+    Held,
+}
+
 /// One assigned partition.
 struct Route {
     assigned: Arc<AssignedPartition>,
     /// The partition's processor, for messages routed by partition.
     processor: usize,
-    /// Paused because its in-flight work (or the system's) reached a limit, or because the
-    /// system stops.
-    paused: bool,
+    paused: Option<Pause>,
     /// Where the partition resumes: the offset after the last message taken, or the first
     /// one librdkafka returned after the partition was paused.
     next_offset: Option<i64>,
+    /// The first offset taken under this assignment: the commit point until the tracker
+    /// publishes one.
+    first_offset: Option<i64>,
     backlog: Backlog,
     /// Offsets beyond the committed one that the previous reader finished (its commit's
     /// metadata says so): skipped, not processed again.
@@ -193,12 +217,13 @@ impl Routes {
     }
 
     /// Adds newly assigned partitions, each with the offsets its previous reader finished
-    /// beyond the committed one; paused if the system is stopping. A partition held already
-    /// under an earlier assignment is replaced (its backlog dropped).
+    /// beyond the committed one; `held` (never resumed) if the system is stopping or their
+    /// positions are unknown. A partition held already under an earlier assignment is replaced
+    /// (its backlog dropped).
     pub(crate) fn assign(
         &mut self,
         partitions: Vec<(Arc<AssignedPartition>, Vec<i64>)>,
-        paused: bool,
+        held: bool,
     ) {
         for (assigned, finished_earlier) in partitions {
             let partition = assigned.partition.clone();
@@ -208,8 +233,9 @@ impl Routes {
                     .router
                     .processor_for(assigned.partition.topic(), assigned.partition.partition()),
                 assigned,
-                paused,
+                paused: held.then_some(Pause::Held),
                 next_offset: None,
+                first_offset: None,
                 backlog: Backlog::default(),
                 finished_earlier: finished_earlier.into_iter().collect(),
             });
@@ -286,7 +312,8 @@ impl Routes {
     /// Takes a round's records into the backlogs of their partitions, copying each
     /// partition's keys and payloads into one buffer. Records of partitions not held or
     /// paused are left out; a partition is paused the moment its in-flight work reaches its
-    /// limit, every partition when the system's does.
+    /// limit (every partition when the system's does), or before a record that would be
+    /// [`COMMIT_WINDOW`] past its commit point; and held at a record it cannot read.
     pub(crate) fn take<R: Record>(&mut self, records: Vec<R>) -> Taken {
         let mut taken = Taken::default();
         let total_before = self.total();
@@ -299,12 +326,22 @@ impl Routes {
         // earlier; the tracker must hear of them in offset order.
         let mut planned: Vec<Planned<R>> = Vec::with_capacity(records.len());
         for record in records {
+            let index = self.lookup(record.topic(), record.partition());
             if let Some(error) = record.error() {
                 let partition = TopicPartition::new(record.topic(), record.partition());
+                let trouble = Trouble::of_code(error);
+                if let (Some(index), false) = (index, trouble.is_retried()) {
+                    // Nothing past it may be taken: the commit point must stay below it.
+                    let route = &mut self.table[index];
+                    if route.paused != Some(Pause::Held) {
+                        route.paused = Some(Pause::Held);
+                        taken.to_pause.push(partition.clone());
+                    }
+                }
                 taken.errors.push((partition, record.offset(), error));
                 continue;
             }
-            let Some(index) = self.lookup(record.topic(), record.partition()) else {
+            let Some(index) = index else {
                 log::debug!(
                     "dropped {}/{}@{}: not assigned",
                     record.topic(),
@@ -314,10 +351,22 @@ impl Routes {
                 continue;
             };
             let route = &mut self.table[index];
-            if route.paused {
+            if route.paused.is_some() {
                 // Paused during this round, after librdkafka returned the record: the resume
                 // fetches it again.
                 route.next_offset.get_or_insert(record.offset());
+                continue;
+            }
+            let floor = *route.first_offset.get_or_insert(record.offset());
+            let floor = route
+                .assigned
+                .commit_floor()
+                .map_or(floor, |f| f.max(floor));
+            if record.offset() >= floor + COMMIT_WINDOW {
+                // What finished beyond the commit point would not fit in the commit.
+                route.paused = Some(Pause::Window);
+                route.next_offset = Some(record.offset());
+                taken.to_pause.push(route.assigned.partition.clone());
                 continue;
             }
             route.next_offset = Some(record.offset() + 1);
@@ -340,7 +389,7 @@ impl Routes {
             taken.partition_peak = taken.partition_peak.max(load);
             planned.push(Planned::Take(record, index));
             if self.flow.partition_limit.is_reached_by(load) {
-                route.paused = true;
+                route.paused = Some(Pause::Limit);
                 taken.to_pause.push(route.assigned.partition.clone());
             }
             if self
@@ -348,8 +397,8 @@ impl Routes {
                 .total_limit
                 .is_reached_by(total_before.plus(round_total))
             {
-                for route in self.table.iter_mut().filter(|route| !route.paused) {
-                    route.paused = true;
+                for route in self.table.iter_mut().filter(|route| route.paused.is_none()) {
+                    route.paused = Some(Pause::Limit);
                     taken.to_pause.push(route.assigned.partition.clone());
                 }
             }
@@ -436,10 +485,13 @@ impl Routes {
         batches
     }
 
-    /// The paused partitions whose in-flight work, and the system's, fell to half the
-    /// limits: marked resumed, and returned with the offset to resume from.
+    /// The partitions paused for flow control that may go on: their in-flight work, and the
+    /// system's, fell to half the limits, and their next message is within the commit
+    /// window (half of it, when the window paused them). Marked resumed, and returned with
+    /// the offset to resume from. Held partitions stay paused.
     pub(crate) fn resumable(&mut self) -> Vec<(TopicPartition, Option<i64>)> {
-        if !self.table.iter().any(|route| route.paused) {
+        let flow = |pause: Option<Pause>| matches!(pause, Some(Pause::Limit | Pause::Window));
+        if !self.table.iter().any(|route| flow(route.paused)) {
             return Vec::new();
         }
         let total = self.total();
@@ -449,22 +501,30 @@ impl Routes {
         let limit = self.flow.partition_limit;
         self.table
             .iter_mut()
-            .filter(|route| route.paused && limit.is_drained_by(route.assigned.in_flight.load()))
+            .filter(|route| {
+                // Room in the window for the next message, or for half the window's worth
+                // when the window paused it (so that it does not pause again at once).
+                let room = match route.paused {
+                    Some(Pause::Limit) => 1,
+                    Some(Pause::Window) => COMMIT_WINDOW / 2,
+                    _ => return false,
+                };
+                limit.is_drained_by(route.assigned.in_flight.load()) && route.window_left() >= room
+            })
             .map(|route| {
-                route.paused = false;
+                route.paused = None;
                 (route.assigned.partition.clone(), route.next_offset)
             })
             .collect()
     }
 
-    /// Pauses every partition (the system stops): returns those not paused before.
+    /// Holds every partition (the system stops): returns those not paused before.
     pub(crate) fn pause_all(&mut self) -> Vec<TopicPartition> {
         self.table
             .iter_mut()
-            .filter(|route| !route.paused)
-            .map(|route| {
-                route.paused = true;
-                route.assigned.partition.clone()
+            .filter_map(|route| {
+                let was_paused = route.paused.replace(Pause::Held).is_some();
+                (!was_paused).then(|| route.assigned.partition.clone())
             })
             .collect()
     }
@@ -494,7 +554,10 @@ impl Routes {
     }
 
     pub(crate) fn paused(&self) -> usize {
-        self.table.iter().filter(|route| route.paused).count()
+        self.table
+            .iter()
+            .filter(|route| route.paused.is_some())
+            .count()
     }
 
     /// Messages waiting in backlogs.
@@ -524,6 +587,18 @@ impl Routes {
             processor_queued: processor.map_or(0, queued),
             ahead,
         })
+    }
+}
+
+impl Route {
+    /// How many offsets past the next one to take the partition may take before its commit
+    /// window is full (the whole window before anything was taken).
+    fn window_left(&self) -> i64 {
+        let (Some(next), Some(first)) = (self.next_offset, self.first_offset) else {
+            return COMMIT_WINDOW;
+        };
+        let floor = self.assigned.commit_floor().map_or(first, |f| f.max(first));
+        COMMIT_WINDOW - (next - floor)
     }
 }
 
@@ -879,6 +954,50 @@ mod tests {
         let taken = routes.take(vec![record(0, 3, "k")]);
         assert!(taken.positions.is_empty());
         assert!(routes.resumable().is_empty(), "it stays paused");
+    }
+
+    #[test]
+    fn a_partition_takes_nothing_a_commit_window_past_its_commit_point() {
+        let mut routes = routes_within(OrderingMode::Unordered, 1, 1, (usize::MAX, usize::MAX));
+        let window = COMMIT_WINDOW as usize;
+        let taken = routes.take((0..=COMMIT_WINDOW).map(|o| record(0, o, "k")).collect());
+        assert_eq!(
+            taken.positions.len(),
+            window,
+            "offset {COMMIT_WINDOW} is not taken"
+        );
+        assert_eq!(taken.to_pause, [TopicPartition::new("t", 0)]);
+        // Every message but the first finished (offset 0 is stuck): the commit point has
+        // not moved, so the partition stays paused, whatever its in-flight count.
+        let mut handed = routes.hand_out(&mut [usize::MAX]).remove(0);
+        let stuck = handed.remove(0);
+        drop(handed);
+        routes.table[0].assigned.set_commit_floor(0);
+        assert!(routes.resumable().is_empty());
+        // The commit point moves, but not yet by half the window.
+        routes.table[0]
+            .assigned
+            .set_commit_floor(COMMIT_WINDOW / 2 - 1);
+        assert!(routes.resumable().is_empty());
+        drop(stuck);
+        routes.table[0].assigned.set_commit_floor(COMMIT_WINDOW / 2);
+        assert_eq!(
+            routes.resumable(),
+            [(TopicPartition::new("t", 0), Some(COMMIT_WINDOW))]
+        );
+    }
+
+    #[test]
+    fn a_partition_paused_at_its_in_flight_limit_resumes_however_far_its_commit_point_lags() {
+        let mut routes = routes_within(OrderingMode::Unordered, 1, 1, (10, 100));
+        routes.take((0..10).map(|o| record(0, o, "k")).collect());
+        assert_eq!(routes.paused(), 1);
+        routes.table[0].assigned.set_commit_floor(0);
+        drop(routes.hand_out(&mut [usize::MAX]));
+        assert_eq!(
+            routes.resumable(),
+            [(TopicPartition::new("t", 0), Some(10))]
+        );
     }
 
     #[test]

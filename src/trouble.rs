@@ -49,6 +49,12 @@ impl Trouble {
         }
     }
 
+    /// Whether librdkafka retries it by itself (a record error of this kind is logged and
+    /// reading goes on); the rest stop the system.
+    pub(crate) fn is_retried(self) -> bool {
+        matches!(self, Trouble::Transient | Trouble::Tls)
+    }
+
     pub(crate) fn of(error: &KafkaError) -> Trouble {
         error
             .rdkafka_error_code()

@@ -192,7 +192,10 @@ fn behind_a_stuck_message_a_partition_takes_no_more_than_its_commit_can_record()
     );
     let (_, body) = support::get(http, "/metrics");
     let incomplete = gauge(&body, kafka_actors::metric_names::INCOMPLETE_OFFSETS).unwrap();
-    assert!(incomplete < WINDOW as f64, "{incomplete} incomplete offsets");
+    assert!(
+        incomplete < WINDOW as f64,
+        "{incomplete} incomplete offsets"
+    );
     assert!(
         ledger.len() < WINDOW,
         "{} messages finished behind the stuck one",

@@ -637,7 +637,8 @@ impl BatchProcessor for FailsFromFive {
         self.batches.lock().unwrap().push(offsets.clone());
         match offsets.iter().position(|o| *o == 5) {
             Some(index) if first_time => {
-                self.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.waiting
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Err(BatchFailures::from_index(index, anyhow::anyhow!("row 5 refused")).into())
             }
@@ -672,10 +673,7 @@ fn a_stop_during_a_batch_that_fails_from_a_message_runs_nothing_after_it() {
 
     assert!(report.is_clean(), "{report}");
     let batches = processor.batches.lock().unwrap().clone();
-    let failing = batches
-        .iter()
-        .position(|batch| batch.contains(&5))
-        .unwrap();
+    let failing = batches.iter().position(|batch| batch.contains(&5)).unwrap();
     let after: Vec<i64> = batches[failing + 1..].iter().flatten().copied().collect();
     assert!(
         after.iter().all(|offset| *offset < 5),

@@ -438,18 +438,20 @@ fn a_stop_with_thousands_of_retry_gaps_leaves_only_the_gaps_to_the_restart() {
     let recorder = ledger.clone();
     let system = ConsumerSystem::spawn(
         config()
-            .failure_policy(kafka_actors::FailurePolicy::retry(3).backoff(
-                Duration::from_secs(60),
-                Duration::from_secs(60),
-            ))
+            .failure_policy(
+                kafka_actors::FailurePolicy::retry(3)
+                    .backoff(Duration::from_secs(60), Duration::from_secs(60)),
+            )
             .build()
             .unwrap(),
         move || FailsEveryTenth(recorder.clone()),
     )
     .unwrap();
-    wait_until("every message but the failing ones finished", SCENARIO_TIMEOUT, || {
-        ledger.len() >= 18_000
-    });
+    wait_until(
+        "every message but the failing ones finished",
+        SCENARIO_TIMEOUT,
+        || ledger.len() >= 18_000,
+    );
     system.stop();
     let report = system.join().unwrap();
     assert!(report.is_clean(), "{report}");

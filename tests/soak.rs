@@ -11,6 +11,9 @@
 //! - nothing was processed twice: none at all on a real broker; on the embedded cluster, which
 //!   refuses offset commits while a rebalance is in progress (Kafka accepts them), only what
 //!   a rebalance with other members around explains;
+//! - order: per partition and per key, a message's successful run comes after the first
+//!   completion (success, or the failure that dead-lettered it) of every earlier message of
+//!   its lane, across every member and restart (retries in between are fine);
 //! - the group's committed offsets are the topic's end offsets;
 //! - every shutdown report is clean, no partition stalled, and the framework logged no error
 //!   and never panicked;
@@ -25,13 +28,11 @@
 //! `SOAK_RESTART_SECONDS` replaces the random membership changes with restarts of the whole
 //! group about that often.
 //!
-//! In per-partition order, the seed also makes some members batch processors (random batch
-//! sizes and lingers) beside one-message processors in the same group. A batch member writes
+//! The seed also makes some members batch processors (random batch sizes and lingers) beside
+//! one-message processors in the same group, in every ordering mode. A batch member writes
 //! its ledger entries as a transaction would: those of a batch that succeeded, or of the
 //! messages before the first that failed (`BatchFailures::from_index`); none when the batch
-//! panics. (Only per partition: in the other modes a batch holds several lanes, and a whole
-//! batch's failure counts an attempt against each lane's first message, which the check that
-//! a poison message's dead letter says one attempt would not allow.)
+//! panics.
 
 mod support;
 
@@ -110,7 +111,12 @@ struct Entry {
     id: u64,
     member: usize,
     at: Instant,
+    /// Where it falls in the order of every entry and dead-lettering failure of the run.
+    seq: u64,
 }
+
+/// A poison message's `(partition, offset)` and the place of its failure in the sequence.
+type Poisoned = ((i32, i64), u64);
 
 /// What every processor of every member shares: the ledger, the ids processed at least once
 /// (so that waiting for the rest stays cheap with hundreds of thousands of entries), and the
@@ -120,6 +126,10 @@ struct Shared {
     ledger: Arc<Mutex<Vec<Entry>>>,
     processed_ids: Arc<Mutex<std::collections::HashSet<u64>>>,
     attempts: Arc<Mutex<HashMap<u64, u32>>>,
+    /// The sequence of ledger entries and poison failures, for the order check.
+    sequence: Arc<AtomicU64>,
+    /// When each poison message failed (permanently, so it is dead-lettered next).
+    poisoned: Arc<Mutex<Vec<Poisoned>>>,
 }
 
 struct SoakProcessor {
@@ -158,8 +168,9 @@ impl BatchProcessor for SoakBatchProcessor {
 }
 
 impl SoakProcessor {
-    fn record(&self, entry: Entry) {
+    fn record(&self, mut entry: Entry) {
         self.shared.processed_ids.lock().unwrap().insert(entry.id);
+        entry.seq = self.shared.sequence.fetch_add(1, Ordering::SeqCst);
         self.shared.ledger.lock().unwrap().push(entry);
     }
 
@@ -182,7 +193,12 @@ impl SoakProcessor {
             Fate::FailsTimes(times) if attempt <= times => {
                 anyhow::bail!("transient failure of {id} (attempt {attempt})")
             }
-            Fate::Poison => return Err(anyhow::anyhow!("poison message {id}").context(Permanent)),
+            Fate::Poison => {
+                let seq = self.shared.sequence.fetch_add(1, Ordering::SeqCst);
+                let at = (message.partition(), message.offset());
+                self.shared.poisoned.lock().unwrap().push((at, seq));
+                return Err(anyhow::anyhow!("poison message {id}").context(Permanent));
+            }
             Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
             _ => {}
         }
@@ -192,6 +208,7 @@ impl SoakProcessor {
             id,
             member: self.member,
             at: Instant::now(),
+            seq: 0,
         })
     }
 }
@@ -352,10 +369,8 @@ impl Group<'_> {
             config,
             &[("partition.assignment.strategy", self.plan.strategy)],
         );
-        // Per partition, a third of the members process batches.
-        let batches = (self.plan.ordering == OrderingMode::PerPartition
-            && self.rng.random_ratio(1, 3))
-        .then(|| {
+        // A third of the members process batches.
+        let batches = self.rng.random_ratio(1, 3).then(|| {
             let messages = self.rng.random_range(1..=64);
             let linger = Duration::from_millis(self.rng.random_range(0..=20));
             (messages, linger)
@@ -520,6 +535,7 @@ fn stream(
 struct ReadBack {
     partition: i32,
     offset: i64,
+    key: String,
     payload: String,
     headers: BTreeMap<String, String>,
 }
@@ -566,6 +582,7 @@ fn read_all(cluster: &Cluster, topic: &str) -> Vec<ReadBack> {
             records.push(ReadBack {
                 partition: message.partition(),
                 offset: message.offset(),
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
                 payload: String::from_utf8_lossy(message.payload().unwrap_or_default())
                     .into_owned(),
                 headers,
@@ -825,6 +842,15 @@ fn soak(ordering: OrderingMode) {
         changes.len()
     );
     assert_eq!(lost, 0, "seed {}: messages lost", plan.seed);
+    let out_of_order = order_violations(plan.ordering, &originals, &processed, &group.shared);
+    assert!(
+        out_of_order.is_empty(),
+        "seed {}: {} messages succeeded before an earlier message of their lane finished, \
+         the first: {:#?}",
+        plan.seed,
+        out_of_order.len(),
+        &out_of_order[..out_of_order.len().min(10)]
+    );
     // What the framework said about repeats, for a failure's diagnosis.
     let said: Vec<String> = support::captured_logs()
         .into_iter()
@@ -868,6 +894,64 @@ fn soak(ordering: OrderingMode) {
         "seed {}: the framework logged trouble: {alarming:#?}",
         plan.seed
     );
+}
+
+/// The successful runs that came before the first completion (success, or the failure that
+/// dead-lettered it) of an earlier message of their lane: per partition, a partition; per
+/// key, a key within a partition; unordered, none.
+fn order_violations(
+    ordering: OrderingMode,
+    originals: &[ReadBack],
+    processed: &HashMap<(i32, i64), Vec<Entry>>,
+    shared: &Shared,
+) -> Vec<String> {
+    if ordering == OrderingMode::Unordered {
+        return Vec::new();
+    }
+    let mut first_done: HashMap<(i32, i64), u64> = HashMap::new();
+    let completions = processed
+        .iter()
+        .flat_map(|(at, entries)| entries.iter().map(move |e| (*at, e.seq)));
+    for (at, seq) in completions.chain(shared.poisoned.lock().unwrap().iter().copied()) {
+        let first = first_done.entry(at).or_insert(seq);
+        *first = (*first).min(seq);
+    }
+    let mut lanes: BTreeMap<(i32, &str), Vec<i64>> = BTreeMap::new();
+    for record in originals {
+        let key = match ordering {
+            OrderingMode::PerKey => record.key.as_str(),
+            _ => "",
+        };
+        lanes
+            .entry((record.partition, key))
+            .or_default()
+            .push(record.offset);
+    }
+    let mut violations = Vec::new();
+    for ((partition, key), mut offsets) in lanes {
+        offsets.sort_unstable();
+        // The latest first completion of the lane's messages so far, and whose it was.
+        let mut latest: Option<(u64, i64)> = None;
+        for offset in offsets {
+            for entry in processed.get(&(partition, offset)).into_iter().flatten() {
+                if let Some((seq, earlier)) = latest
+                    && entry.seq < seq
+                {
+                    violations.push(format!(
+                        "partition {partition}, key {key:?}: offset {offset} succeeded (member \
+                         {}) before offset {earlier} finished",
+                        entry.member
+                    ));
+                }
+            }
+            if let Some(&done) = first_done.get(&(partition, offset))
+                && latest.is_none_or(|(seq, _)| done > seq)
+            {
+                latest = Some((done, offset));
+            }
+        }
+    }
+    violations
 }
 
 #[test]

@@ -500,7 +500,7 @@ impl ConsumerContext for FetchContext {
                 .iter()
                 .map(|a| {
                     let inherited = earlier.get(&a.partition).cloned().unwrap_or_default();
-                    (a.partition.clone(), a.assignment, inherited)
+                    (a.clone(), inherited)
                 })
                 .collect(),
         ));
@@ -765,11 +765,14 @@ fn record_errors(
     errors: Vec<(TopicPartition, i64, RDKafkaErrorCode)>,
 ) {
     for (partition, offset, code) in errors {
-        let reason = match Trouble::of_code(code) {
-            Trouble::Transient | Trouble::Tls => {
-                log::warn!("fetching {partition} failed (librdkafka retries): {code}");
-                continue;
-            }
+        let trouble = Trouble::of_code(code);
+        if trouble.is_retried() {
+            log::warn!("fetching {partition} failed (librdkafka retries): {code}");
+            continue;
+        }
+        // The Routes hold the partition: nothing past the record is taken.
+        let reason = match trouble {
+            Trouble::Transient | Trouble::Tls => continue,
             Trouble::Unreadable => StopReason::Unreadable {
                 partition,
                 offset,
@@ -826,7 +829,7 @@ fn pause(
         list.add_partition(partition.topic(), partition.partition());
     }
     match consumer.pause(&list) {
-        Ok(()) => log::debug!("paused {}: in-flight limit reached", names(&list)),
+        Ok(()) => log::debug!("paused {}", names(&list)),
         Err(error) => log::warn!("could not pause {}: {error}", names(&list)),
     }
     metrics.paused(partitions.len());

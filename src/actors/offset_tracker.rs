@@ -15,6 +15,7 @@ use futures::future::join_all;
 
 use crate::actors::fetcher::{Commit, CommitMode, Fetcher, HighWatermarks, Locate};
 use crate::actors::processor::ProcessorHandle;
+use crate::flow::AssignedPartition;
 use crate::instruments::PartitionProgress;
 use crate::metrics::SystemMetrics;
 use crate::native::CommitFailure;
@@ -44,6 +45,9 @@ pub(crate) struct OffsetTracker {
     /// The commit points a final commit left uncommitted because the group was rebalancing,
     /// until a later commit (the close's revocation) covers them.
     unsettled: Vec<CommitPoint>,
+    /// Each current assignment's partition as the Fetcher holds it, to publish its commit
+    /// point to (the Fetcher keeps a partition within the commit window of it).
+    held: HashMap<AssignmentId, Arc<AssignedPartition>>,
 }
 
 /// The actors the tracker sends to: the Fetcher commits, and both say where a message is.
@@ -70,6 +74,20 @@ impl OffsetTracker {
             stalls: stall_timeout.map(StallWatch::new),
             stop,
             unsettled: Vec::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Publishes the commit points of the assignments `positions` belong to.
+    fn publish_commit_points(&self, positions: &[Position]) {
+        for run in positions.chunk_by(|a, b| a.assignment == b.assignment) {
+            let assignment = run[0].assignment;
+            if let (Some(held), Some(point)) = (
+                self.held.get(&assignment),
+                self.book.commit_point_of(assignment),
+            ) {
+                held.set_commit_floor(point);
+            }
         }
     }
 
@@ -306,15 +324,20 @@ impl Handler<Attach> for OffsetTracker {
 /// beyond the committed one that the previous reader finished.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Assigned(pub(crate) Vec<(TopicPartition, AssignmentId, Vec<i64>)>);
+pub(crate) struct Assigned(pub(crate) Vec<(Arc<AssignedPartition>, Vec<i64>)>);
 
 impl Handler<Assigned> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Self::Context) {
-        for (partition, assignment, inherited) in partitions {
-            self.book.assign(partition, assignment, inherited);
+        for (held, inherited) in partitions {
+            self.book
+                .assign(held.partition.clone(), held.assignment, inherited);
+            self.held.insert(held.assignment, held);
         }
+        // A new assignment of a partition ends its earlier one.
+        let book = &self.book;
+        self.held.retain(|assignment, _| book.holds(*assignment));
     }
 }
 
@@ -334,6 +357,8 @@ impl Handler<Revoked> for OffsetTracker {
             }
             self.high_watermarks.remove(&partition);
             let in_flight = self.book.revoke(&partition).map_or(0, |o| o.in_flight());
+            let book = &self.book;
+            self.held.retain(|assignment, _| book.holds(*assignment));
             if in_flight > 0 {
                 log::info!(
                     "{partition} revoked with {in_flight} messages unfinished: left to the \
@@ -363,6 +388,7 @@ impl Handler<Fetched> for OffsetTracker {
             log::debug!("{refused} messages not tracked (fenced or behind their partition)");
         }
         self.book.finished(&fetched.finished_earlier, |_, _| {});
+        self.publish_commit_points(&fetched.positions);
     }
 }
 
@@ -397,6 +423,7 @@ impl Handler<Completions> for OffsetTracker {
             log::debug!("{fenced} messages finished after their partition was revoked: fenced");
         }
         self.book.released(&completions.released);
+        self.publish_commit_points(&completions.finished);
     }
 }
 

@@ -33,14 +33,15 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::actors::offset_tracker::{Completions, OffsetTracker};
+use crate::batch::{Batch, Ended, Filing, Retry, file};
 use crate::dead_letter::DeadLetters;
-use crate::failure::{AfterFailure, Exhausted, FailurePolicy, is_permanent};
+use crate::failure::{FailurePolicy, is_permanent};
 use crate::flow::{BatchLimit, Credit, PrefetchLimit};
-use crate::lanes::{Item, Take, WorkQueue};
+use crate::lanes::{Item, WorkQueue};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
 use crate::offsets::{AssignmentId, Position, TopicPartition};
-use crate::processor::{BatchFailures, BatchOutcome, StoredPositions};
+use crate::processor::{BatchFailures, StoredPositions};
 use crate::report::StopReason;
 use crate::stall::Sighting;
 use crate::stop::{Abandon, StopHandle};
@@ -61,6 +62,9 @@ const TIMED_PER_REPORT: usize = 16;
 const MEASURE_EVERY: u32 = 256;
 /// How often inbox commands are looked at while messages run back to back.
 const INBOX_EVERY: u32 = 32;
+/// How long batches run back to back at most before the inbox is looked at: a rebalance's
+/// hooks and drain, and a stop, wait for no more than one batch past it.
+const INBOX_AGE: Duration = Duration::from_millis(1);
 
 /// What every processor of a system shares.
 pub(crate) struct ProcessorShared<W> {
@@ -246,8 +250,7 @@ async fn run<W: Work>(
     };
     let mut task = ProcessorTask {
         instance,
-        batch: Vec::new(),
-        attempts: Vec::new(),
+        batch: Batch::default(),
         state: TaskState::new(index, shared, commands, credit),
     };
     task.run().await;
@@ -429,10 +432,9 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 struct ProcessorTask<W> {
     /// Borrowed by the attempt in progress, and by nothing else.
     instance: Instance<W>,
-    /// The batch in progress (one message for a `Processor`), and the attempts each of its
-    /// messages failed before; empty between batches. Kept to spare an allocation per batch.
-    batch: Vec<Message>,
-    attempts: Vec<u32>,
+    /// The batch in progress (one message for a `Processor`); empty between batches. Kept to
+    /// spare an allocation per batch.
+    batch: Batch<Message>,
     /// Everything else: changed between attempts and by commands accepted during one.
     state: TaskState<W>,
 }
@@ -441,12 +443,8 @@ impl<W: Work> ProcessorTask<W> {
     async fn run(&mut self) {
         let mut back_to_back: u32 = 0;
         loop {
-            if back_to_back.is_multiple_of(INBOX_EVERY) {
-                self.state.accept_waiting();
-                self.state.flush_if_due();
-                // The credit is shared with the Fetcher's thread: written once in a while, not
-                // per message (it then overstates what is queued, which only hands out less).
-                self.state.count_started();
+            if back_to_back.is_multiple_of(INBOX_EVERY) || self.state.inbox_overdue() {
+                self.state.look_at_inbox();
             }
             // Hooks go first: a rebalance waits for them.
             while let Some(hook) = self.state.hooks.pop_front() {
@@ -469,7 +467,7 @@ impl<W: Work> ProcessorTask<W> {
             if let Some((budget, reply)) = self.state.stop.take() {
                 self.state.abandon();
                 let result = self.instance.stop(self.state.index, budget).await;
-                self.state.flush();
+                self.state.reports.flush();
                 let _ = reply.send(result);
                 return;
             }
@@ -485,17 +483,12 @@ impl<W: Work> ProcessorTask<W> {
     /// Runs a batch that starts with `first` (for a `Processor`, `first` alone) and files the
     /// outcome of each of its messages.
     async fn run_batch(&mut self, first: Item<Message>) {
-        self.batch.push(first.message);
-        self.attempts.push(first.failed_attempts);
+        self.batch.start(first);
         if W::BATCHES {
             self.fill().await;
-            self.drop_fenced();
-            if self.batch.is_empty() {
-                return;
-            }
-        } else if self.batch[0].assigned().is_fenced() {
-            // Nothing of a fenced partition can be committed: its next owner processes it.
-            self.drop_fenced();
+        }
+        self.drop_fenced();
+        if self.batch.is_empty() {
             return;
         }
         let state = &mut self.state;
@@ -507,135 +500,98 @@ impl<W: Work> ProcessorTask<W> {
                 state.shared.fetcher_wakeup.notify_one();
             }
         }
-        let span = match self.batch.as_slice() {
-            [message] => trace::message_span(message, self.attempts[0] + 1),
+        let messages = &self.batch.messages;
+        let span = match messages.as_slice() {
+            [message] => trace::message_span(message, self.batch.failed[0] + 1),
             batch => trace::batch_span(batch),
         };
         let started = self.state.previous_end.take().unwrap_or_else(Instant::now);
         let attempt = self
             .state
-            .serve_process(
-                &self.batch,
-                self.instance.process(&self.batch).instrument(span),
-            )
+            .serve_process(messages, self.instance.process(messages).instrument(span))
             .await;
         let ended = Instant::now();
+        self.state.last_batch_end = ended;
         let took = ended - started;
-        // Taken out to be filed, and put back empty: the buffers keep their capacity.
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut attempts = std::mem::take(&mut self.attempts);
-        match attempt {
+        let Some(attempt) = attempt else {
             // Abandoned: dropped unfinished, and not reported, so they show as abandoned.
-            None => batch.clear(),
-            Some(Attempt::Finished) => {
-                // Only now does the next attempt start: after a failure, the policy's work
-                // (a dead letter's production) is not the next message's.
+            self.batch = Batch::default();
+            return;
+        };
+        let ended_as = match &attempt {
+            Attempt::Finished => {
+                // Only now does the next attempt start: after a failure, the policy's work (a
+                // dead letter's production) is not the next message's.
                 self.state.previous_end = Some(ended);
-                for message in batch.drain(..) {
-                    self.state.work.finished(&message);
-                    self.state.finished_in(message, Some(took));
-                }
+                Ended::Finished
             }
-            Some(Attempt::Broken) => {
-                for message in batch.drain(..) {
-                    self.state.give_up_lane(message);
-                }
-            }
-            Some(Attempt::Failed {
-                error,
-                permanent,
-                panicked,
-            }) => {
-                if panicked {
-                    self.rebuild().await;
-                }
-                let quiet = batch.len() > 1;
-                if quiet {
+            Attempt::Broken => Ended::Broken,
+            Attempt::Failed {
+                error, permanent, ..
+            } => {
+                if self.batch.len() > 1 {
                     log::warn!(
-                        "{}: a batch of {} messages failed: {error}",
-                        describe(&batch),
-                        batch.len()
+                        "{}: a batch of {} messages failed as a whole, so each runs alone \
+                         after the backoff (no attempt counted): {error}",
+                        describe(&self.batch.messages),
+                        self.batch.len()
                     );
                 }
-                for (mut message, failed) in batch.drain(..).zip(attempts.drain(..)) {
-                    if quiet {
-                        // Each runs alone from now on, so that the one that failed the batch is
-                        // found without failing the others again.
-                        message.suspect();
-                    }
-                    message
-                        .assigned()
-                        .instruments
-                        .processing_duration
-                        .record(took);
-                    self.failed(message, failed + 1, error.clone(), permanent, quiet)
-                        .await;
+                for message in &self.batch.messages {
+                    let instruments = &message.assigned().instruments;
+                    instruments.processing_duration.record(took);
+                }
+                Ended::Failed {
+                    error,
+                    permanent: *permanent,
                 }
             }
-            Some(Attempt::Partial(failures)) => {
-                if let Some(index) = failures.highest_index().filter(|&i| i >= batch.len()) {
+            Attempt::Partial(failures) => {
+                if let Some(index) = failures.highest_index().filter(|&i| i >= self.batch.len()) {
                     log::warn!(
                         "{}: the batch's failures name message {index} of a batch of {}: \
                          ignored (a bug in the processor)",
-                        describe(&batch),
-                        batch.len()
+                        describe(&self.batch.messages),
+                        self.batch.len()
                     );
                 }
-                let mut not_processed = Vec::new();
-                let outcomes = batch.drain(..).zip(attempts.drain(..)).enumerate();
-                for (index, (message, failed)) in outcomes {
-                    match failures.outcome(index) {
-                        BatchOutcome::Finished => {
-                            self.state.work.finished(&message);
-                            self.state.finished_in(message, Some(took));
-                        }
-                        BatchOutcome::Failed(error) => {
-                            let (text, permanent) = (format!("{error:#}"), is_permanent(error));
-                            self.failed(message, failed + 1, text, permanent, false)
-                                .await;
-                        }
-                        BatchOutcome::NotProcessed => not_processed.push(message),
-                    }
-                }
-                self.state.work.requeue(not_processed);
+                Ended::Partial(failures)
             }
+        };
+        let state = &mut self.state;
+        let now = state.clock();
+        let stopping = state.draining || state.shared.abandon.is_cancelled();
+        let mut filer = Filer {
+            reports: &mut state.reports,
+            shared: &state.shared,
+            took,
+            dead_letters: Vec::new(),
+        };
+        file(
+            &mut state.work,
+            &mut self.batch,
+            ended_as,
+            &state.shared.policy,
+            now,
+            |message| cannot_wait(stopping, message),
+            &mut filer,
+        );
+        let dead_letters = filer.dead_letters;
+        if let Attempt::Failed { panicked: true, .. } = attempt {
+            self.rebuild().await;
         }
-        attempts.clear();
-        self.batch = batch;
-        self.attempts = attempts;
+        for (message, attempts, error) in dead_letters {
+            self.dead_letter(message, attempts, error).await;
+        }
     }
 
     /// Takes more messages into the batch, up to its limits; waits at most the linger for
     /// them, and not at all when a stop, a revocation or a hook waits for this processor.
     async fn fill(&mut self) {
-        if self.batch[0].is_suspect() {
-            // Its batch failed as a whole: it runs alone.
-            return;
-        }
         let limit = self.state.shared.batch;
         let deadline = Instant::now() + limit.linger;
-        let ordering_lane = self.batch[0].batch_key();
-        let mut bytes: usize = self.batch.iter().map(Message::size).sum();
         loop {
-            let count = self.batch.len();
-            if count < limit.messages && bytes < limit.bytes {
-                let mut room = limit.messages - count;
-                self.state.work.take_more(&mut self.batch, |message| {
-                    if room == 0 || bytes.saturating_add(message.size()) > limit.bytes {
-                        return Take::Full;
-                    }
-                    if message.is_suspect()
-                        || (ordering_lane.is_some() && message.batch_key() != ordering_lane)
-                    {
-                        return Take::Skip;
-                    }
-                    room -= 1;
-                    bytes += message.size();
-                    Take::Yes
-                });
-                self.attempts.resize(self.batch.len(), 0);
-            }
-            let full = self.batch.len() >= limit.messages || bytes >= limit.bytes;
+            let full = self.batch.fill(&mut self.state.work, limit);
             let state = &mut self.state;
             if full
                 || state.hurry
@@ -655,28 +611,15 @@ impl<W: Work> ProcessorTask<W> {
     /// Drops the messages of fenced partitions from the batch, with their lanes: nothing of a
     /// fenced partition can be committed, and its next owner processes them.
     fn drop_fenced(&mut self) {
-        if !self
-            .batch
-            .iter()
-            .any(|message| message.assigned().is_fenced())
-        {
-            return;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let attempts = std::mem::take(&mut self.attempts);
-        for (message, failed) in batch.into_iter().zip(attempts) {
-            if message.assigned().is_fenced() {
-                let assignment = message.assigned().assignment;
-                drop(message);
-                drop(
-                    self.state
-                        .work
-                        .give_up(|lane| lane.assignment() == assignment),
-                );
-            } else {
-                self.batch.push(message);
-                self.attempts.push(failed);
-            }
+        let fenced = self.batch.remove(|message| message.assigned().is_fenced());
+        for message in fenced {
+            let assignment = message.assigned().assignment;
+            drop(message);
+            drop(
+                self.state
+                    .work
+                    .give_up(|lane| lane.assignment() == assignment),
+            );
         }
         self.state.count_started();
     }
@@ -712,101 +655,243 @@ impl<W: Work> ProcessorTask<W> {
         }
     }
 
-    /// Applies the failure policy to a message whose `attempts`-th attempt failed. `quiet`:
-    /// its batch's failure was logged already, so a retry is not logged again per message.
-    async fn failed(
-        &mut self,
-        message: Message,
-        attempts: u32,
-        error: String,
-        permanent: bool,
-        quiet: bool,
-    ) {
+    /// Produces a message whose attempts are used up to the dead-letter topic; its lane is
+    /// held meanwhile. Finished once the topic acknowledged it; otherwise the system stops on
+    /// it (parked for good).
+    async fn dead_letter(&mut self, message: Message, attempts: u32, error: String) {
         let state = &mut self.state;
         let place = format!("{}@{}", message.topic_partition(), message.offset());
-        let metrics = state.shared.metrics.clone();
-        match state.shared.policy.after_failure(attempts, permanent) {
-            AfterFailure::RetryAfter(backoff) => {
-                if let Some(why) = state.cannot_wait(&message) {
-                    log::info!("{place}: attempt {attempts} failed ({error}); not retried: {why}");
-                    state.give_up_lane(message);
-                    return;
-                }
-                if quiet {
-                    log::debug!("{place}: attempt {attempts} failed, retrying in {backoff:?}");
-                } else {
-                    log::warn!(
-                        "{place}: attempt {attempts} failed, retrying in {backoff:?}: {error}"
-                    );
-                }
-                metrics.retried(&message.assigned().instruments);
+        let Some(dead_letters) = state.shared.dead_letters.clone() else {
+            // The Supervisor makes a producer for every dead-letter policy.
+            log::error!("{place}: no dead-letter producer; stopping");
+            state
+                .shared
+                .stop
+                .request_graceful(StopReason::InternalFailure(
+                    "a dead-letter policy without a producer".to_owned(),
+                ));
+            state.work.park(message, attempts, None);
+            return;
+        };
+        let produced = state
+            .serve_while(dead_letters.send(&message, &error, attempts))
+            .await;
+        match produced {
+            Some(Ok(topic)) => {
+                log::warn!("{place}: sent to {topic} after {attempts} attempts: {error}");
                 state
-                    .work
-                    .park(message, attempts, Some(Instant::now() + backoff));
+                    .shared
+                    .metrics
+                    .dead_lettered(&message.assigned().instruments);
+                state.work.finished(&message);
+                state.reports.finished(message, None);
             }
-            AfterFailure::GiveUp => match state.shared.policy.exhausted() {
-                Exhausted::Stop => {
-                    log::error!("{place}: failed after {attempts} attempts: {error}; stopping");
-                    state
-                        .shared
-                        .stop
-                        .request_graceful(StopReason::ProcessingFailed {
-                            partition: message.topic_partition().clone(),
-                            offset: message.offset(),
-                            error: format!("{error} (after {attempts} attempts)"),
-                        });
-                    // Parked for good: given up at the drain, delivered again after a restart.
-                    state.work.park(message, attempts, None);
-                }
-                Exhausted::Skip => {
-                    log::warn!("{place}: skipped after {attempts} attempts: {error}");
-                    metrics.skipped(&message.assigned().instruments);
-                    state.work.finished(&message);
-                    state.finished(message);
-                }
-                Exhausted::DeadLetter { .. } => {
-                    let Some(dead_letters) = state.shared.dead_letters.clone() else {
-                        // The Supervisor makes a producer for every dead-letter policy.
-                        log::error!("{place}: no dead-letter producer; stopping");
-                        state
-                            .shared
-                            .stop
-                            .request_graceful(StopReason::InternalFailure(
-                                "a dead-letter policy without a producer".to_owned(),
-                            ));
-                        state.work.park(message, attempts, None);
-                        return;
-                    };
-                    let produced = state
-                        .serve_while(dead_letters.send(&message, &error, attempts))
-                        .await;
-                    match produced {
-                        Some(Ok(topic)) => {
-                            log::warn!(
-                                "{place}: sent to {topic} after {attempts} attempts: {error}"
-                            );
-                            metrics.dead_lettered(&message.assigned().instruments);
-                            state.work.finished(&message);
-                            state.finished(message);
-                        }
-                        Some(Err(dead_letter_error)) => {
-                            log::error!("{place}: {dead_letter_error}; stopping");
-                            state
-                                .shared
-                                .stop
-                                .request_graceful(StopReason::DeadLetterFailed {
-                                    partition: message.topic_partition().clone(),
-                                    offset: message.offset(),
-                                    error: dead_letter_error,
-                                });
-                            state.work.park(message, attempts, None);
-                        }
-                        // Abandoned: dropped unfinished.
-                        None => drop(message),
+            Some(Err(dead_letter_error)) => {
+                log::error!("{place}: {dead_letter_error}; stopping");
+                state
+                    .shared
+                    .stop
+                    .request_graceful(StopReason::DeadLetterFailed {
+                        partition: message.topic_partition().clone(),
+                        offset: message.offset(),
+                        error: dead_letter_error,
+                    });
+                state.work.park(message, attempts, None);
+            }
+            // Abandoned: dropped unfinished.
+            None => drop(message),
+        }
+    }
+}
+
+/// Why a failed message cannot wait for a retry, if it cannot.
+fn cannot_wait(stopping: bool, message: &Message) -> Option<&'static str> {
+    if stopping {
+        Some("the system is stopping")
+    } else if message.assigned().is_fenced() {
+        Some("its partition was revoked")
+    } else {
+        None
+    }
+}
+
+/// Where a message is, for log lines.
+fn place(message: &Message) -> String {
+    format!("{}@{}", message.topic_partition(), message.offset())
+}
+
+/// What the filing of a batch does in the task: reports, logs, figures, and the dead letters
+/// to produce once it is done.
+struct Filer<'a, W> {
+    reports: &'a mut Reports,
+    shared: &'a ProcessorShared<W>,
+    /// How long the attempt took.
+    took: Duration,
+    dead_letters: Vec<(Message, u32, String)>,
+}
+
+impl<W> Filing<Message> for Filer<'_, W> {
+    fn processed(&mut self, message: Message) {
+        self.reports.finished(message, Some(self.took));
+    }
+
+    fn retrying(&mut self, message: &Message, retry: Retry<'_>) {
+        let Retry {
+            attempts,
+            backoff,
+            error,
+            isolating,
+        } = retry;
+        if isolating {
+            log::debug!("{}: runs alone in {backoff:?}", place(message));
+        } else {
+            log::warn!(
+                "{}: attempt {attempts} failed, retrying in {backoff:?}: {error}",
+                place(message)
+            );
+        }
+        self.shared.metrics.retried(&message.assigned().instruments);
+    }
+
+    fn not_retried(&mut self, message: &Message, attempts: u32, error: &str, why: &'static str) {
+        log::info!(
+            "{}: attempt {attempts} failed ({error}); not retried: {why}",
+            place(message)
+        );
+    }
+
+    fn skipped(&mut self, message: Message, attempts: u32, error: &str) {
+        log::warn!(
+            "{}: skipped after {attempts} attempts: {error}",
+            place(&message)
+        );
+        self.shared.metrics.skipped(&message.assigned().instruments);
+        self.reports.finished(message, None);
+    }
+
+    fn dead_letter(&mut self, message: Message, attempts: u32, error: &str) {
+        self.dead_letters
+            .push((message, attempts, error.to_owned()));
+    }
+
+    fn stopping(&mut self, message: &Message, attempts: u32, error: &str) {
+        log::error!(
+            "{}: failed after {attempts} attempts: {error}; stopping",
+            place(message)
+        );
+        self.shared
+            .stop
+            .request_graceful(StopReason::ProcessingFailed {
+                partition: message.topic_partition().clone(),
+                offset: message.offset(),
+                error: format!("{error} (after {attempts} attempts)"),
+            });
+    }
+
+    fn released(&mut self, message: Message) {
+        self.reports.released(message);
+    }
+}
+
+/// Finished messages and messages given up, until they are reported to the tracker: they
+/// stay in flight until then, so that a revocation that waits for a partition's in-flight
+/// work to reach zero also waits for its completions.
+struct Reports {
+    tracker: Addr<OffsetTracker>,
+    /// Finished and not reported yet.
+    done: Vec<Done>,
+    /// Given up unfinished on purpose and not reported yet.
+    released: Vec<Message>,
+    /// When the oldest unreported completion was added.
+    unreported_since: Option<Instant>,
+}
+
+/// A finished message waiting to be reported, and how long its successful attempt took.
+struct Done {
+    message: Message,
+    took: Option<Duration>,
+}
+
+impl Reports {
+    /// Records a finished message, with how long its attempt took when it was processed
+    /// successfully (`None`: skipped or dead-lettered). Its figures are recorded with the
+    /// report (its durations if it is among the report's `TIMED_PER_REPORT`).
+    fn finished(&mut self, message: Message, took: Option<Duration>) {
+        self.note_unreported();
+        self.done.push(Done { message, took });
+        if self.done.len() + self.released.len() >= REPORT_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Records a message given up unfinished, on purpose: reported as released, never
+    /// committed.
+    fn released(&mut self, message: Message) {
+        self.note_unreported();
+        self.released.push(message);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unreported_since.is_none()
+    }
+
+    fn note_unreported(&mut self) {
+        if self.unreported_since.is_none() {
+            self.unreported_since = Some(Instant::now());
+        }
+    }
+
+    /// When the oldest completion is due to be reported.
+    fn due_at(&self) -> Option<tokio::time::Instant> {
+        self.unreported_since
+            .map(|since| tokio::time::Instant::from_std(since + REPORT_INTERVAL))
+    }
+
+    /// Reports completions that waited for [`REPORT_INTERVAL`]: messages that run back to
+    /// back without ever waiting never reach the select that reports on time.
+    fn flush_if_due(&mut self) {
+        if self
+            .unreported_since
+            .is_some_and(|since| since.elapsed() >= REPORT_INTERVAL)
+        {
+            self.flush();
+        }
+    }
+
+    /// Tells the tracker what finished and what was given up, then lets go of the messages:
+    /// only then do they leave the in-flight counts.
+    fn flush(&mut self) {
+        self.unreported_since = None;
+        if self.done.is_empty() && self.released.is_empty() {
+            return;
+        }
+        // Done with as the tracker hears of it (at most REPORT_INTERVAL after it finished).
+        let now = unix_millis();
+        let stride = (self.done.len() / TIMED_PER_REPORT).max(1);
+        let finished = self
+            .done
+            .iter()
+            .enumerate()
+            .map(|(index, Done { message, took })| {
+                let instruments = &message.assigned().instruments;
+                let timed = index % stride == 0;
+                if let Some(took) = took {
+                    instruments.processed.increment(1);
+                    if timed {
+                        instruments.processing_duration.record(*took);
                     }
                 }
-            },
-        }
+                if let (true, Some(timestamp)) = (timed, message.timestamp()) {
+                    let latency = now.saturating_sub(timestamp).max(0) as f64 / 1000.0;
+                    instruments.end_to_end_latency.record(latency);
+                }
+                message.position()
+            })
+            .collect();
+        let released = self.released.iter().map(Message::position).collect();
+        self.tracker.do_send(Completions { finished, released });
+        self.done.clear();
+        self.released.clear();
     }
 }
 
@@ -856,25 +941,14 @@ impl Speed {
     }
 }
 
-/// Everything of a processor task but the user's processor.
-/// A finished message waiting to be reported, and how long its successful attempt took.
-struct Done {
-    message: Message,
-    took: Option<Duration>,
-}
-
+/// Everything of a processor task but the user's processor and the batch in progress.
 struct TaskState<P> {
     index: usize,
     shared: ProcessorShared<P>,
     commands: mpsc::UnboundedReceiver<Command>,
     credit: Arc<Credit>,
     work: WorkQueue<Message>,
-    /// Finished and not reported yet: they stay in flight until reported.
-    done: Vec<Done>,
-    /// Given up unfinished on purpose and not reported yet.
-    released: Vec<Message>,
-    /// When the oldest unreported completion was added.
-    unreported_since: Option<Instant>,
+    reports: Reports,
     /// The batch in progress and when it started, once it waited (most work finishes at its
     /// first poll, and nothing can ask where a message is before it waits).
     running: Vec<Position>,
@@ -896,6 +970,10 @@ struct TaskState<P> {
     /// When the previous attempt ended, while messages run back to back: the next attempt
     /// starts then, which spares a clock read per message.
     previous_end: Option<Instant>,
+    /// When the last batch ended, and when the inbox was last looked at: a processor whose
+    /// batches never wait still reads its commands at least every [`INBOX_AGE`].
+    last_batch_end: Instant,
+    last_inbox_look: Instant,
 }
 
 impl<P> TaskState<P> {
@@ -906,15 +984,19 @@ impl<P> TaskState<P> {
         credit: Arc<Credit>,
     ) -> Self {
         let floor = shared.batch.messages;
+        let now = Instant::now();
         TaskState {
             index,
+            reports: Reports {
+                tracker: shared.tracker.clone(),
+                done: Vec::new(),
+                released: Vec::new(),
+                unreported_since: None,
+            },
             shared,
             commands,
             credit,
             work: WorkQueue::default(),
-            done: Vec::new(),
-            released: Vec::new(),
-            unreported_since: None,
             running: Vec::new(),
             running_since: None,
             hooks: VecDeque::new(),
@@ -927,9 +1009,29 @@ impl<P> TaskState<P> {
                 floor,
                 ..Speed::default()
             },
-            epoch: Instant::now(),
+            epoch: now,
             previous_end: None,
+            last_batch_end: now,
+            last_inbox_look: now,
         }
+    }
+
+    /// Whether batches ran back to back for longer than [`INBOX_AGE`] since the inbox was
+    /// last looked at (batches whose work never waits, such as a synchronous database call).
+    fn inbox_overdue(&self) -> bool {
+        self.last_batch_end
+            .saturating_duration_since(self.last_inbox_look)
+            >= INBOX_AGE
+    }
+
+    /// Accepts the commands waiting, reports what is due and tells the credit what started.
+    fn look_at_inbox(&mut self) {
+        self.last_inbox_look = self.last_batch_end;
+        self.accept_waiting();
+        self.reports.flush_if_due();
+        // The credit is shared with the Fetcher's thread: written once in a while, not per
+        // message (it then overstates what is queued, which only hands out less).
+        self.count_started();
     }
 
     /// Now, read from the clock only when a retry may be due.
@@ -967,6 +1069,22 @@ impl<P> TaskState<P> {
     fn accept(&mut self, command: Command) {
         self.hurry |= !matches!(command, Command::Work(_) | Command::Locate { .. });
         match command {
+            Command::Work(messages) if self.draining => {
+                // Handed out after the drain began (a Fetcher late to stop fetching): not
+                // started, so left for the next reader, in order after what was finished.
+                log::debug!(
+                    "processor {}: {} messages handed out while draining are left for the \
+                     next reader",
+                    self.index,
+                    messages.len()
+                );
+                if self.credit.started(messages.len()) {
+                    self.shared.fetcher_wakeup.notify_one();
+                }
+                for message in messages {
+                    self.reports.released(message);
+                }
+            }
             Command::Work(messages) => self.work.push(messages),
             Command::Hook(hook) => self.hooks.push_back(hook),
             Command::Forget(assignments) => {
@@ -996,7 +1114,7 @@ impl<P> TaskState<P> {
                         );
                     }
                     for message in given_up {
-                        self.give_up(message);
+                        self.reports.released(message);
                     }
                 }
                 self.drains.push(reply);
@@ -1025,107 +1143,6 @@ impl<P> TaskState<P> {
             })
     }
 
-    /// Why a failed message cannot wait for a retry, if it cannot.
-    fn cannot_wait(&self, message: &Message) -> Option<&'static str> {
-        if self.draining || self.shared.abandon.is_cancelled() {
-            Some("the system is stopping")
-        } else if message.assigned().is_fenced() {
-            Some("its partition was revoked")
-        } else {
-            None
-        }
-    }
-
-    /// Records a finished message; it is reported in the next batch.
-    fn finished(&mut self, message: Message) {
-        self.finished_in(message, None);
-    }
-
-    /// Records a finished message, with how long its attempt took when it was processed
-    /// successfully (`None`: skipped or dead-lettered). Its figures are recorded with the
-    /// batch's report (its durations if it is among the batch's `TIMED_PER_REPORT`).
-    fn finished_in(&mut self, message: Message, took: Option<Duration>) {
-        self.note_unreported();
-        self.done.push(Done { message, took });
-        if self.done.len() + self.released.len() >= REPORT_BATCH {
-            self.flush();
-        }
-    }
-
-    /// Gives up a message that ran (or could not run) and its lane: the messages behind it
-    /// must not run after it was given up.
-    fn give_up_lane(&mut self, message: Message) {
-        let lane = message.lane();
-        self.work.park(message, 0, None);
-        let given_up = self.work.give_up(|parked| *parked == lane);
-        self.count_started();
-        for message in given_up {
-            self.give_up(message);
-        }
-    }
-
-    /// Gives up a message unfinished, on purpose: reported as released, never committed.
-    fn give_up(&mut self, message: Message) {
-        self.note_unreported();
-        self.released.push(message);
-    }
-
-    /// Reports completions that waited for [`REPORT_INTERVAL`]: messages that run back to
-    /// back without ever waiting never reach the select that reports on time.
-    fn flush_if_due(&mut self) {
-        if self
-            .unreported_since
-            .is_some_and(|since| since.elapsed() >= REPORT_INTERVAL)
-        {
-            self.flush();
-        }
-    }
-
-    fn note_unreported(&mut self) {
-        if self.unreported_since.is_none() {
-            self.unreported_since = Some(Instant::now());
-        }
-    }
-
-    /// Tells the tracker what finished and what was given up, then lets go of the messages:
-    /// only then do they leave the in-flight counts, so that a revocation that waits for a
-    /// partition's in-flight work to reach zero also waits for its completions.
-    fn flush(&mut self) {
-        self.unreported_since = None;
-        if self.done.is_empty() && self.released.is_empty() {
-            return;
-        }
-        // Done with as the tracker hears of it (at most REPORT_INTERVAL after it finished).
-        let now = unix_millis();
-        let stride = (self.done.len() / TIMED_PER_REPORT).max(1);
-        let finished = self
-            .done
-            .iter()
-            .enumerate()
-            .map(|(index, Done { message, took })| {
-                let instruments = &message.assigned().instruments;
-                let timed = index % stride == 0;
-                if let Some(took) = took {
-                    instruments.processed.increment(1);
-                    if timed {
-                        instruments.processing_duration.record(*took);
-                    }
-                }
-                if let (true, Some(timestamp)) = (timed, message.timestamp()) {
-                    let latency = now.saturating_sub(timestamp).max(0) as f64 / 1000.0;
-                    instruments.end_to_end_latency.record(latency);
-                }
-                message.position()
-            })
-            .collect();
-        let released = self.released.iter().map(Message::position).collect();
-        self.shared
-            .tracker
-            .do_send(Completions { finished, released });
-        self.done.clear();
-        self.released.clear();
-    }
-
     /// Nothing can run now: report, measure, and answer the drains once nothing is held.
     fn idle(&mut self) {
         if self.draining && self.work.has_parked() {
@@ -1133,11 +1150,11 @@ impl<P> TaskState<P> {
             let given_up = self.work.give_up(|_| true);
             self.count_started();
             for message in given_up {
-                self.give_up(message);
+                self.reports.released(message);
             }
         }
-        let reported = self.unreported_since.is_some();
-        self.flush();
+        let reported = !self.reports.is_empty();
+        self.reports.flush();
         // What was reported left the in-flight counts: the Fetcher may resume a partition.
         let grew = self.speed.measure(&self.credit, self.shared.prefetch);
         if reported || grew {
@@ -1155,7 +1172,7 @@ impl<P> TaskState<P> {
         let held = self.work.take_all();
         self.count_started();
         drop(held);
-        self.flush();
+        self.reports.flush();
     }
 
     /// Waits for a command, a retry coming due, or the abandonment of the drain.
@@ -1180,9 +1197,7 @@ impl<P> TaskState<P> {
     /// of the drain, or `deadline`; reports completions on time meanwhile.
     async fn linger_until(&mut self, deadline: Instant) {
         let abandon = self.shared.abandon.clone();
-        let report_at = self
-            .unreported_since
-            .map(|since| tokio::time::Instant::from_std(since + REPORT_INTERVAL));
+        let report_at = self.reports.due_at();
         tokio::select! {
             biased;
             () = abandon.cancelled() => {}
@@ -1190,7 +1205,7 @@ impl<P> TaskState<P> {
                 Some(command) => self.accept(command),
                 None => self.orphaned = true,
             },
-            () = sleep_until_some(report_at) => self.flush(),
+            () = sleep_until_some(report_at) => self.reports.flush(),
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
         }
     }
@@ -1223,9 +1238,7 @@ impl<P> TaskState<P> {
         let abandon = self.shared.abandon.clone();
         let mut abandoned = pin!(abandon.cancelled());
         loop {
-            let report_at = self
-                .unreported_since
-                .map(|since| tokio::time::Instant::from_std(since + REPORT_INTERVAL));
+            let report_at = self.reports.due_at();
             tokio::select! {
                 biased;
                 () = &mut abandoned => return None,
@@ -1234,7 +1247,7 @@ impl<P> TaskState<P> {
                     Some(command) => self.accept(command),
                     None => self.orphaned = true,
                 },
-                () = sleep_until_some(report_at) => self.flush(),
+                () = sleep_until_some(report_at) => self.reports.flush(),
             }
         }
     }
@@ -1289,69 +1302,143 @@ mod tests {
         }
     }
 
+    /// A batch processor whose work never awaits: each batch blocks for 20 ms.
+    struct Blocking(Arc<Mutex<Vec<&'static str>>>);
+
+    impl crate::BatchProcessor for Blocking {
+        const PARTITION_HOOKS: bool = true;
+
+        async fn process_batch(&mut self, _: &[Message]) -> anyhow::Result<()> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.0.lock().unwrap().push("batch");
+            Ok(())
+        }
+
+        async fn on_revoked(&mut self, _: &[TopicPartition]) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push("revoked");
+            Ok(())
+        }
+    }
+
+    /// A processor task of `work`'s making, with the tracker it reports to, and a partition
+    /// of `count` messages it was handed, known to the tracker.
+    async fn started<W: Work>(
+        work: impl Fn() -> W + Send + Sync + 'static,
+        batch: BatchLimit,
+        count: i64,
+    ) -> (
+        ProcessorHandle,
+        Addr<OffsetTracker>,
+        Arc<AssignedPartition>,
+        Vec<Message>,
+    ) {
+        let metrics = Arc::new(SystemMetrics::new("processor-test"));
+        let stop = StopHandle::new();
+        let tracker =
+            OffsetTracker::new(Duration::from_secs(60), None, metrics.clone(), stop.clone())
+                .start();
+        let shared = ProcessorShared {
+            factory: Arc::new(work),
+            tracker: tracker.clone(),
+            stop,
+            abandon: Abandon::default(),
+            metrics,
+            policy: FailurePolicy::default(),
+            dead_letters: None,
+            prefetch: PrefetchLimit {
+                messages: 100,
+                work: Duration::from_secs(10),
+            },
+            batch,
+            fetcher_wakeup: Arc::new(Notify::new()),
+        };
+        // A thread of its own, as in a system: its batches may block it.
+        let (processor, started) = spawn(0, shared, &actix::Arbiter::new().handle());
+        started.await.unwrap().unwrap();
+        let partition = TopicPartition::new("t", 0);
+        let assigned = AssignedPartition::new(
+            partition.clone(),
+            AssignmentId(1),
+            GroupInstruments::new("processor-test").partition(&partition),
+        );
+        tracker
+            .send(Assigned(vec![(assigned.clone(), Vec::new())]))
+            .await
+            .unwrap();
+        let messages: Vec<Message> = (0..count)
+            .map(|offset| {
+                let ordering = OrderingMode::PerPartition;
+                Message::made(
+                    assigned.clone(),
+                    ordering,
+                    offset,
+                    None,
+                    Some(b"x"),
+                    None,
+                    None,
+                )
+            })
+            .collect();
+        tracker
+            .send(Fetched {
+                positions: messages.iter().map(Message::position).collect(),
+                finished_earlier: Vec::new(),
+            })
+            .await
+            .unwrap();
+        (processor, tracker, assigned, messages)
+    }
+
+    #[test]
+    fn a_processor_whose_batches_never_wait_runs_a_hook_after_the_batch_in_progress() {
+        let system = actix::System::new();
+        system.block_on(async {
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let recording = events.clone();
+            let one_at_a_time = BatchLimit {
+                messages: 1,
+                bytes: usize::MAX,
+                linger: Duration::ZERO,
+            };
+            let (processor, _tracker, _, messages) = started(
+                move || crate::work::Batches(Blocking(recording.clone())),
+                one_at_a_time,
+                40,
+            )
+            .await;
+            processor.hand(messages);
+            while !events.lock().unwrap().contains(&"batch") {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let (reply, answer) = std::sync::mpsc::channel();
+            let partitions = vec![TopicPartition::new("t", 0)];
+            assert!(processor.hook(Hook::Revoked { partitions, reply }));
+            while answer.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let events = events.lock().unwrap().clone();
+            let before = events.iter().position(|e| *e == "revoked").unwrap();
+            assert!(
+                before <= 3,
+                "the hook waited for {before} batches: {events:?}"
+            );
+            processor.drain().await.unwrap();
+            processor.stop(Duration::from_secs(1)).await.unwrap();
+        });
+    }
+
     #[test]
     fn a_draining_processor_refuses_what_it_is_handed_and_releases_it() {
         let system = actix::System::new();
         system.block_on(async {
-            let metrics = Arc::new(SystemMetrics::new("processor-test"));
-            let stop = StopHandle::new();
-            let tracker = OffsetTracker::new(
-                Duration::from_secs(60),
-                None,
-                metrics.clone(),
-                stop.clone(),
-            )
-            .start();
             let processed = Arc::new(Mutex::new(Vec::new()));
             let recording = processed.clone();
-            let shared = ProcessorShared {
-                factory: Arc::new(move || One(Recording(recording.clone()))),
-                tracker: tracker.clone(),
-                stop,
-                abandon: Abandon::default(),
-                metrics,
-                policy: FailurePolicy::default(),
-                dead_letters: None,
-                prefetch: PrefetchLimit {
-                    messages: 100,
-                    work: Duration::from_secs(1),
-                },
-                batch: BatchLimit::ONE,
-                fetcher_wakeup: Arc::new(Notify::new()),
-            };
-            let (processor, started) = spawn(0, shared, &actix::Arbiter::current());
-            started.await.unwrap().unwrap();
-
-            let partition = TopicPartition::new("t", 0);
-            let assigned = AssignedPartition::new(
-                partition.clone(),
-                AssignmentId(1),
-                GroupInstruments::new("processor-test").partition(&partition),
-            );
-            tracker
-                .send(Assigned(vec![(partition, AssignmentId(1), Vec::new())]))
-                .await
-                .unwrap();
-            let messages: Vec<Message> = (0..3)
-                .map(|offset| {
-                    Message::made(
-                        assigned.clone(),
-                        OrderingMode::PerPartition,
-                        offset,
-                        None,
-                        Some(b"x"),
-                        None,
-                        None,
-                    )
-                })
-                .collect();
-            tracker
-                .send(Fetched {
-                    positions: messages.iter().map(Message::position).collect(),
-                    finished_earlier: Vec::new(),
-                })
-                .await
-                .unwrap();
+            let (processor, tracker, assigned, messages) = started(
+                move || One(Recording(recording.clone())),
+                BatchLimit::ONE,
+                3,
+            )
+            .await;
             processor.drain().await.unwrap();
             // A hand-out after the drain (a Fetcher late to stop fetching).
             processor.hand(messages);

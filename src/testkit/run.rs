@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::actors::processor::{Attempt, Instance};
+use crate::batch::{self, Batch, Ended, Filing, Retry};
 use crate::dead_letter;
-use crate::failure::{AfterFailure, is_permanent};
-use crate::flow::AssignedPartition;
+use crate::flow::{AssignedPartition, BatchLimit};
 use crate::instruments::GroupInstruments;
-use crate::lanes::{Take, WorkQueue};
+use crate::lanes::WorkQueue;
 use crate::offsets::AssignmentId;
-use crate::processor::BatchOutcome;
 use crate::work::{Batches, One, Work};
 use crate::{
     BatchProcessor, Exhausted, FailurePolicy, Message, OrderingMode, Processor, TopicPartition,
@@ -380,6 +379,12 @@ impl TestRun {
         };
         let mut queue: WorkQueue<Message> = WorkQueue::default();
         queue.push(messages);
+        let mut batch = Batch::default();
+        let limit = BatchLimit {
+            messages: batch_messages,
+            bytes: usize::MAX,
+            linger: Duration::ZERO,
+        };
         let mut now = Instant::now();
         while outcome.stop_requested.is_none() {
             let Some(first) = queue.next(now) else {
@@ -391,142 +396,128 @@ impl TestRun {
                     None => break,
                 }
             };
-            let key = first.message.batch_key();
-            let mut batch = vec![first.message];
-            let mut attempts = vec![first.failed_attempts];
-            // Suspects (of a batch that failed as a whole) run alone, as in the processor task.
-            let mut room = match batch[0].is_suspect() {
-                true => 0,
-                false => batch_messages - 1,
-            };
-            queue.take_more(&mut batch, |message| match room {
-                0 => Take::Full,
-                _ if message.is_suspect() => Take::Skip,
-                _ if key.is_some() && message.batch_key() != key => Take::Skip,
-                _ => {
-                    room -= 1;
-                    Take::Yes
-                }
-            });
-            attempts.resize(batch.len(), 0);
-            let positions: Vec<(i32, i64)> =
-                batch.iter().map(|m| (m.partition(), m.offset())).collect();
+            // The batch as the processor task fills it: all that is at hand, since a run does
+            // not linger.
+            batch.start(first);
+            batch.fill(&mut queue, limit);
+            let positions: Vec<(i32, i64)> = batch
+                .messages
+                .iter()
+                .map(|m| (m.partition(), m.offset()))
+                .collect();
             outcome.runs.extend(&positions);
             if W::BATCHES {
                 outcome.batches.push(positions);
             }
-            for message in &batch {
+            for message in &batch.messages {
                 outcome.messages[at(message)].attempts += 1;
             }
-            let attempt = instance.process(&batch).await;
-            match attempt {
-                Attempt::Finished => {
-                    for message in batch {
-                        outcome.messages[at(&message)].fate = Fate::Processed;
-                        queue.finished(&message);
-                    }
-                }
+            let attempt = instance.process(&batch.messages).await;
+            let ended = match &attempt {
+                Attempt::Finished => Ended::Finished,
                 Attempt::Failed {
+                    error, permanent, ..
+                } => Ended::Failed {
                     error,
-                    permanent,
-                    panicked,
-                } => {
-                    let whole = batch.len() > 1;
-                    for (mut message, failed) in batch.into_iter().zip(attempts) {
-                        if whole {
-                            message.suspect();
-                        }
-                        let slot = at(&message);
-                        let failure = (failed + 1, error.clone(), permanent);
-                        self.file(&mut outcome, &mut queue, now, slot, message, failure);
-                    }
-                    if panicked {
-                        outcome.processor_restarts += 1;
-                        instance = match Instance::start(&factory).await {
-                            Ok(instance) => instance,
-                            Err(error) => panic!("the processor did not restart: {error:#}"),
-                        };
-                    }
-                }
-                Attempt::Partial(failures) => {
-                    let mut not_processed = Vec::new();
-                    for (position, (message, failed)) in batch.into_iter().zip(attempts).enumerate()
-                    {
-                        match failures.outcome(position) {
-                            BatchOutcome::Finished => {
-                                outcome.messages[at(&message)].fate = Fate::Processed;
-                                queue.finished(&message);
-                            }
-                            BatchOutcome::Failed(error) => {
-                                let slot = at(&message);
-                                let failure =
-                                    (failed + 1, format!("{error:#}"), is_permanent(error));
-                                self.file(&mut outcome, &mut queue, now, slot, message, failure);
-                            }
-                            BatchOutcome::NotProcessed => {
-                                outcome.messages[at(&message)].attempts -= 1;
-                                not_processed.push(message);
-                            }
-                        }
-                    }
-                    queue.requeue(not_processed);
+                    permanent: *permanent,
+                },
+                Attempt::Partial(failures) => Ended::Partial(failures),
+                Attempt::Broken => Ended::Broken,
+            };
+            let mut story = Story {
+                outcome: &mut outcome,
+                policy: &self.policy,
+                at: &at,
+                dead_letters: Vec::new(),
+            };
+            // The processor task's own filing: a run never stops nor loses a partition.
+            batch::file(
+                &mut queue,
+                &mut batch,
+                ended,
+                &self.policy,
+                now,
+                |_| None,
+                &mut story,
+            );
+            // A dead letter is acknowledged at once.
+            for message in std::mem::take(&mut story.dead_letters) {
+                queue.finished(&message);
+            }
+            match attempt {
+                Attempt::Failed { panicked: true, .. } => {
+                    outcome.processor_restarts += 1;
+                    instance = match Instance::start(&factory).await {
+                        Ok(instance) => instance,
+                        Err(error) => panic!("the processor did not restart: {error:#}"),
+                    };
                 }
                 // Only after a failed restart, which panics above.
                 Attempt::Broken => break,
+                _ => {}
             }
         }
         outcome
     }
+}
 
-    /// Applies the failure policy to a message whose `failed`-th attempt failed, as the
-    /// processor task does, and writes down what followed.
-    fn file(
-        &self,
-        outcome: &mut Outcome,
-        queue: &mut WorkQueue<Message>,
-        now: Instant,
-        slot: usize,
-        message: Message,
-        (failed, error, permanent): (u32, String, bool),
-    ) {
-        let story = &mut outcome.messages[slot];
-        match self.policy.after_failure(failed, permanent) {
-            AfterFailure::RetryAfter(backoff) => {
-                story.backoffs.push(backoff);
-                queue.park(message, failed, Some(now + backoff));
-            }
-            AfterFailure::GiveUp => match self.policy.exhausted() {
-                Exhausted::Skip => {
-                    story.fate = Fate::Skipped;
-                    queue.finished(&message);
-                }
-                Exhausted::DeadLetter { topic } => {
-                    let mut headers: Vec<(String, String)> = message
-                        .headers()
-                        .map(|(key, value)| {
-                            let value = String::from_utf8_lossy(value.unwrap_or_default());
-                            (key.to_owned(), value.into_owned())
-                        })
-                        .collect();
-                    let provenance = dead_letter::provenance(&message, &error, failed);
-                    headers.extend(provenance.into_iter().map(|(k, v)| (k.to_owned(), v)));
-                    story.fate = Fate::DeadLettered {
-                        topic: dead_letter::topic_of(topic.as_deref(), message.topic()),
-                        headers,
-                    };
-                    queue.finished(&message);
-                }
-                _ => {
-                    outcome.stop_requested.get_or_insert_with(|| {
-                        format!(
-                            "processing failed at {}@{}: {error} (after {failed} attempts)",
-                            message.topic_partition(),
-                            message.offset()
-                        )
-                    });
-                    queue.park(message, failed, None);
-                }
-            },
-        }
+/// A run's filing of outcomes, written down in its [`Outcome`].
+struct Story<'a, F> {
+    outcome: &'a mut Outcome,
+    policy: &'a FailurePolicy,
+    /// The index of a message in the outcome.
+    at: &'a F,
+    /// Dead letters to acknowledge once the filing is done.
+    dead_letters: Vec<Message>,
+}
+
+impl<F: Fn(&Message) -> usize> Filing<Message> for Story<'_, F> {
+    fn processed(&mut self, message: Message) {
+        self.outcome.messages[(self.at)(&message)].fate = Fate::Processed;
     }
+
+    fn retrying(&mut self, message: &Message, retry: Retry<'_>) {
+        self.outcome.messages[(self.at)(message)]
+            .backoffs
+            .push(retry.backoff);
+    }
+
+    fn not_retried(&mut self, _: &Message, _: u32, _: &str, _: &'static str) {}
+
+    fn skipped(&mut self, message: Message, _: u32, _: &str) {
+        self.outcome.messages[(self.at)(&message)].fate = Fate::Skipped;
+    }
+
+    fn dead_letter(&mut self, message: Message, attempts: u32, error: &str) {
+        let policy_topic = match self.policy.exhausted() {
+            Exhausted::DeadLetter { topic } => topic.as_deref(),
+            _ => None,
+        };
+        let mut headers: Vec<(String, String)> = message
+            .headers()
+            .map(|(key, value)| {
+                let value = String::from_utf8_lossy(value.unwrap_or_default());
+                (key.to_owned(), value.into_owned())
+            })
+            .collect();
+        let provenance = dead_letter::provenance(&message, error, attempts);
+        headers.extend(provenance.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        self.outcome.messages[(self.at)(&message)].fate = Fate::DeadLettered {
+            topic: dead_letter::topic_of(policy_topic, message.topic()),
+            headers,
+        };
+        self.dead_letters.push(message);
+    }
+
+    fn stopping(&mut self, message: &Message, attempts: u32, error: &str) {
+        self.outcome.stop_requested.get_or_insert_with(|| {
+            format!(
+                "processing failed at {}@{}: {error} (after {attempts} attempts)",
+                message.topic_partition(),
+                message.offset()
+            )
+        });
+    }
+
+    fn released(&mut self, _: Message) {}
 }
