@@ -63,14 +63,17 @@ fn a_partition_that_stops_moving_is_reported_with_what_it_waits_for() {
         metrics.stalls, 2,
         "each stall is reported once: {metrics:?}"
     );
-    let logs = captured_logs();
+    // The lines follow the count: where each message waits is asked of the processors first.
     let line = |partition: i32| {
         let prefix = format!("stalled: {topic}/{partition} has not moved past offset 3");
-        logs.iter()
+        captured_logs()
+            .into_iter()
             .find(|line| line.contains(&prefix))
-            .unwrap_or_else(|| panic!("no stall line for partition {partition}: {logs:#?}"))
-            .clone()
     };
+    wait_until("both stalls are logged", SCENARIO_TIMEOUT, || {
+        line(0).is_some() && line(1).is_some()
+    });
+    let line = |partition: i32| line(partition).unwrap();
     assert!(line(0).contains("in progress on processor"), "{}", line(0));
     assert!(line(1).contains("for a retry due in"), "{}", line(1));
     system.stop();
