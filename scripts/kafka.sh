@@ -17,6 +17,8 @@
 #   scripts/kafka.sh start               fetch the jars (once), format a fresh log directory,
 #                                        start the broker and wait until it answers
 #   scripts/kafka.sh stop                stop the broker this script started, by its pid
+#   scripts/kafka.sh resume              start the stopped broker again on its log directory
+#                                        (what it held survives: a broker restart)
 #   scripts/kafka.sh status              say whether it runs
 #   scripts/kafka.sh run-class CLASS ..  run one of Kafka's tools with the same jars, e.g.
 #                                        org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
@@ -25,12 +27,14 @@
 # directory, new at every start), tls/ (certificates, new at every start), logs/ (server.log,
 # printed when the start fails).
 # KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (9093) and KAFKA_SASL_PORT (9094) choose
-# the ports.
+# the ports; KAFKA_HOME (default .kafka) the directory of everything but the jars, so that
+# tests can run brokers of their own beside the shared one (to stop and restart them);
+# KAFKA_SECURED=0 leaves the SASL_SSL listener, its users and ACLs out (a faster start).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-home="$root/.kafka"
-libs="$home/libs"
+home="${KAFKA_HOME:-$root/.kafka}"
+libs="$root/.kafka/libs"
 data="$home/data"
 logs="$home/logs"
 pidfile="$home/kafka.pid"
@@ -38,6 +42,7 @@ pom="$root/scripts/kafka/pom.xml"
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
 sasl_port="${KAFKA_SASL_PORT:-9094}"
+secured="${KAFKA_SECURED:-1}"
 tls="$home/tls"
 # Throwaway secrets for a broker that lives for one test run on 127.0.0.1.
 store_password="kafka-actors-test"
@@ -115,31 +120,21 @@ make_certificates() {
 
 write_server_config() {
   local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  local listeners="PLAINTEXT://127.0.0.1:$port"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ "$secured" == 1 ]]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$sasl_port"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+  fi
   cat >"$home/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$sasl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sasl_port
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
-# The secured listener.
-sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER
-listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_admin="admin-secret" user_consumer="consumer-secret" user_stranger="stranger-secret";
-listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="admin";
-listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
-ssl.keystore.type=PKCS12
-ssl.keystore.location=$tls/broker.p12
-ssl.keystore.password=$store_password
-ssl.key.password=$store_password
-# ACLs. The plaintext listener and the controller are anonymous: super users, so that the
-# plain tests need no ACLs.
-authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-super.users=User:admin;User:ANONYMOUS
-allow.everyone.if.no.acl.found=false
+listener.security.protocol.map=$protocols
 log.dirs=$data
 # One node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -158,6 +153,25 @@ group.consumer.min.session.timeout.ms=3000
 group.consumer.session.timeout.ms=6000
 group.consumer.min.heartbeat.interval.ms=500
 group.consumer.heartbeat.interval.ms=500
+EOF
+  [[ "$secured" == 1 ]] || return 0
+  cat >>"$home/server.properties" <<EOF
+# The secured listener.
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_admin="admin-secret" user_consumer="consumer-secret" user_stranger="stranger-secret";
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="admin";
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.internals.unsecured.OAuthBearerUnsecuredValidatorCallbackHandler
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$store_password
+ssl.key.password=$store_password
+# ACLs. The plaintext listener and the controller are anonymous: super users, so that the
+# plain tests need no ACLs.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 EOF
 }
 
@@ -183,27 +197,60 @@ start() {
     echo "kafka.sh: already running (pid $pid) on 127.0.0.1:$port"
     return
   fi
-  port_open "$port" && die "127.0.0.1:$port is taken by another process"
-  port_open "$sasl_port" && die "127.0.0.1:$sasl_port is taken by another process"
+  ports_free
   fetch_jars
   write_logging_config
   write_server_config
   rm -rf "$data"
-  : >"$logs/server.log"
-  local cluster_id
-  make_certificates
-  cluster_id="$(java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
-    kafka.tools.StorageTool random-uuid)"
   local users=()
-  for user in admin:admin-secret consumer:consumer-secret stranger:stranger-secret; do
-    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
-      users+=(--add-scram "$mechanism=[name=${user%%:*},password=${user#*:}]")
+  if [[ "$secured" == 1 ]]; then
+    make_certificates
+    for user in admin:admin-secret consumer:consumer-secret stranger:stranger-secret; do
+      for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+        users+=(--add-scram "$mechanism=[name=${user%%:*},password=${user#*:}]")
+      done
     done
-  done
+  fi
+  # Any UUID in Kafka's URL-safe base64 names the cluster: no JVM is needed to make one.
+  local cluster_id
+  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
   java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
     kafka.tools.StorageTool format -t "$cluster_id" -c "$home/server.properties" \
     "${users[@]}" >"$logs/format.log"
+  launch
+  if [[ "$secured" == 1 ]]; then
+    add_acls
+    echo "kafka.sh: Kafka runs on 127.0.0.1:$port and (SASL_SSL) 127.0.0.1:$sasl_port" \
+      "(pid $(running_pid))"
+  else
+    echo "kafka.sh: Kafka runs on 127.0.0.1:$port (pid $(running_pid))"
+  fi
+}
 
+# Starts the broker again on what it held when it stopped (its users and ACLs too).
+resume() {
+  if pid="$(running_pid)"; then
+    echo "kafka.sh: already running (pid $pid) on 127.0.0.1:$port"
+    return
+  fi
+  [[ -f "$home/server.properties" && -d "$data" ]] || die "nothing to resume in $home: start it first"
+  ports_free
+  launch
+  echo "kafka.sh: Kafka runs again on 127.0.0.1:$port (pid $(running_pid))"
+}
+
+ports_free() {
+  port_open "$port" && die "127.0.0.1:$port is taken by another process"
+  if [[ "$secured" == 1 ]] && port_open "$sasl_port"; then
+    die "127.0.0.1:$sasl_port is taken by another process"
+  fi
+  return 0
+}
+
+# Runs the broker on the configuration and log directory in $home, and waits until it
+# answers.
+launch() {
+  : >"$logs/server.log"
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$home/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$home/server.properties" >"$logs/stdout.log" 2>&1 &
@@ -227,9 +274,7 @@ start() {
     sleep 1
     waited=$((waited + 1))
   done
-  add_acls
-  echo "kafka.sh: Kafka runs on 127.0.0.1:$port and (SASL_SSL) 127.0.0.1:$sasl_port" \
-    "(pid $pid, started in ~${waited}s)"
+  echo "kafka.sh: started in ~${waited}s"
 }
 
 # The consumer user's ACLs; see the top of this file.
@@ -285,6 +330,7 @@ run_class() {
 
 case "${1:-}" in
   start) start ;;
+  resume) resume ;;
   stop) stop ;;
   status) status ;;
   run-class)
@@ -292,5 +338,5 @@ case "${1:-}" in
     [[ $# -ge 1 ]] || die "run-class needs a class name"
     run_class "$@"
     ;;
-  *) die "usage: scripts/kafka.sh start|stop|status|run-class CLASS [ARGS...]" ;;
+  *) die "usage: scripts/kafka.sh start|stop|resume|status|run-class CLASS [ARGS...]" ;;
 esac

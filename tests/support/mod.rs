@@ -50,22 +50,32 @@ impl Cluster {
     /// does not answer fails the test: no test passes because a broker is missing.
     pub fn start() -> Self {
         capture_logs();
-        let backend = match std::env::var("KAFKA_BROKERS") {
-            Ok(brokers) if !brokers.is_empty() => {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create()
-                    .expect("create an admin client");
-                if let Err(error) = admin.inner().fetch_metadata(None, Duration::from_secs(15)) {
-                    panic!(
-                        "KAFKA_BROKERS={brokers} is set, but the brokers do not answer: {error}"
-                    );
-                }
-                Backend::Broker { brokers, admin }
-            }
-            _ => Backend::Embedded(EmbeddedCluster::start().expect("start the embedded cluster")),
-        };
-        Cluster { backend }
+        match std::env::var("KAFKA_BROKERS") {
+            Ok(brokers) if !brokers.is_empty() => Cluster::broker(&brokers),
+            _ => Cluster {
+                backend: Backend::Embedded(
+                    EmbeddedCluster::start().expect("start the embedded cluster"),
+                ),
+            },
+        }
+    }
+
+    /// The real brokers at `brokers`, which must answer.
+    pub fn broker(brokers: &str) -> Self {
+        capture_logs();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("create an admin client");
+        if let Err(error) = admin.inner().fetch_metadata(None, Duration::from_secs(15)) {
+            panic!("the brokers at {brokers} do not answer: {error}");
+        }
+        Cluster {
+            backend: Backend::Broker {
+                brokers: brokers.to_owned(),
+                admin,
+            },
+        }
     }
 
     /// An embedded cluster of `brokers` brokers, whatever `KAFKA_BROKERS` says: for fault
@@ -787,6 +797,81 @@ pub fn example_binary(name: &str) -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// An Apache Kafka broker of a test's own, plaintext only (`scripts/kafka.sh` with a home
+/// and ports of its own), for what the shared broker cannot be put through without
+/// disturbing the tests beside: stopped and started again, its log segments read. Stopped
+/// when dropped.
+pub struct OwnBroker {
+    home: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl OwnBroker {
+    /// Starts one on free ports and waits until it answers.
+    pub fn start() -> Self {
+        let broker = OwnBroker {
+            home: tempfile::tempdir().expect("a home for the broker"),
+            port: free_addr().port(),
+            controller_port: free_addr().port(),
+        };
+        broker.script("start");
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A cluster handle on it.
+    pub fn cluster(&self) -> Cluster {
+        Cluster::broker(&self.brokers())
+    }
+
+    /// Stops it (SIGTERM, a clean shutdown).
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Starts it again on what it held.
+    pub fn resume(&self) {
+        self.script("resume");
+    }
+
+    /// The directory of a partition's log segments.
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.home
+            .path()
+            .join("data")
+            .join(format!("{topic}-{partition}"))
+    }
+
+    fn script(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .env("KAFKA_HOME", self.home.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SECURED", "0")
+            .output()
+            .expect("run scripts/kafka.sh");
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh {command}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop()));
+    }
 }
 
 /// An address on this machine with a port free a moment ago.
