@@ -167,7 +167,7 @@ const DEFAULT_PREFETCH: PrefetchLimit = PrefetchLimit {
 };
 /// A batch of a `BatchProcessor`: large enough that a round trip per batch is cheap next to
 /// its rows, small enough that a transaction stays short.
-const DEFAULT_BATCH: BatchLimit = BatchLimit {
+pub(crate) const DEFAULT_BATCH: BatchLimit = BatchLimit {
     messages: 500,
     bytes: 1 << 20,
     linger: Duration::from_millis(100),

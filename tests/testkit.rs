@@ -183,7 +183,7 @@ fn batches_isolate_a_poison_message_and_fail_only_what_they_name() {
         message(0, payload)
     });
     let outcome = TestRun::new()
-        .batch_size(10)
+        .batch_size(10, 1 << 20)
         .failure_policy(FailurePolicy::retry(2).jitter(0.0).then_dead_letter())
         .process_batches(|| Sink, messages.chain([message(1, "ok")]));
     // One batch per partition, then the failed partition's lane from its first message alone.
@@ -302,7 +302,7 @@ fn per_key_a_batch_never_takes_a_message_past_an_earlier_one_of_its_key_left_beh
     };
     let outcome = TestRun::new()
         .ordering(OrderingMode::PerKey)
-        .batch_size(2)
+        .batch_size(2, 1 << 20)
         .failure_policy(FailurePolicy::retry(3).jitter(0.0))
         .process_batches(
             {
@@ -344,7 +344,7 @@ fn a_batch_failing_as_a_whole_charges_no_attempt_to_a_retried_message_that_did_n
     };
     let outcome = TestRun::new()
         .ordering(OrderingMode::PerKey)
-        .batch_size(3)
+        .batch_size(3, 1 << 20)
         .failure_policy(FailurePolicy::retry(2).jitter(0.0).then_skip())
         .process_batches(
             {
@@ -362,4 +362,164 @@ fn a_batch_failing_as_a_whole_charges_no_attempt_to_a_retried_message_that_did_n
     assert_eq!(outcome.of(0, 1).fate, Fate::Processed, "{outcome:?}");
     assert_eq!(outcome.of(0, 0).fate, Fate::Processed);
     assert_eq!(outcome.of(0, 2).fate, Fate::Skipped);
+}
+
+/// The scripts of the differential runs: one partition's payloads, by offset.
+fn scripts() -> Vec<(String, String)> {
+    let payloads = [
+        "ok", "fail 1", "ok", "poison", "ok", "panic", "fail 2", "ok", "fail 5", "ok", "ok",
+        "poison", "fail 1", "panic", "ok", "ok",
+    ];
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| (format!("key-{}", i % 3), (*payload).to_owned()))
+        .collect()
+}
+
+/// What became of each offset, as the processor saw it: attempts in order, and the offsets
+/// whose last attempt succeeded.
+fn seen(attempts: &[(i32, i64)], succeeded: &[(i32, i64)]) -> (Vec<i64>, Vec<i64>) {
+    (
+        attempts.iter().map(|(_, offset)| *offset).collect(),
+        succeeded.iter().map(|(_, offset)| *offset).collect(),
+    )
+}
+
+/// The offsets of each key, in the order of `offsets`.
+fn by_key(offsets: &[i64]) -> std::collections::BTreeMap<i64, Vec<i64>> {
+    let mut lanes = std::collections::BTreeMap::new();
+    for offset in offsets {
+        lanes
+            .entry(offset % 3)
+            .or_insert_with(Vec::new)
+            .push(*offset);
+    }
+    lanes
+}
+
+/// Records which attempts succeeded, beside [`Scripted`]'s record of every attempt.
+#[derive(Clone, Default)]
+struct Observed {
+    scripted: Scripted,
+    succeeded: Arc<Mutex<Vec<(i32, i64)>>>,
+}
+
+impl Processor for Observed {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.scripted.process(message).await?;
+        let at = (message.partition(), message.offset());
+        self.succeeded.lock().unwrap().push(at);
+        Ok(())
+    }
+}
+
+impl BatchProcessor for Observed {
+    async fn process_batch(&mut self, batch: &[Message]) -> anyhow::Result<()> {
+        for (index, message) in batch.iter().enumerate() {
+            let attempt = self.scripted.process(message).await;
+            // What came before a failure finished: the batch fails from its index.
+            let mut succeeded = self.succeeded.lock().unwrap();
+            match attempt {
+                Ok(()) => succeeded.push((message.partition(), message.offset())),
+                Err(error) => return Err(BatchFailures::from_index(index, error).into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the scripts through `TestRun` and through a real system on the embedded cluster (one
+/// partition, one processor, the same policy), and returns what each processor saw:
+/// `(attempts, successes)` by offset, and each run's dead-lettered offsets.
+fn both_ways(ordering: OrderingMode, batches: bool) -> [(Vec<i64>, Vec<i64>, Vec<i64>); 2] {
+    let policy = FailurePolicy::retry(3)
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .jitter(0.0)
+        .then_dead_letter();
+    let run = TestRun::new()
+        .ordering(ordering)
+        .batch_size(4, 1 << 20)
+        .failure_policy(policy.clone());
+    let messages = scripts().into_iter().map(|(key, payload)| {
+        MessageBuilder::new("orders")
+            .key(key)
+            .payload(payload)
+    });
+    let in_test_run = Observed::default();
+    let factory = {
+        let observed = in_test_run.clone();
+        move || observed.clone()
+    };
+    let outcome = match batches {
+        false => run.process(factory, messages),
+        true => run.process_batches(factory, messages),
+    };
+    let dead_in_test_run = outcome
+        .with_fate(|fate| matches!(fate, Fate::DeadLettered { .. }))
+        .into_iter()
+        .map(|(_, offset)| offset)
+        .collect();
+
+    let embedded = Observed::default();
+    let factory = {
+        let observed = embedded.clone();
+        move || observed.clone()
+    };
+    let configure = |config: kafka_actors::ConsumerConfigBuilder| {
+        config
+            .processors(1)
+            .ordering(ordering)
+            .batch_size(4, 1 << 20)
+            .batch_linger(Duration::from_millis(50))
+            .failure_policy(policy)
+    };
+    let report = match batches {
+        false => testkit::run_embedded("differential", 1, scripts(), configure, factory),
+        true => testkit::run_embedded_batches("differential", 1, scripts(), configure, factory),
+    }
+    .unwrap();
+    assert!(report.is_clean(), "{report}");
+    let (attempts, succeeded) = seen(
+        &embedded.scripted.attempts.lock().unwrap(),
+        &embedded.succeeded.lock().unwrap(),
+    );
+    // Whatever did not succeed went to the dead-letter topic (the report counts them).
+    let dead_embedded: Vec<i64> = (0..scripts().len() as i64)
+        .filter(|offset| !succeeded.contains(offset))
+        .collect();
+    assert_eq!(report.dead_lettered as usize, dead_embedded.len(), "{report}");
+    let (test_attempts, test_succeeded) = seen(
+        &in_test_run.scripted.attempts.lock().unwrap(),
+        &in_test_run.succeeded.lock().unwrap(),
+    );
+    [
+        (test_attempts, test_succeeded, dead_in_test_run),
+        (attempts, succeeded, dead_embedded),
+    ]
+}
+
+#[test]
+fn a_test_run_and_an_embedded_run_agree_per_partition() {
+    let [test_run, embedded] = both_ways(OrderingMode::PerPartition, false);
+    // One lane: the very same attempts, in the same order.
+    assert_eq!(test_run, embedded);
+}
+
+#[test]
+fn a_test_run_and_an_embedded_run_agree_per_key() {
+    let [test_run, embedded] = both_ways(OrderingMode::PerKey, false);
+    // Each key's attempts and successes in the same order; the same dead letters.
+    assert_eq!(by_key(&test_run.0), by_key(&embedded.0));
+    assert_eq!(by_key(&test_run.1), by_key(&embedded.1));
+    assert_eq!(test_run.2, embedded.2);
+}
+
+#[test]
+fn a_test_run_and_an_embedded_run_agree_on_batches() {
+    let [test_run, embedded] = both_ways(OrderingMode::PerPartition, true);
+    // Batches fill with what is at hand, which differs: the same fates, and successes in the
+    // same (offset) order.
+    assert_eq!(test_run.1, embedded.1);
+    assert_eq!(test_run.2, embedded.2);
 }

@@ -212,7 +212,7 @@ impl Outcome {
 pub struct TestRun {
     ordering: OrderingMode,
     policy: FailurePolicy,
-    batch_messages: usize,
+    batch: BatchLimit,
 }
 
 impl Default for TestRun {
@@ -222,12 +222,16 @@ impl Default for TestRun {
 }
 
 impl TestRun {
-    /// Per-partition order, the default failure policy, batches of up to 500 messages.
+    /// Per-partition order, the default failure policy, the default batch size (500
+    /// messages, 1 MiB of keys and payloads).
     pub fn new() -> Self {
         TestRun {
             ordering: OrderingMode::PerPartition,
             policy: FailurePolicy::default(),
-            batch_messages: 500,
+            batch: BatchLimit {
+                linger: Duration::ZERO,
+                ..crate::config::DEFAULT_BATCH
+            },
         }
     }
 
@@ -244,10 +248,13 @@ impl TestRun {
         self
     }
 
-    /// The most messages a batch holds, for [`process_batches`](Self::process_batches)
-    /// (default 500; at least 1).
-    pub fn batch_size(mut self, messages: usize) -> Self {
-        self.batch_messages = messages.max(1);
+    /// The most messages, and bytes of keys and payloads, a batch holds, for
+    /// [`process_batches`](Self::process_batches), as
+    /// [`ConsumerConfigBuilder::batch_size`](crate::ConsumerConfigBuilder::batch_size) (default
+    /// 500 messages, 1 MiB; a batch always holds its first message).
+    pub fn batch_size(mut self, messages: usize, bytes: usize) -> Self {
+        self.batch.messages = messages.max(1);
+        self.batch.bytes = bytes;
         self
     }
 
@@ -261,11 +268,11 @@ impl TestRun {
         factory: impl Fn() -> P + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
     ) -> Outcome {
-        self.run(move || One(factory()), messages, 1)
+        self.run(move || One(factory()), messages, BatchLimit::ONE)
     }
 
     /// Runs `messages` through batch processors made by `factory`, in batches of one
-    /// partition's messages (any partitions', unordered) of up to
+    /// partition's messages (any partitions', unordered) within
     /// [`batch_size`](Self::batch_size): all that is at hand, since a run does not linger.
     ///
     /// # Panics
@@ -276,14 +283,14 @@ impl TestRun {
         factory: impl Fn() -> B + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
     ) -> Outcome {
-        self.run(move || Batches(factory()), messages, self.batch_messages)
+        self.run(move || Batches(factory()), messages, self.batch)
     }
 
     fn run<W: Work>(
         &self,
         factory: impl Fn() -> W + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
-        batch_messages: usize,
+        limit: BatchLimit,
     ) -> Outcome {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -293,7 +300,7 @@ impl TestRun {
         let messages = self.make(messages);
         local.block_on(
             &runtime,
-            self.drive(Arc::new(factory), messages, batch_messages),
+            self.drive(Arc::new(factory), messages, limit),
         )
     }
 
@@ -349,7 +356,7 @@ impl TestRun {
         &self,
         factory: Arc<dyn Fn() -> W + Send + Sync>,
         messages: Vec<Message>,
-        batch_messages: usize,
+        limit: BatchLimit,
     ) -> Outcome {
         let mut outcome = Outcome {
             messages: messages
@@ -380,11 +387,6 @@ impl TestRun {
         let mut queue: WorkQueue<Message> = WorkQueue::default();
         queue.push(messages);
         let mut batch = Batch::default();
-        let limit = BatchLimit {
-            messages: batch_messages,
-            bytes: usize::MAX,
-            linger: Duration::ZERO,
-        };
         let mut now = Instant::now();
         while outcome.stop_requested.is_none() {
             let Some(first) = queue.next(now) else {
