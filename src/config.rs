@@ -370,7 +370,7 @@ pub struct ConsumerConfigBuilder {
     ordering: OrderingMode,
     partition_limit: InFlightLimit,
     total_limit: InFlightLimit,
-    prefetch: PrefetchLimit,
+    pub(crate) prefetch: PrefetchLimit,
     pub(crate) batch: BatchLimit,
     /// Whether `batch_size` was called: the default batch shrinks to fit the in-flight limit.
     batch_size_set: bool,

@@ -110,6 +110,16 @@ impl ConsumerConfigBuilder {
             let messages = self.batch.messages;
             self = self.batch_size(messages, bytes);
         }
+        if let Some(value) = var("KAFKA_PREFETCH_MESSAGES") {
+            let messages = whole_number("KAFKA_PREFETCH_MESSAGES", &value)?;
+            let work = self.prefetch.work;
+            self = self.prefetch(messages, work);
+        }
+        if let Some(value) = var("KAFKA_PREFETCH_WORK") {
+            let work = duration("KAFKA_PREFETCH_WORK", &value)?;
+            let messages = self.prefetch.messages;
+            self = self.prefetch(messages, work);
+        }
         type Setter = fn(ConsumerConfigBuilder, Duration) -> ConsumerConfigBuilder;
         let durations: [(&str, Setter); 6] = [
             ("KAFKA_COMMIT_INTERVAL", Self::commit_interval),
@@ -254,6 +264,8 @@ mod tests {
             ("KAFKA_STALL_TIMEOUT", "off"),
             ("KAFKA_POLL_TTL", "45s"),
             ("KAFKA_READ_HEADERS", "false"),
+            ("KAFKA_PREFETCH_MESSAGES", "64"),
+            ("KAFKA_PREFETCH_WORK", "250ms"),
             ("KAFKA_OPTION_FETCH_MAX_BYTES", "1048576"),
             ("KAFKA_OPTION_CLIENT_ID", "billing-1"),
         ])
@@ -272,6 +284,8 @@ mod tests {
         assert_eq!(config.stall_timeout, None);
         assert_eq!(config.poll_ttl, Duration::from_secs(45));
         assert!(!config.read_headers);
+        assert_eq!(config.prefetch.messages, 64);
+        assert_eq!(config.prefetch.work, Duration::from_millis(250));
         assert_eq!(config.kafka_options["fetch.max.bytes"], "1048576");
         assert_eq!(config.kafka_options["client.id"], "billing-1");
     }

@@ -10,6 +10,7 @@ mod dead_letter;
 mod env;
 mod error;
 mod failure;
+mod fault;
 mod flow;
 mod health;
 #[cfg(feature = "http")]

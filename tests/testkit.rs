@@ -441,11 +441,9 @@ fn both_ways(ordering: OrderingMode, batches: bool) -> [(Vec<i64>, Vec<i64>, Vec
         .ordering(ordering)
         .batch_size(4, 1 << 20)
         .failure_policy(policy.clone());
-    let messages = scripts().into_iter().map(|(key, payload)| {
-        MessageBuilder::new("orders")
-            .key(key)
-            .payload(payload)
-    });
+    let messages = scripts()
+        .into_iter()
+        .map(|(key, payload)| MessageBuilder::new("orders").key(key).payload(payload));
     let in_test_run = Observed::default();
     let factory = {
         let observed = in_test_run.clone();
@@ -488,7 +486,11 @@ fn both_ways(ordering: OrderingMode, batches: bool) -> [(Vec<i64>, Vec<i64>, Vec
     let dead_embedded: Vec<i64> = (0..scripts().len() as i64)
         .filter(|offset| !succeeded.contains(offset))
         .collect();
-    assert_eq!(report.dead_lettered as usize, dead_embedded.len(), "{report}");
+    assert_eq!(
+        report.dead_lettered as usize,
+        dead_embedded.len(),
+        "{report}"
+    );
     let (test_attempts, test_succeeded) = seen(
         &in_test_run.scripted.attempts.lock().unwrap(),
         &in_test_run.succeeded.lock().unwrap(),

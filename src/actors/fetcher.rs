@@ -26,6 +26,7 @@ use crate::actors::offset_tracker::{
 };
 use crate::actors::processor::{Hook, ProcessorHandle};
 use crate::commits::CommitLine;
+use crate::fault::{self, Fault};
 use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
@@ -607,6 +608,8 @@ pub(crate) struct Fetcher {
     stop: StopHandle,
     state: State,
     wakeup: Arc<Notify>,
+    /// A test build's injected fault: the Fetcher dies at its first message.
+    dies: bool,
 }
 
 impl Fetcher {
@@ -633,6 +636,7 @@ impl Fetcher {
             stop,
             state: State::Fetching,
             wakeup,
+            dies: fault::injected(Fault::FetcherDies),
         }
     }
 
@@ -668,6 +672,9 @@ impl Fetcher {
             }
             let total = routes.total();
             self.metrics.record_peaks(taken.partition_peak, total);
+            if self.dies && !taken.positions.is_empty() {
+                panic!("injected fault (KAFKA_ACTORS_TEST_FAULT): the fetcher dies");
+            }
             if !taken.positions.is_empty() {
                 // Before any processor can finish one of them.
                 self.tracker.do_send(Fetched {

@@ -36,6 +36,7 @@ use crate::actors::offset_tracker::{Completions, OffsetTracker};
 use crate::batch::{Batch, Ended, Filing, Retry, file};
 use crate::dead_letter::DeadLetters;
 use crate::failure::{FailurePolicy, is_permanent};
+use crate::fault::{self, Fault};
 use crate::flow::{BatchLimit, Credit, PrefetchLimit};
 use crate::lanes::{Item, WorkQueue};
 use crate::message::Message;
@@ -483,6 +484,12 @@ impl<W: Work> ProcessorTask<W> {
     /// Runs a batch that starts with `first` (for a `Processor`, `first` alone) and files the
     /// outcome of each of its messages.
     async fn run_batch(&mut self, first: Item<Message>) {
+        if self.state.dies {
+            panic!(
+                "injected fault (KAFKA_ACTORS_TEST_FAULT): processor {} dies",
+                self.state.index
+            );
+        }
         self.batch.start(first);
         if W::BATCHES {
             self.fill().await;
@@ -974,6 +981,8 @@ struct TaskState<P> {
     /// batches never wait still reads its commands at least every [`INBOX_AGE`].
     last_batch_end: Instant,
     last_inbox_look: Instant,
+    /// A test build's injected fault: the task dies at its first message.
+    dies: bool,
 }
 
 impl<P> TaskState<P> {
@@ -1013,6 +1022,7 @@ impl<P> TaskState<P> {
             previous_end: None,
             last_batch_end: now,
             last_inbox_look: now,
+            dies: fault::injected(Fault::ProcessorDies),
         }
     }
 

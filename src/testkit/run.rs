@@ -298,10 +298,7 @@ impl TestRun {
             .expect("a current-thread runtime");
         let local = tokio::task::LocalSet::new();
         let messages = self.make(messages);
-        local.block_on(
-            &runtime,
-            self.drive(Arc::new(factory), messages, limit),
-        )
+        local.block_on(&runtime, self.drive(Arc::new(factory), messages, limit))
     }
 
     /// Makes the messages, each partition under an assignment of its own.

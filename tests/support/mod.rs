@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use kafka_actors::testkit::{self, EmbeddedCluster};
 use kafka_actors::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol, Message, Processor};
-use nix::sys::signal::{Signal, kill};
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -651,12 +652,33 @@ impl LedgerProcess {
     }
 
     /// Sends SIGTERM and waits, bounded, for the exit; returns the status and the output.
-    pub fn terminate(mut self) -> (ExitStatus, String) {
+    pub fn terminate(self) -> (ExitStatus, String) {
         self.signal(Signal::SIGTERM);
+        self.exit_by_itself()
+    }
+
+    /// Waits, bounded, for the process to exit by itself; returns the status and the output.
+    pub fn exit_by_itself(mut self) -> (ExitStatus, String) {
         let status = self.wait();
         let mut output = String::new();
         std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut output).unwrap();
         (status, output)
+    }
+
+    /// Sends a signal, without waiting.
+    pub fn send(&self, signal: Signal) {
+        self.signal(signal);
+    }
+
+    /// The process's peak resident set (`VmHWM`), in KiB, as the kernel counts it.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the child's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
     }
 
     /// Kills the process with SIGKILL: no drain, no commit, no goodbye to the group.
@@ -888,6 +910,12 @@ pub fn free_addr() -> SocketAddr {
         }
     }
     panic!("no free port between 20000 and 32000 on 127.0.0.1")
+}
+
+/// `GET path`, or `None` while nothing listens at `addr` yet (a child process starting).
+pub fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    Some(get(addr, path))
 }
 
 /// `GET path`: the status code and the body.
