@@ -36,6 +36,8 @@ pub struct Metrics {
     /// How many times partitions were assigned to this member (once per rebalance that gave
     /// it partitions).
     pub assignments: u64,
+    /// Partitions assigned to this member now.
+    pub assigned_partitions: usize,
     /// How many times partitions were revoked from this member.
     pub revocations: u64,
     /// How many of those revocations were losses (the session expired or the coordinator
@@ -229,6 +231,7 @@ impl SystemMetrics {
             paused_partitions: self.paused_partitions.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
             assignments: self.assignments.load(Ordering::Relaxed),
+            assigned_partitions: self.assigned_partitions.load(Ordering::Relaxed),
             revocations: self.revocations.load(Ordering::Relaxed),
             lost_assignments: self.lost_assignments.load(Ordering::Relaxed),
             // Skipped and dead-lettered messages are finished too (their offsets may be

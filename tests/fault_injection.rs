@@ -134,27 +134,75 @@ fn a_heartbeat_error_forces_a_rebalance_that_the_member_survives() {
 
 #[test]
 fn a_lost_assignment_commits_nothing_for_it_and_the_member_rejoins() {
+    // No periodic commit: nothing is committed before the loss, so if the loss committed
+    // nothing either, the member starts its new assignment from the beginning and processes
+    // again everything it finished before the loss.
     let cluster = Cluster::embedded(1);
-    let (metrics, _) = survive_under(
-        GroupProtocol::Classic,
-        &cluster,
-        "heartbeat-fenced",
-        |cluster, _| {
-            // The coordinator no longer knows this member: its assignment is lost.
-            cluster.mock().request_errors(
-                RDKafkaApiKey::Heartbeat,
-                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
-            );
-        },
+    let topic = cluster.topic("heartbeat-fenced", 4);
+    let end_offsets = cluster.produce(&topic, MESSAGES);
+    let group = group("heartbeat-fenced");
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config_under(GroupProtocol::Classic, &topic, &group)
+        .processors(4)
+        .commit_interval(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder {
+        delay_ms: Some(1..3),
+        ..Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until(
+        "a quarter of the stream was processed",
+        SCENARIO_TIMEOUT,
+        || ledger.len() >= MESSAGES / 4,
+    );
+    let before_the_loss = ledger.len();
+    // The coordinator no longer knows this member: its assignment is lost.
+    cluster.mock().request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+    );
+    wait_until("every message was processed", SCENARIO_TIMEOUT, || {
+        audit(&ledger.entries(), &end_offsets).lost == 0
+    });
+    let metrics = system.metrics();
+    system.stop();
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        metrics.lost_assignments >= 1,
+        "no assignment was lost: {metrics:?}"
     );
     assert!(
         metrics.assignments >= 2,
         "the member did not rejoin: {metrics:?}"
     );
+    let duplicated = audit(&ledger.entries(), &end_offsets).duplicated;
     assert!(
-        metrics.lost_assignments >= 1,
-        "no assignment was lost: {metrics:?}"
+        duplicated >= before_the_loss,
+        "{duplicated} repeated, fewer than the {before_the_loss} finished before the loss: \
+         something of the lost assignment was committed"
     );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    // Nor did the member try: a loss goes straight to the next assignment, with no
+    // revocation drain and commit in between (the partitions may be another member's).
+    let logs = support::captured_logs();
+    let lost = logs
+        .iter()
+        .position(|line| line.contains("lost ") && line.contains(&topic))
+        .expect("the loss was logged");
+    let next = logs[lost..]
+        .iter()
+        .position(|line| line.contains("assigned ") && line.contains(&topic))
+        .map_or(logs.len(), |at| lost + at);
+    let committed: Vec<&String> = logs[lost..next]
+        .iter()
+        .filter(|line| line.contains("revocation of") && line.contains(&topic))
+        .collect();
+    assert!(committed.is_empty(), "{committed:#?}");
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use kafka_actors::{ConsumerSystem, Message, OrderingMode, Phase, Processor, StopReason};
 use support::{
-    Audit, Cluster, Ledger, LedgerProcess, Recorder, SCENARIO_TIMEOUT, audit, group, read_ledger,
-    wait_until,
+    Audit, Cluster, Ledger, LedgerProcess, Recorder, SCENARIO_TIMEOUT, audit, captured_logs, group,
+    read_ledger, wait_until,
 };
 
 /// Produces `count` more messages in batches of 100, one batch every 50 ms.
@@ -198,6 +198,8 @@ impl Processor for Hooks {
         if !self.running {
             self.processed_before_start.fetch_add(1, Ordering::SeqCst);
         }
+        // A moment of work: the stream is still flowing when the test stops it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         Ok(())
     }
 
@@ -209,11 +211,11 @@ impl Processor for Hooks {
 }
 
 #[test]
-fn every_processor_starts_before_its_first_message_and_stops_after_the_drain() {
+fn every_processor_starts_before_its_first_message_and_stops_once_after_its_last() {
     let cluster = Cluster::start();
     let topic = cluster.topic("hooks", 3);
     let group = group("hooks");
-    cluster.produce(&topic, 300);
+    cluster.produce(&topic, 3_000);
     let counters: [Arc<AtomicUsize>; 3] = Default::default();
     let [started, stopped, early] = counters.clone();
     let config = cluster
@@ -234,18 +236,119 @@ fn every_processor_starts_before_its_first_message_and_stops_after_the_drain() {
         3,
         "all started before spawn returns"
     );
-    wait_until("everything is committed", SCENARIO_TIMEOUT, || {
-        cluster
-            .committed_offsets(&group, &topic)
-            .values()
-            .sum::<i64>()
-            == 300
+    wait_until("messages are processed", SCENARIO_TIMEOUT, || {
+        system.metrics().processed >= 300
     });
+    // Mid-stream: the drain finishes what the processors hold, then each one's on_stop runs.
     system.stop();
     let report = system.join().unwrap();
     assert!(report.is_clean(), "{report}");
-    assert_eq!(counters[1].load(Ordering::SeqCst), 3);
-    assert_eq!(counters[2].load(Ordering::SeqCst), 0);
+    assert!(report.processed < 3_000, "stopped mid-stream: {report}");
+    assert_eq!(counters[1].load(Ordering::SeqCst), 3, "each stopped once");
+    assert_eq!(
+        counters[2].load(Ordering::SeqCst),
+        0,
+        "a message ran before on_start or after on_stop"
+    );
+}
+
+/// Slow work; one message waits at a gate the test opens; and in `on_stop`, a note of what
+/// had been processed and what the group had committed by then.
+#[derive(Clone)]
+struct Noting {
+    ledger: Ledger,
+    gate_at: i64,
+    gate: Arc<std::sync::atomic::AtomicBool>,
+    at_gate: Arc<std::sync::atomic::AtomicBool>,
+    brokers: String,
+    group: String,
+    topic: String,
+    notes: Arc<std::sync::Mutex<Vec<(usize, std::collections::BTreeMap<i32, i64>)>>>,
+}
+
+impl Processor for Noting {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        if message.offset() == self.gate_at {
+            self.at_gate.store(true, Ordering::SeqCst);
+            while !self.gate.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.ledger.record(message.partition(), message.offset());
+        Ok(())
+    }
+
+    async fn on_stop(&mut self) -> anyhow::Result<()> {
+        let committed = support::committed_offsets_of(&self.brokers, &self.group, &self.topic, 1);
+        let processed = self.ledger.len();
+        self.notes.lock().unwrap().push((processed, committed));
+        Ok(())
+    }
+}
+
+#[test]
+fn on_stop_runs_after_the_drain_and_before_the_final_commit() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("on-stop-order", 1);
+    let group = group("on-stop-order");
+    cluster.produce(&topic, 500);
+    let noting = Noting {
+        ledger: Ledger::default(),
+        gate_at: 100,
+        gate: Arc::default(),
+        at_gate: Arc::default(),
+        brokers: cluster.brokers(),
+        group: group.clone(),
+        topic: topic.clone(),
+        notes: Arc::default(),
+    };
+    let config = cluster
+        .config(&topic, &group)
+        .processors(1)
+        // No periodic commit: whatever is committed is the stop's.
+        .commit_interval(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let factory = noting.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.clone()).unwrap();
+    wait_until("offset 100 is in progress", SCENARIO_TIMEOUT, || {
+        noting.at_gate.load(Ordering::SeqCst)
+    });
+    let processed_at_request = noting.ledger.len();
+    system.stop();
+    // The drain finishes the message in progress: only then may on_stop run.
+    wait_until("the stop began", SCENARIO_TIMEOUT, || {
+        captured_logs()
+            .iter()
+            .any(|line| line.contains("stopping (stop requested)"))
+    });
+    noting.gate.store(true, Ordering::SeqCst);
+    let report = system.join().unwrap();
+    assert!(report.is_clean(), "{report}");
+
+    let notes = noting.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1, "on_stop ran once: {notes:?}");
+    let (processed_at_stop, committed_at_stop) = &notes[0];
+    let processed = noting.ledger.entries();
+    // After the drain: it finished the message in progress, and nothing ran after on_stop.
+    assert!(
+        *processed_at_stop > processed_at_request,
+        "on_stop ran before the drain finished offset 100: {processed_at_stop} processed, \
+         {processed_at_request} when the stop was asked for"
+    );
+    assert_eq!(
+        *processed_at_stop,
+        processed.len(),
+        "a message ran after on_stop"
+    );
+    // Before the final commit: nothing was committed when on_stop ran, everything after.
+    assert!(committed_at_stop.is_empty(), "{committed_at_stop:?}");
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        support::commit_points(&processed),
+        "{report}"
+    );
 }
 
 #[test]

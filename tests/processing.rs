@@ -200,15 +200,33 @@ fn a_panicking_processor_is_restarted_then_stops_the_system_and_is_never_committ
 
 #[test]
 fn a_stop_before_any_assignment_commits_nothing_and_returns_promptly() {
-    let cluster = Cluster::start();
+    // Messages are there to be committed, but the coordinator keeps refusing the member's
+    // join: no assignment can come before the stop (the embedded cluster injects it).
+    let cluster = Cluster::embedded(1);
     let topic = cluster.topic("early-stop", 1);
     let group = group("early-stop");
+    cluster.produce(&topic, 100);
+    cluster.mock().request_errors(
+        rdkafka::types::RDKafkaApiKey::JoinGroup,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 1000],
+    );
     let ledger = Ledger::default();
     let recorder = ledger.clone();
-    let config = cluster.config(&topic, &group).build().unwrap();
+    let config = cluster
+        .config_under(kafka_actors::GroupProtocol::Classic, &topic, &group)
+        .build()
+        .unwrap();
     let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the member tried to join", SCENARIO_TIMEOUT, || {
+        support::captured_logs()
+            .iter()
+            .any(|line| line.contains("started: group") && line.contains(&group))
+    });
+    let metrics = system.metrics();
     system.stop();
     let report = system.join().unwrap();
+    assert_eq!(metrics.assignments, 0, "{metrics:?}");
+    assert!(ledger.entries().is_empty());
     assert!(report.committed.is_empty(), "{report}");
     assert!(report.shutdown_time() < Duration::from_secs(30), "{report}");
     assert!(cluster.committed_offsets(&group, &topic).is_empty());

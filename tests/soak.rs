@@ -10,7 +10,10 @@
 //! - every produced message was processed or is in the dead-letter topic, with its provenance;
 //! - nothing was processed twice: none at all on a real broker; on the embedded cluster, which
 //!   refuses offset commits while a rebalance is in progress (Kafka accepts them), only what
-//!   a rebalance with other members around explains;
+//!   a refused commit explains, message by message: a rebalance with other members around
+//!   came between the two runs, and the group's committed offset of the partition, watched
+//!   all along, never passed the message in between (had it, the second run would have read
+//!   below a committed offset);
 //! - order: per partition and per key, a message's successful run comes after the first
 //!   completion (success, or the failure that dead-lettered it) of every earlier message of
 //!   its lane, across every member and restart (retries in between are fine);
@@ -115,8 +118,9 @@ struct Entry {
     seq: u64,
 }
 
-/// A poison message's `(partition, offset)` and the place of its failure in the sequence.
-type Poisoned = ((i32, i64), u64);
+/// A poison message's `(partition, offset)`, the place of its failure in the sequence, and
+/// when it failed.
+type Poisoned = ((i32, i64), u64, Instant);
 
 /// What every processor of every member shares: the ledger, the ids processed at least once
 /// (so that waiting for the rest stays cheap with hundreds of thousands of entries), and the
@@ -196,7 +200,8 @@ impl SoakProcessor {
             Fate::Poison => {
                 let seq = self.shared.sequence.fetch_add(1, Ordering::SeqCst);
                 let at = (message.partition(), message.offset());
-                self.shared.poisoned.lock().unwrap().push((at, seq));
+                let failed = (at, seq, Instant::now());
+                self.shared.poisoned.lock().unwrap().push(failed);
                 return Err(anyhow::anyhow!("poison message {id}").context(Permanent));
             }
             Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
@@ -531,6 +536,57 @@ fn stream(
     })
 }
 
+/// The group's committed offsets, as seen between two moments.
+struct Seen {
+    asked: Instant,
+    answered: Instant,
+    offsets: BTreeMap<i32, i64>,
+}
+
+/// Reads the group's committed offsets of `topic` every 100 ms until `watching` is cleared,
+/// each with when it was asked for and when the answer came: for telling the repeats a
+/// refused commit explains.
+fn watch_commits(
+    brokers: String,
+    group: String,
+    topic: String,
+    partitions: i32,
+    watching: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Seen>> {
+    std::thread::spawn(move || {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()
+            .expect("create a client that reads committed offsets");
+        let mut list = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(&topic, partition);
+        }
+        let mut seen = Vec::new();
+        while watching.load(Ordering::Relaxed) {
+            let asked = Instant::now();
+            if let Ok(committed) = client.committed_offsets(list.clone(), Duration::from_secs(2)) {
+                let offsets = committed
+                    .elements()
+                    .iter()
+                    .filter_map(|element| match element.offset() {
+                        rdkafka::Offset::Offset(offset) => Some((element.partition(), offset)),
+                        _ => None,
+                    })
+                    .collect();
+                seen.push(Seen {
+                    asked,
+                    answered: Instant::now(),
+                    offsets,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    })
+}
+
 /// A record read back: where it is, and what it carries.
 struct ReadBack {
     partition: i32,
@@ -630,6 +686,14 @@ fn soak(ordering: OrderingMode) {
         stop_producing.clone(),
         produced.clone(),
     );
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = watch_commits(
+        cluster.brokers(),
+        group.group.clone(),
+        topic.clone(),
+        plan.partitions,
+        watching.clone(),
+    );
     group.start_member();
     let started = Instant::now();
     let run_for = Duration::from_secs(plan.seconds);
@@ -708,6 +772,8 @@ fn soak(ordering: OrderingMode) {
     );
     note!("everything processed and committed; stopping");
     group.stop_all();
+    watching.store(false, Ordering::Relaxed);
+    let commits = watcher.join().unwrap();
     note!("stopped; reading the topics back");
 
     // The audit, from the topics themselves.
@@ -728,15 +794,23 @@ fn soak(ordering: OrderingMode) {
         "seed {}: the dead letters counted against the topic",
         plan.seed
     );
-    let explained = |first: Instant, second: Instant| {
-        !cluster.is_real_broker()
-            && changes.iter().any(|change| {
-                // The embedded cluster's rebalances wait up to a session timeout for members,
-                // and a change during one starts it over: allow them half a minute.
-                change.rebalances_others()
-                    && first < change.at + Duration::from_secs(30)
-                    && second > change.at
-            })
+    // A repeat of the message at `offset` of `partition`, run first at `first` and again at
+    // `second`, is explained by a refused commit: a rebalance with other members around came
+    // in between, and the group never committed past the message meanwhile.
+    let explained = |partition: i32, offset: i64, first: Instant, second: Instant| {
+        let rebalanced = changes.iter().any(|change| {
+            // The embedded cluster's rebalances wait up to a session timeout for members,
+            // and a change during one starts it over: allow them half a minute.
+            change.rebalances_others()
+                && first < change.at + Duration::from_secs(30)
+                && second > change.at
+        });
+        let committed_past = commits.iter().any(|seen| {
+            seen.asked > first
+                && seen.answered < second
+                && seen.offsets.get(&partition).is_some_and(|c| *c > offset)
+        });
+        !cluster.is_real_broker() && rebalanced && !committed_past
     };
     let mut processed: HashMap<(i32, i64), Vec<Entry>> = HashMap::new();
     for entry in &ledger {
@@ -792,13 +866,24 @@ fn soak(ordering: OrderingMode) {
                     letter.headers
                 );
             }
-            // Dead letters carry no processing time: a repeat is explained by any
-            // rebalance with other members around on the embedded cluster.
+            // A dead letter's time is its message's failure before it, in the same run.
             if letters.len() > 1 {
                 duplicates += letters.len() - 1;
-                if !cluster.is_real_broker() && changes.iter().any(Change::rebalances_others) {
-                    explained_duplicates += letters.len() - 1;
-                }
+                let mut failures: Vec<Instant> = group
+                    .shared
+                    .poisoned
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(poisoned, _, _)| *poisoned == at)
+                    .map(|(_, _, when)| *when)
+                    .collect();
+                failures.sort();
+                explained_duplicates += failures
+                    .windows(2)
+                    .filter(|pair| explained(at.0, at.1, pair[0], pair[1]))
+                    .count()
+                    .min(letters.len() - 1);
             }
         } else {
             assert!(
@@ -818,7 +903,7 @@ fn soak(ordering: OrderingMode) {
             }
             for pair in entries.windows(2) {
                 duplicates += 1;
-                if explained(pair[0].at, pair[1].at) {
+                if explained(at.0, at.1, pair[0].at, pair[1].at) {
                     explained_duplicates += 1;
                 } else {
                     note!(
@@ -912,7 +997,14 @@ fn order_violations(
     let completions = processed
         .iter()
         .flat_map(|(at, entries)| entries.iter().map(move |e| (*at, e.seq)));
-    for (at, seq) in completions.chain(shared.poisoned.lock().unwrap().iter().copied()) {
+    let poisoned: Vec<((i32, i64), u64)> = shared
+        .poisoned
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(at, seq, _)| (*at, *seq))
+        .collect();
+    for (at, seq) in completions.chain(poisoned) {
         let first = first_done.entry(at).or_insert(seq);
         *first = (*first).min(seq);
     }

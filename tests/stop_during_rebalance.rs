@@ -3,9 +3,12 @@
 //! consumer protocol (KIP-848): it ends in about a second plus the message in progress,
 //! nothing is lost, and the report is clean.
 //!
-//! Each round starts a member A, lets it work, then sets off the rebalance and stops A a
-//! random moment (0 to 300 ms) later, while a producer keeps streaming. A last member
-//! finishes the topic; the audit then finds every message processed.
+//! Each round starts a member A, lets it work, then sets off the rebalance and stops A as soon
+//! as its rebalance is under way (A revoked partitions to the member that joins; the member
+//! that left is gone), while a producer keeps streaming. A's own rebalance events tell
+//! whether the stop came before the rebalance assigned A its partitions again: at least half
+//! the rounds must land inside. A last member finishes the topic; the audit then finds every
+//! message processed.
 //!
 //! The embedded cluster is stricter than Kafka in two ways, so there the test asks less:
 //! it refuses every commit while a rebalance is in progress (a stop may then end with its
@@ -21,9 +24,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{ConsumerConfigBuilder, ConsumerSystem, GroupProtocol, RunningSystem};
-use rand::Rng;
 use support::{Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group, wait_until};
 
+/// Waits, polling every millisecond, until `done` holds: a stop must come right after the
+/// event, before the rebalance it began completes.
+fn wait_closely(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SCENARIO_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Partitions of the topic.
+const PARTITIONS: usize = 6;
 /// Rounds per scenario: each sets off one rebalance at a stop.
 const ROUNDS: usize = 4;
 /// The bound on a stop on Kafka: about a second plus the message in progress (at most 2 ms
@@ -43,7 +57,7 @@ enum Rebalance {
 
 fn scenario(name: &str, protocol: GroupProtocol, assignor: Option<&str>, rebalance: Rebalance) {
     let cluster = Cluster::start();
-    let topic = cluster.topic(name, 6);
+    let topic = cluster.topic(name, PARTITIONS as i32);
     let group = group(name);
     cluster.produce(&topic, 600);
     let producing = Arc::new(AtomicBool::new(true));
@@ -89,16 +103,29 @@ fn scenario(name: &str, protocol: GroupProtocol, assignor: Option<&str>, rebalan
         .unwrap()
     };
 
-    let mut rng = rand::rng();
     let mut took = Vec::new();
+    // Whether each round's stop landed inside A's rebalance, by A's own rebalance events.
+    let mut inside = Vec::new();
     for round in 0..ROUNDS {
         let before = ledger.len();
         let member_a = start(&ledger);
         wait_until("A processes messages", SCENARIO_TIMEOUT, || {
             ledger.len() > before + 50
         });
-        let other = match rebalance {
-            Rebalance::Join => start(&ledger),
+        let settled = member_a.metrics();
+        // Whether the rebalance is still under way when A is asked to stop: by the members'
+        // own rebalance events (a joining member not yet assigned anything; A not yet given
+        // the partitions of the member that left).
+        let (other, under_way) = match rebalance {
+            Rebalance::Join => {
+                let member_b = start(&ledger);
+                // A's rebalance began: it revokes (eagerly all, else what moves to B).
+                wait_closely("A revokes partitions", || {
+                    member_a.metrics().revocations > settled.revocations
+                });
+                let under_way = member_b.metrics().assigned_partitions == 0;
+                (member_b, under_way)
+            }
             Rebalance::Leave => {
                 let member_b = start(&ledger);
                 let seen = ledger.len();
@@ -106,12 +133,15 @@ fn scenario(name: &str, protocol: GroupProtocol, assignor: Option<&str>, rebalan
                     ledger.len() > seen + 50 && member_b.metrics().processed > 0
                 });
                 member_b.stop();
-                member_b
+                // B left: the group rebalances, and A is to take B's partitions.
+                wait_closely("B left", || member_b.is_finished());
+                let under_way = member_a.metrics().assigned_partitions < PARTITIONS;
+                (member_b, under_way)
             }
         };
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         let stopping = Instant::now();
         member_a.stop();
+        inside.push(under_way);
         let report = member_a.join().unwrap();
         let stop = stopping.elapsed();
         took.push(stop);
@@ -141,6 +171,11 @@ fn scenario(name: &str, protocol: GroupProtocol, assignor: Option<&str>, rebalan
             "round {round}, the other member:\n{report}"
         );
     }
+    eprintln!("{name}: stops while the rebalance was under way: {inside:?}");
+    assert!(
+        inside.iter().filter(|inside| **inside).count() >= ROUNDS / 2,
+        "{name}: too few stops landed inside a rebalance to prove anything: {inside:?}"
+    );
     producing.store(false, Ordering::SeqCst);
     producer.join().unwrap();
 

@@ -383,8 +383,10 @@ impl FetchContext {
                  since the last commit"
             );
         }
+        let names: Vec<String> = revoked.iter().map(|p| p.partition.to_string()).collect();
         log::info!(
-            "revocation drained in {:?}: {} partitions committed{}",
+            "revocation of {} drained in {:?}: {} partitions committed{}",
+            names.join(", "),
             started.elapsed(),
             if committed.is_ok() { count } else { 0 },
             match left {

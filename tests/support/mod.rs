@@ -25,6 +25,35 @@ use rdkafka::message::{Headers, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// The offsets `group` committed for the first `partitions` partitions of `topic`, as a
+/// client of its own asks the brokers at `brokers` (from any thread: a processor's, say).
+pub fn committed_offsets_of(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("create a client");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    client
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((element.partition(), offset)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The group session timeout for tests. The embedded cluster forgets a member that left only
 /// when its session expires, so the next member of the group waits this long.
 pub const SESSION_TIMEOUT_MS: &str = "6000";
