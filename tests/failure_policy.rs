@@ -407,7 +407,6 @@ fn a_shutdown_does_not_wait_out_a_backoff_and_the_message_comes_back() {
 /// in `on_start` of a replacement, in `on_stop`, in the factory, and in `Drop`.
 struct Fragile {
     ledger: Ledger,
-    made: Arc<AtomicUsize>,
     /// This instance's number, from 1 in the order the factory made them.
     instance: usize,
     /// Instances from this one on panic in `on_start`.
@@ -436,7 +435,6 @@ impl Fragile {
         let factory = move || Fragile {
             ledger: ledger.clone(),
             instance: counter.fetch_add(1, Ordering::SeqCst) + 1,
-            made: counter.clone(),
             panic_on_start_from,
             panic_on_stop,
             panicked_before_future: panics.clone(),
