@@ -263,8 +263,11 @@ struct Noting {
     brokers: String,
     group: String,
     topic: String,
-    notes: Arc<std::sync::Mutex<Vec<(usize, std::collections::BTreeMap<i32, i64>)>>>,
+    notes: Arc<std::sync::Mutex<Vec<Note>>>,
 }
+
+/// What `on_stop` saw: how many messages were processed, and the group's committed offsets.
+type Note = (usize, std::collections::BTreeMap<i32, i64>);
 
 impl Processor for Noting {
     async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
