@@ -308,7 +308,11 @@ impl ConsumerConfig {
             .set("enable.partition.eof", "false")
             // librdkafka's default (1000 ms) idles a consumer for a second whenever its prefetch
             // queue fills; measured in BENCHMARKS.md, it costs the framework most of its speed.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // Records are checked against their batch's CRC, as Kafka's Java consumer does by
+            // default (librdkafka's default is off): a corrupt batch stops the system
+            // (`StopReason::Unreadable`) instead of being processed.
+            .set("check.crcs", "true");
         for (key, value) in &self.kafka_options {
             config.set(key, value);
         }

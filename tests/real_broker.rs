@@ -148,3 +148,64 @@ fn the_next_instance_gets_its_first_message_within_seconds_of_a_graceful_exit() 
         "took {handover:?}: the group was not left cleanly"
     );
 }
+
+#[test]
+fn a_corrupt_record_batch_stops_the_system_as_unreadable_and_nothing_at_or_past_it_commits() {
+    // A broker of the test's own, to stop and corrupt: one partition, one record per batch.
+    let broker = support::OwnBroker::start();
+    let cluster = broker.cluster();
+    let topic = cluster.topic("corrupt", 1);
+    let group = group("corrupt");
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("linger.ms", "0")
+        .set("compression.type", "none")
+        .create()
+        .unwrap();
+    for offset in 0..100 {
+        let payload = format!("record-{offset:03}");
+        producer
+            .send(rdkafka::producer::BaseRecord::<(), _>::to(&topic).payload(&payload))
+            .unwrap();
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    }
+    drop(producer);
+    // Flip one byte of record 50's payload in the log segment, with the broker stopped.
+    broker.stop();
+    let segment = broker
+        .partition_dir(&topic, 0)
+        .join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(10)
+        .position(|window| window == b"record-050")
+        .expect("record 50 in the segment");
+    bytes[at + 9] = b'X';
+    std::fs::write(&segment, bytes).unwrap();
+    broker.resume();
+
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    // CRC checks are on by default.
+    let config = cluster.config(&topic, &group).build().unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    wait_until("the system stops by itself", SCENARIO_TIMEOUT, || {
+        system.is_finished()
+    });
+    let report = system.join().unwrap();
+    match &report.reason {
+        kafka_actors::StopReason::Unreadable {
+            partition, offset, ..
+        } => {
+            assert_eq!((partition.partition(), *offset), (0, 50), "{report}");
+        }
+        other => panic!("stopped for another reason: {other}\n{report}"),
+    }
+    // Nothing at or past it was processed or committed; what was processed before it (the
+    // stop leaves what waited in the fetcher for the next reader) was committed.
+    let entries = ledger.entries();
+    assert!(entries.iter().all(|(_, offset)| *offset < 50), "{entries:?}");
+    let committed = cluster.committed_offsets(&group, &topic);
+    assert_eq!(committed, support::commit_points(&entries), "{report}");
+    assert!(committed.get(&0).is_some_and(|offset| *offset <= 50), "{committed:?}");
+}
