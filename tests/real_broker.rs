@@ -209,3 +209,273 @@ fn a_corrupt_record_batch_stops_the_system_as_unreadable_and_nothing_at_or_past_
     assert_eq!(committed, support::commit_points(&entries), "{report}");
     assert!(committed.get(&0).is_some_and(|offset| *offset <= 50), "{committed:?}");
 }
+
+/// One member of a group as Kafka's consumer-group command describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DescribedMember {
+    consumer_id: String,
+    instance: String,
+    assignment: String,
+}
+
+/// Runs Kafka's consumer-group command with `args` on `group`; its standard output.
+fn group_command(brokers: &str, group: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let output = Command::new("bash")
+        .args([
+            script,
+            "run-class",
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        ])
+        .args(["--bootstrap-server", brokers, "--describe", "--group", group])
+        .args(args)
+        .output()
+        .expect("run Kafka's consumer-group command");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The group's members, by Kafka's consumer-group command (`--members --verbose`).
+fn members_described_by_kafka_tools(brokers: &str, group: &str) -> Vec<DescribedMember> {
+    // Columns: GROUP CONSUMER-ID GROUP-INSTANCE-ID HOST CLIENT-ID #PARTITIONS CURRENT-EPOCH
+    // CURRENT-ASSIGNMENT ...
+    let mut members: Vec<DescribedMember> = group_command(brokers, group, &["--members", "--verbose"])
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() >= 8 && fields[0] == group)
+        .map(|fields| DescribedMember {
+            consumer_id: fields[1].to_owned(),
+            instance: fields[2].to_owned(),
+            assignment: fields[7].to_owned(),
+        })
+        .collect();
+    members.sort_by(|a, b| a.instance.cmp(&b.instance));
+    members
+}
+
+/// The group's epoch under the consumer protocol, by Kafka's consumer-group command (`--state
+/// --verbose`); `-` under the classic protocol, whose generation the command does not show.
+fn group_epoch_described_by_kafka_tools(brokers: &str, group: &str) -> String {
+    // Columns: GROUP COORDINATOR (ID) ASSIGNMENT-STRATEGY STATE GROUP-EPOCH ...
+    group_command(brokers, group, &["--state", "--verbose"])
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.len() >= 7 && fields[0] == group)
+        .map(|fields| fields[6].to_owned())
+        .expect("the group's state line")
+}
+
+#[test]
+fn a_static_member_restarting_within_its_session_causes_no_rebalance() {
+    let cluster = real_broker();
+    let topic = cluster.topic("static-restart", 4);
+    let group = group("static-restart");
+    cluster.produce(&topic, 2_000);
+    let brokers = cluster.brokers();
+    // Member A is static; member B, dynamic, reads beside it all along and would be
+    // rebalanced if A's restart rebalanced the group.
+    let config = |instance: Option<&str>| {
+        let config = support::classic(
+            cluster.config(&topic, &group),
+            &[
+                ("session.timeout.ms", "30000"),
+                ("heartbeat.interval.ms", "1000"),
+            ],
+        );
+        match instance {
+            Some(instance) => config.kafka_option("group.instance.id", instance),
+            None => config,
+        }
+        .build()
+        .unwrap()
+    };
+    let instance = format!("static-{}", std::process::id());
+    let ledger = Ledger::default();
+    let start = |instance: Option<&str>| {
+        let recorder = ledger.clone();
+        ConsumerSystem::spawn(config(instance), move || Recorder {
+            delay_ms: Some(1..2),
+            ..Recorder::new(&recorder)
+        })
+        .unwrap()
+    };
+    let member_a = start(Some(&instance));
+    let member_b = start(None);
+    wait_until("both members hold partitions", SCENARIO_TIMEOUT, || {
+        member_a.metrics().assigned_partitions == 2 && member_b.metrics().assigned_partitions == 2
+    });
+    let before = members_described_by_kafka_tools(&brokers, &group);
+    let epoch_before = group_epoch_described_by_kafka_tools(&brokers, &group);
+    let a_before = before
+        .iter()
+        .find(|m| m.instance == instance)
+        .cloned()
+        .expect("A is a member");
+
+    member_a.stop();
+    assert!(member_a.join().unwrap().is_clean());
+    // A did not leave: the group still counts it, with its partitions.
+    let while_away = members_described_by_kafka_tools(&brokers, &group);
+    assert_eq!(while_away, before, "the static member left the group");
+
+    let member_a = start(Some(&instance));
+    cluster.produce(&topic, 200);
+    wait_until("A processes again", SCENARIO_TIMEOUT, || {
+        member_a.metrics().processed > 0
+    });
+    let after = members_described_by_kafka_tools(&brokers, &group);
+    let a_after = after
+        .iter()
+        .find(|m| m.instance == instance)
+        .cloned()
+        .expect("A is a member");
+    // The same partitions, the same group epoch (consumer protocol), and no rebalance for B.
+    assert_eq!(a_after.assignment, a_before.assignment, "{before:?} {after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(group_epoch_described_by_kafka_tools(&brokers, &group), epoch_before);
+    let b = member_b.metrics();
+    assert_eq!((b.assignments, b.revocations), (1, 0), "B was rebalanced: {b:?}");
+    assert_eq!(member_a.metrics().assignments, 1);
+    member_a.stop();
+    member_b.stop();
+    assert!(member_a.join().unwrap().is_clean());
+    assert!(member_b.join().unwrap().is_clean());
+}
+
+#[test]
+fn two_members_with_the_same_instance_id_one_is_fenced_as_the_protocol_says() {
+    let cluster = real_broker();
+    let topic = cluster.topic("static-twice", 2);
+    let group = group("static-twice");
+    cluster.produce(&topic, 500);
+    let instance = format!("twice-{}", std::process::id());
+    let config = || {
+        cluster
+            .config(&topic, &group)
+            .kafka_option("group.instance.id", &instance)
+            .build()
+            .unwrap()
+    };
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let older = ConsumerSystem::spawn(config(), move || Recorder::new(&recorder)).unwrap();
+    wait_until("the first member processes", SCENARIO_TIMEOUT, || {
+        older.metrics().processed > 0
+    });
+    let recorder = ledger.clone();
+    let newcomer = ConsumerSystem::spawn(config(), move || Recorder::new(&recorder));
+    // Classic: the newcomer fences the older member (a fatal error for it); consumer
+    // protocol: the newcomer is refused and the older member keeps its partitions.
+    let newcomer = newcomer.expect("the second member starts");
+    let (fenced, survivor) = match support::group_protocol() {
+        kafka_actors::GroupProtocol::Consumer => (newcomer, older),
+        _ => (older, newcomer),
+    };
+    wait_until("one member is fenced and stops", SCENARIO_TIMEOUT, || {
+        fenced.is_finished()
+    });
+    let report = fenced.join().unwrap();
+    assert!(
+        matches!(report.reason, kafka_actors::StopReason::ConsumerFailed(_)),
+        "{report}"
+    );
+    assert!(
+        report.reason.to_string().to_lowercase().contains("instance"),
+        "the reason names the instance id: {report}"
+    );
+    assert!(!survivor.is_finished());
+    let report = {
+        survivor.stop();
+        survivor.join().unwrap()
+    };
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn a_frozen_member_that_lost_its_partitions_commits_nothing_when_it_wakes() {
+    let cluster = real_broker();
+    let topic = cluster.topic("frozen", 4);
+    let group = group("frozen");
+    let brokers = cluster.brokers();
+    // A stream all along.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let producer = {
+        let (brokers, topic, producing) = (brokers.clone(), topic.clone(), producing.clone());
+        std::thread::spawn(move || {
+            while producing.load(std::sync::atomic::Ordering::SeqCst) {
+                let records = (0..40).map(|i| (format!("k{i}"), "streamed"));
+                kafka_actors::testkit::produce(&brokers, &topic, records).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // A is a process of its own, to freeze; B reads beside it in this one.
+    let directory = tempfile::tempdir().unwrap();
+    let ledger_a = directory.path().join("a.ledger");
+    let member_a = support::LedgerProcess::start(&cluster, &topic, &group, &ledger_a, 1, "");
+    wait_until("A processes", SCENARIO_TIMEOUT, || {
+        support::read_ledger(&ledger_a).len() > 200
+    });
+    let ledger_b = Ledger::default();
+    let recorder = ledger_b.clone();
+    let member_b = ConsumerSystem::spawn(cluster.config(&topic, &group).build().unwrap(), move || {
+        Recorder::new(&recorder)
+    })
+    .unwrap();
+    wait_until("both members process", SCENARIO_TIMEOUT, || {
+        member_b.metrics().processed > 100
+    });
+
+    member_a.send(support::Signal::SIGSTOP);
+    // Past A's session: the group moves on, and B takes every partition.
+    wait_until("B holds every partition", SCENARIO_TIMEOUT, || {
+        member_b.metrics().assigned_partitions == 4
+    });
+    let frozen_at = support::read_ledger(&ledger_a);
+    wait_until("B committed past where A stopped", SCENARIO_TIMEOUT, || {
+        let committed = offsets_described_by_kafka_tools(&brokers, &group, &topic);
+        frozen_at.iter().all(|(partition, offset)| {
+            committed.get(partition).is_some_and(|c| *c > *offset + 1)
+        })
+    });
+    let mut seen = vec![offsets_described_by_kafka_tools(&brokers, &group, &topic)];
+    member_a.send(support::Signal::SIGCONT);
+    // A wakes with commits of partitions it no longer holds in hand: none may land, so the
+    // committed offsets, as Kafka's tool reads them while A runs, never move back.
+    let woke = Instant::now();
+    while woke.elapsed() < Duration::from_secs(12) {
+        seen.push(offsets_described_by_kafka_tools(&brokers, &group, &topic));
+    }
+    for pair in seen.windows(2) {
+        for (partition, earlier) in &pair[0] {
+            let later = pair[1].get(partition).copied().unwrap_or(0);
+            assert!(
+                later >= *earlier,
+                "partition {partition}'s committed offset moved back from {earlier} to \
+                 {later}: a commit of the frozen member landed ({seen:?})"
+            );
+        }
+    }
+    producing.store(false, std::sync::atomic::Ordering::SeqCst);
+    producer.join().unwrap();
+    let end_offsets = cluster.end_offsets(&topic);
+    let all = || {
+        let mut all = support::read_ledger(&ledger_a);
+        all.extend(ledger_b.entries());
+        all
+    };
+    wait_until("everything was processed", SCENARIO_TIMEOUT, || {
+        support::audit(&all(), &end_offsets).lost == 0
+    });
+    member_b.stop();
+    assert!(member_b.join().unwrap().is_clean());
+    let (status, output) = member_a.terminate();
+    assert!(status.success(), "{output}");
+    assert_eq!(support::audit(&all(), &end_offsets).lost, 0);
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
