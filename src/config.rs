@@ -372,8 +372,8 @@ pub struct ConsumerConfigBuilder {
     processors: usize,
     worker_threads: Option<usize>,
     ordering: OrderingMode,
-    partition_limit: InFlightLimit,
-    total_limit: InFlightLimit,
+    pub(crate) partition_limit: InFlightLimit,
+    pub(crate) total_limit: InFlightLimit,
     pub(crate) prefetch: PrefetchLimit,
     pub(crate) batch: BatchLimit,
     /// Whether `batch_size` was called: the default batch shrinks to fit the in-flight limit.

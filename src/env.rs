@@ -110,6 +110,36 @@ impl ConsumerConfigBuilder {
             let messages = self.batch.messages;
             self = self.batch_size(messages, bytes);
         }
+        type Limit = fn(ConsumerConfigBuilder, usize, usize) -> ConsumerConfigBuilder;
+        let limits: [(
+            &str,
+            &str,
+            Limit,
+            fn(&ConsumerConfigBuilder) -> (usize, usize),
+        ); 2] = [
+            (
+                "KAFKA_MAX_IN_FLIGHT_MESSAGES",
+                "KAFKA_MAX_IN_FLIGHT_BYTES",
+                Self::max_in_flight,
+                |b| (b.total_limit.messages, b.total_limit.bytes),
+            ),
+            (
+                "KAFKA_MAX_IN_FLIGHT_PER_PARTITION_MESSAGES",
+                "KAFKA_MAX_IN_FLIGHT_PER_PARTITION_BYTES",
+                Self::max_in_flight_per_partition,
+                |b| (b.partition_limit.messages, b.partition_limit.bytes),
+            ),
+        ];
+        for (messages_name, bytes_name, set, current) in limits {
+            let (mut messages, mut bytes) = current(&self);
+            if let Some(value) = var(messages_name) {
+                messages = whole_number(messages_name, &value)?;
+            }
+            if let Some(value) = var(bytes_name) {
+                bytes = whole_number(bytes_name, &value)?;
+            }
+            self = set(self, messages, bytes);
+        }
         if let Some(value) = var("KAFKA_PREFETCH_MESSAGES") {
             let messages = whole_number("KAFKA_PREFETCH_MESSAGES", &value)?;
             let work = self.prefetch.work;
@@ -266,6 +296,10 @@ mod tests {
             ("KAFKA_READ_HEADERS", "false"),
             ("KAFKA_PREFETCH_MESSAGES", "64"),
             ("KAFKA_PREFETCH_WORK", "250ms"),
+            ("KAFKA_MAX_IN_FLIGHT_MESSAGES", "5000"),
+            ("KAFKA_MAX_IN_FLIGHT_BYTES", "8388608"),
+            ("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_MESSAGES", "1000"),
+            ("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_BYTES", "1048576"),
             ("KAFKA_OPTION_FETCH_MAX_BYTES", "1048576"),
             ("KAFKA_OPTION_CLIENT_ID", "billing-1"),
         ])
@@ -286,6 +320,17 @@ mod tests {
         assert!(!config.read_headers);
         assert_eq!(config.prefetch.messages, 64);
         assert_eq!(config.prefetch.work, Duration::from_millis(250));
+        assert_eq!(
+            (config.total_limit.messages, config.total_limit.bytes),
+            (5_000, 8 << 20)
+        );
+        assert_eq!(
+            (
+                config.partition_limit.messages,
+                config.partition_limit.bytes
+            ),
+            (1_000, 1 << 20)
+        );
         assert_eq!(config.kafka_options["fetch.max.bytes"], "1048576");
         assert_eq!(config.kafka_options["client.id"], "billing-1");
     }

@@ -217,3 +217,66 @@ fn behind_a_stuck_message_a_partition_takes_no_more_than_its_commit_can_record()
     );
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
 }
+
+/// Runs the `ledger` example on `topic` with small buffers and in-flight limits and slow
+/// work, until it processed `processed` messages (none: it just runs a few seconds); returns
+/// its peak resident set in KiB, as the kernel counts it.
+fn peak_rss_of_a_consumer(cluster: &Cluster, topic: &str, group: &str, processed: usize) -> u64 {
+    let directory = tempfile::tempdir().unwrap();
+    let ledger = directory.path().join("ledger");
+    let mut env = support::test_session_env("");
+    env.extend(
+        [
+            ("LEDGER_FILE", ledger.display().to_string()),
+            ("PROCESS_DELAY_MS", "1".to_owned()),
+            // librdkafka's prefetch queue and fetch size, and the in-flight limits.
+            ("KAFKA_OPTION_QUEUED_MAX_MESSAGES_KBYTES", "8192".to_owned()),
+            ("KAFKA_OPTION_FETCH_MAX_BYTES", "1048576".to_owned()),
+            ("KAFKA_MAX_IN_FLIGHT_MESSAGES", "5000".to_owned()),
+            ("KAFKA_MAX_IN_FLIGHT_BYTES", (8 << 20).to_string()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    let process = support::LedgerProcess::start_example("ledger", cluster, topic, group, env);
+    let started = Instant::now();
+    wait_until(
+        "the consumer works through its share",
+        SCENARIO_TIMEOUT,
+        || match processed {
+            0 => started.elapsed() > Duration::from_secs(3),
+            _ => support::read_ledger(&ledger).len() >= processed,
+        },
+    );
+    let peak = process.peak_rss_kib();
+    let (status, output) = process.terminate();
+    assert!(status.success(), "{output}");
+    peak
+}
+
+#[test]
+fn a_consumer_behind_a_backlog_holds_no_more_memory_than_its_limits_allow() {
+    // README "Memory bounds": librdkafka's queue (8 MiB) + a fetch (1 MiB) + the in-flight
+    // bytes (8 MiB) + per-message bookkeeping (5,000 x ~1 KB), over what the same program
+    // holds with nothing to read; measured by the kernel, from outside the process, behind a
+    // backlog of 80 MiB.
+    let cluster = Cluster::start();
+    let idle_topic = cluster.topic("memory-idle", 4);
+    let idle = peak_rss_of_a_consumer(&cluster, &idle_topic, &group("memory-idle"), 0);
+    let topic = cluster.topic("memory-backlog", 4);
+    let payload = "x".repeat(1000);
+    cluster.produce_records(
+        &topic,
+        (0..80_000).map(|i| (format!("key-{i}"), payload.clone())),
+    );
+    let loaded = peak_rss_of_a_consumer(&cluster, &topic, &group("memory-backlog"), 8_000);
+    let bound_kib = (8 << 10) + (1 << 10) + (8 << 10) + 5_000;
+    // Allocator slack and librdkafka's per-broker buffers on top: a quarter more.
+    let allowed = idle + bound_kib * 5 / 4;
+    eprintln!(
+        "peak RSS: {idle} KiB idle, {loaded} KiB behind 80 MiB of backlog (allowed {allowed} KiB)"
+    );
+    assert!(
+        loaded <= allowed,
+        "{loaded} KiB behind the backlog, {idle} KiB idle: more than the limits allow"
+    );
+}

@@ -204,10 +204,16 @@ fn a_corrupt_record_batch_stops_the_system_as_unreadable_and_nothing_at_or_past_
     // Nothing at or past it was processed or committed; what was processed before it (the
     // stop leaves what waited in the fetcher for the next reader) was committed.
     let entries = ledger.entries();
-    assert!(entries.iter().all(|(_, offset)| *offset < 50), "{entries:?}");
+    assert!(
+        entries.iter().all(|(_, offset)| *offset < 50),
+        "{entries:?}"
+    );
     let committed = cluster.committed_offsets(&group, &topic);
     assert_eq!(committed, support::commit_points(&entries), "{report}");
-    assert!(committed.get(&0).is_some_and(|offset| *offset <= 50), "{committed:?}");
+    assert!(
+        committed.get(&0).is_some_and(|offset| *offset <= 50),
+        "{committed:?}"
+    );
 }
 
 /// One member of a group as Kafka's consumer-group command describes it.
@@ -227,7 +233,13 @@ fn group_command(brokers: &str, group: &str, args: &[&str]) -> String {
             "run-class",
             "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
         ])
-        .args(["--bootstrap-server", brokers, "--describe", "--group", group])
+        .args([
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--group",
+            group,
+        ])
         .args(args)
         .output()
         .expect("run Kafka's consumer-group command");
@@ -244,16 +256,17 @@ fn group_command(brokers: &str, group: &str, args: &[&str]) -> String {
 fn members_described_by_kafka_tools(brokers: &str, group: &str) -> Vec<DescribedMember> {
     // Columns: GROUP CONSUMER-ID GROUP-INSTANCE-ID HOST CLIENT-ID #PARTITIONS CURRENT-EPOCH
     // CURRENT-ASSIGNMENT ...
-    let mut members: Vec<DescribedMember> = group_command(brokers, group, &["--members", "--verbose"])
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| fields.len() >= 8 && fields[0] == group)
-        .map(|fields| DescribedMember {
-            consumer_id: fields[1].to_owned(),
-            instance: fields[2].to_owned(),
-            assignment: fields[7].to_owned(),
-        })
-        .collect();
+    let mut members: Vec<DescribedMember> =
+        group_command(brokers, group, &["--members", "--verbose"])
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() >= 8 && fields[0] == group)
+            .map(|fields| DescribedMember {
+                consumer_id: fields[1].to_owned(),
+                instance: fields[2].to_owned(),
+                assignment: fields[7].to_owned(),
+            })
+            .collect();
     members.sort_by(|a, b| a.instance.cmp(&b.instance));
     members
 }
@@ -335,11 +348,21 @@ fn a_static_member_restarting_within_its_session_causes_no_rebalance() {
         .cloned()
         .expect("A is a member");
     // The same partitions, the same group epoch (consumer protocol), and no rebalance for B.
-    assert_eq!(a_after.assignment, a_before.assignment, "{before:?} {after:?}");
+    assert_eq!(
+        a_after.assignment, a_before.assignment,
+        "{before:?} {after:?}"
+    );
     assert_eq!(after.len(), 2, "{after:?}");
-    assert_eq!(group_epoch_described_by_kafka_tools(&brokers, &group), epoch_before);
+    assert_eq!(
+        group_epoch_described_by_kafka_tools(&brokers, &group),
+        epoch_before
+    );
     let b = member_b.metrics();
-    assert_eq!((b.assignments, b.revocations), (1, 0), "B was rebalanced: {b:?}");
+    assert_eq!(
+        (b.assignments, b.revocations),
+        (1, 0),
+        "B was rebalanced: {b:?}"
+    );
     assert_eq!(member_a.metrics().assignments, 1);
     member_a.stop();
     member_b.stop();
@@ -385,7 +408,11 @@ fn two_members_with_the_same_instance_id_one_is_fenced_as_the_protocol_says() {
         "{report}"
     );
     assert!(
-        report.reason.to_string().to_lowercase().contains("instance"),
+        report
+            .reason
+            .to_string()
+            .to_lowercase()
+            .contains("instance"),
         "the reason names the instance id: {report}"
     );
     assert!(!survivor.is_finished());
@@ -423,10 +450,11 @@ fn a_frozen_member_that_lost_its_partitions_commits_nothing_when_it_wakes() {
     });
     let ledger_b = Ledger::default();
     let recorder = ledger_b.clone();
-    let member_b = ConsumerSystem::spawn(cluster.config(&topic, &group).build().unwrap(), move || {
-        Recorder::new(&recorder)
-    })
-    .unwrap();
+    let member_b =
+        ConsumerSystem::spawn(cluster.config(&topic, &group).build().unwrap(), move || {
+            Recorder::new(&recorder)
+        })
+        .unwrap();
     wait_until("both members process", SCENARIO_TIMEOUT, || {
         member_b.metrics().processed > 100
     });
@@ -439,9 +467,9 @@ fn a_frozen_member_that_lost_its_partitions_commits_nothing_when_it_wakes() {
     let frozen_at = support::read_ledger(&ledger_a);
     wait_until("B committed past where A stopped", SCENARIO_TIMEOUT, || {
         let committed = offsets_described_by_kafka_tools(&brokers, &group, &topic);
-        frozen_at.iter().all(|(partition, offset)| {
-            committed.get(partition).is_some_and(|c| *c > *offset + 1)
-        })
+        frozen_at
+            .iter()
+            .all(|(partition, offset)| committed.get(partition).is_some_and(|c| *c > *offset + 1))
     });
     let mut seen = vec![offsets_described_by_kafka_tools(&brokers, &group, &topic)];
     member_a.send(support::Signal::SIGCONT);
