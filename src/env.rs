@@ -110,36 +110,23 @@ impl ConsumerConfigBuilder {
             let messages = self.batch.messages;
             self = self.batch_size(messages, bytes);
         }
-        type Limit = fn(ConsumerConfigBuilder, usize, usize) -> ConsumerConfigBuilder;
-        let limits: [(
-            &str,
-            &str,
-            Limit,
-            fn(&ConsumerConfigBuilder) -> (usize, usize),
-        ); 2] = [
-            (
-                "KAFKA_MAX_IN_FLIGHT_MESSAGES",
-                "KAFKA_MAX_IN_FLIGHT_BYTES",
-                Self::max_in_flight,
-                |b| (b.total_limit.messages, b.total_limit.bytes),
-            ),
-            (
-                "KAFKA_MAX_IN_FLIGHT_PER_PARTITION_MESSAGES",
-                "KAFKA_MAX_IN_FLIGHT_PER_PARTITION_BYTES",
-                Self::max_in_flight_per_partition,
-                |b| (b.partition_limit.messages, b.partition_limit.bytes),
-            ),
-        ];
-        for (messages_name, bytes_name, set, current) in limits {
-            let (mut messages, mut bytes) = current(&self);
-            if let Some(value) = var(messages_name) {
-                messages = whole_number(messages_name, &value)?;
-            }
-            if let Some(value) = var(bytes_name) {
-                bytes = whole_number(bytes_name, &value)?;
-            }
-            self = set(self, messages, bytes);
+        let (mut messages, mut bytes) = (self.total_limit.messages, self.total_limit.bytes);
+        if let Some(value) = var("KAFKA_MAX_IN_FLIGHT_MESSAGES") {
+            messages = whole_number("KAFKA_MAX_IN_FLIGHT_MESSAGES", &value)?;
         }
+        if let Some(value) = var("KAFKA_MAX_IN_FLIGHT_BYTES") {
+            bytes = whole_number("KAFKA_MAX_IN_FLIGHT_BYTES", &value)?;
+        }
+        self = self.max_in_flight(messages, bytes);
+        let limit = self.partition_limit;
+        let (mut messages, mut bytes) = (limit.messages, limit.bytes);
+        if let Some(value) = var("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_MESSAGES") {
+            messages = whole_number("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_MESSAGES", &value)?;
+        }
+        if let Some(value) = var("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_BYTES") {
+            bytes = whole_number("KAFKA_MAX_IN_FLIGHT_PER_PARTITION_BYTES", &value)?;
+        }
+        self = self.max_in_flight_per_partition(messages, bytes);
         if let Some(value) = var("KAFKA_PREFETCH_MESSAGES") {
             let messages = whole_number("KAFKA_PREFETCH_MESSAGES", &value)?;
             let work = self.prefetch.work;
