@@ -139,6 +139,7 @@ fn joins_and_graceful_departures(name: &str, options: &str) -> Option<Duration> 
     let b_joined = now_ms();
     let b = scenario.start("b");
     scenario.wait_for_total(30_000);
+    let c_joined = now_ms();
     let c = scenario.start("c");
     scenario.wait_for_total(50_000);
     scenario.stop(a);
@@ -180,64 +181,53 @@ fn joins_and_graceful_departures(name: &str, options: &str) -> Option<Duration> 
     );
     // How long B's arrival held up A: over all of A's partitions, and over those that stayed
     // with A (cooperative: they keep flowing through the rebalance).
-    let window = Duration::from_secs(15);
-    let kept = kept_partitions_gap(&ledgers, b_joined, window);
+    let kept = kept_partitions_gap(&ledgers, b_joined, c_joined);
     eprintln!(
         "{name}: longest pause of the instance that stayed while another joined: {:?}; of the \
          partitions it kept: {kept:?}",
-        longest_gap(&scenario.ledger("a"), b_joined, window)
+        longest_gap(&scenario.ledger("a"), b_joined, Duration::from_secs(15))
     );
     kept
 }
 
-/// The longest pause, within `window` from `from_ms`, between two messages of one partition
-/// that instance `a` held all through it (it processed the partition before and after, and no
-/// other instance did within it): how long a rebalance held up partitions that did not move.
-/// `None` when no partition stayed.
+/// The longest pause of a partition that stayed with instance `a` while `b` joined at
+/// `b_joined` (`a` processed it before, and again once `b` processed its first message, which
+/// is after the rebalance completed; no other instance processed it from `b_joined` to
+/// `until`, when the next instance joined): how long the rebalance held up partitions that did
+/// not move. `None` when no partition stayed.
 fn kept_partitions_gap(
     ledgers: &HashMap<String, Vec<LedgerLine>>,
-    from_ms: u128,
-    window: Duration,
+    b_joined: u128,
+    until: u128,
 ) -> Option<Duration> {
-    let until_ms = from_ms + window.as_millis();
-    let within = |line: &&LedgerLine| line.finished_ms >= from_ms && line.finished_ms <= until_ms;
-    let a = &ledgers["a"];
+    let b_first = ledgers["b"].iter().map(|line| line.finished_ms).min()?;
     let moved: std::collections::HashSet<i32> = ledgers
         .iter()
         .filter(|(instance, _)| *instance != "a")
-        .flat_map(|(_, lines)| lines.iter().filter(within).map(|line| line.partition))
+        .flat_map(|(_, lines)| lines.iter())
+        .filter(|line| line.finished_ms >= b_joined && line.finished_ms <= until)
+        .map(|line| line.partition)
         .collect();
     let mut gaps = Vec::new();
-    for partition in 0..PARTITIONS {
-        if moved.contains(&partition) {
-            continue;
-        }
-        let mut times: Vec<u128> = a
+    for partition in (0..PARTITIONS).filter(|p| !moved.contains(p)) {
+        let mut times: Vec<u128> = ledgers["a"]
             .iter()
             .filter(|line| line.partition == partition)
             .map(|line| line.finished_ms)
             .collect();
         times.sort_unstable();
-        let before = times.iter().any(|t| *t < from_ms);
-        let after = times.iter().any(|t| *t > until_ms);
-        if !(before && after) {
+        let (Some(before), Some(after)) = (
+            times.iter().copied().filter(|t| *t < b_joined).max(),
+            times.iter().copied().find(|t| *t > b_first),
+        ) else {
             continue;
-        }
-        // From the last message before the window to the first after it.
+        };
         let span: Vec<u128> = times
             .iter()
             .copied()
-            .skip_while(|t| *t < from_ms)
-            .take_while(|t| *t <= until_ms)
+            .filter(|t| *t >= before && *t <= after)
             .collect();
-        let last_before = times.iter().copied().filter(|t| *t < from_ms).max();
-        let first_after = times.iter().copied().find(|t| *t > until_ms);
-        let points: Vec<u128> = last_before
-            .into_iter()
-            .chain(span)
-            .chain(first_after)
-            .collect();
-        gaps.extend(points.windows(2).map(|pair| pair[1] - pair[0]));
+        gaps.extend(span.windows(2).map(|pair| pair[1] - pair[0]));
     }
     gaps.into_iter()
         .max()
