@@ -22,6 +22,7 @@ use crate::actors::offset_tracker::{
     Attach, CommitNow, FinalCommitFailure, OffsetTracker, Others, Report, Unsettled,
 };
 use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
+use crate::client_trouble;
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
@@ -91,16 +92,16 @@ impl Supervisor {
             total_limit: config.total_limit,
             read_headers: config.read_headers,
         };
-        let consumer: BaseConsumer<FetchContext> =
-            config
-                .client_config()
-                .create_with_context(FetchContext::new(
-                    tracker.clone(),
-                    metrics.clone(),
-                    config.processors,
-                    flow,
-                    config.group_id.clone(),
-                ))?;
+        let consumer: BaseConsumer<FetchContext> = config
+            .client_config()
+            .set_log_level(client_trouble::librdkafka_log_level())
+            .create_with_context(FetchContext::new(
+                tracker.clone(),
+                metrics.clone(),
+                config.processors,
+                flow,
+                config.group_id.clone(),
+            ))?;
         let consumer = check_cluster(consumer, &config).await?;
 
         let mut arbiters = Vec::new();
@@ -113,6 +114,7 @@ impl Supervisor {
                 &config.brokers,
                 topic.clone(),
                 &config.dead_letter_client_options(),
+                metrics.clone(),
             )?),
             _ => None,
         };
