@@ -5,7 +5,8 @@
 //! reported "all brokers are down" up to 24 times a second. The limiter makes each run of
 //! repeats an *episode* with a few lines:
 //!
-//! - its first occurrence, at once ([`Notice::Began`]);
+//! - its first occurrence, at once ([`Notice::Began`]); a broker's outage a moment later
+//!   ([`BROKER_GRACE`]), unless the whole cluster went down with it;
 //! - while it repeats, at most one summary per interval: how long, how many, the latest
 //!   ([`Notice::Continues`]); a repeat within the interval is counted, not logged;
 //! - for an outage, one line when it is over, with its length ([`Notice::Recovered`]); other
@@ -39,6 +40,10 @@ use log::Level;
 pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(30);
 /// An episode with no occurrence for this long is over; see the module documentation.
 pub(crate) const QUIET_PERIOD: Duration = Duration::from_secs(60);
+/// How long a broker's outage waits before its first line. When every broker goes down,
+/// librdkafka reports the first broker's failure a moment before it reports them all down, and
+/// the cluster's line says it all.
+pub(crate) const BROKER_GRACE: Duration = Duration::from_secs(1);
 /// How long after a sign of life the cluster must stay free of errors before its outage is
 /// over: an answer that was on its way as the brokers went down is no sign that they are back.
 pub(crate) const SETTLE: Duration = Duration::from_secs(1);
@@ -97,9 +102,10 @@ pub(crate) struct Occurrence<'a> {
 /// A line to log.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Notice {
-    /// The first occurrence of an episode.
+    /// The first occurrence of an episode, at `since`.
     Began {
         key: Key,
+        since: Instant,
         text: String,
         level: Level,
     },
@@ -154,6 +160,8 @@ struct Episode {
     latest: String,
     /// A sign of life after the last error (outages only).
     sign_of_life: Option<Instant>,
+    /// The first occurrence's line, while it waits for [`BROKER_GRACE`] (brokers only).
+    untold: Option<String>,
 }
 
 impl Episode {
@@ -168,6 +176,7 @@ impl Episode {
             by_kind: BTreeMap::from([(occurrence.kind.to_owned(), 1)]),
             latest: occurrence.text.to_owned(),
             sign_of_life: None,
+            untold: None,
         }
     }
 
@@ -242,9 +251,15 @@ impl RepeatLimiter {
                 }
             }
         }
+        if matches!(key, Key::Broker(_)) {
+            episode.untold = Some(occurrence.text.to_owned());
+            self.episodes.insert(key, episode);
+            return None;
+        }
         self.episodes.insert(key.clone(), episode);
         Some(Notice::Began {
             key,
+            since: now,
             text: occurrence.text.to_owned(),
             level: occurrence.level,
         })
@@ -260,12 +275,22 @@ impl RepeatLimiter {
         }
     }
 
-    /// The lines due at `now`: summaries of episodes that went on, and the ends of those that
-    /// are over.
+    /// The lines due at `now`: the beginnings of brokers' outages past their grace, summaries
+    /// of episodes that went on, and the ends of those that are over.
     pub(crate) fn tick(&mut self, now: Instant) -> Vec<Notice> {
         let mut notices = Vec::new();
         let (interval, quiet) = (self.interval, self.quiet);
         self.episodes.retain(|key, episode| {
+            if now >= episode.since + BROKER_GRACE
+                && let Some(text) = episode.untold.take()
+            {
+                notices.push(Notice::Began {
+                    key: key.clone(),
+                    since: episode.since,
+                    text,
+                    level: episode.level,
+                });
+            }
             let revived = episode
                 .sign_of_life
                 .filter(|sign| now >= *sign + SETTLE && key.is_outage());
@@ -365,11 +390,13 @@ impl Notice {
             humantime::format_rfc3339_seconds(at).to_string()
         };
         match self {
-            Notice::Began { key, text, .. } if key.is_outage() => format!(
+            Notice::Began {
+                key, since, text, ..
+            } if key.is_outage() => format!(
                 "{} is unreachable since {}: {text}; librdkafka reconnects by itself; further \
                  errors are counted and summed up every {}",
                 key.subject(),
-                wall(now),
+                wall(*since),
                 seconds(SUMMARY_INTERVAL)
             ),
             Notice::Began { text, .. } => text.clone(),
@@ -625,9 +652,11 @@ mod tests {
         ];
         let lines = run(&mut limiter, start, events, 100.0);
         let times: Vec<f64> = lines.iter().map(|(at, _)| *at).collect();
-        assert_eq!(times, [0.0, 35.0, 95.0], "{lines:#?}");
+        assert_eq!(times, [1.0, 35.0, 95.0], "{lines:#?}");
         assert_eq!(
-            lines[0].1.render(start, SystemTime::UNIX_EPOCH),
+            lines[0]
+                .1
+                .render(start + secs(1.0), SystemTime::UNIX_EPOCH + secs(1.0)),
             "broker 127.0.0.1:9092 is unreachable since 1970-01-01T00:00:00Z: connection \
              refused; librdkafka reconnects by itself; further errors are counted and summed \
              up every 30s"
@@ -690,7 +719,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(began, [&broker("b1:9092"), &Key::Cluster]);
+        assert_eq!(
+            began,
+            [&Key::Cluster],
+            "the broker's failure a moment before is part of the cluster's outage"
+        );
         let outages = limiter.outages();
         assert_eq!(outages.len(), 1, "{outages:#?}");
         assert_eq!((&outages[0].key, outages[0].errors), (&Key::Cluster, 4));
@@ -729,6 +762,7 @@ mod tests {
             lines[0].1,
             Notice::Began {
                 key: key(),
+                since: start,
                 text: "not the coordinator".to_owned(),
                 level: Level::Warn,
             }
