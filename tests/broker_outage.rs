@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use kafka_actors::{ConsumerSystem, FailurePolicy, metric_names};
 use support::{
-    Audit, Ledger, OwnBroker, Recorder, SCENARIO_TIMEOUT, audit, capture_everything,
-    everything_logged, free_addr, get, group, wait_until,
+    Ledger, OwnBroker, Recorder, SCENARIO_TIMEOUT, audit, capture_everything, everything_logged,
+    free_addr, get, group, wait_until,
 };
 
 /// How long the broker stays down.
@@ -165,12 +165,19 @@ fn a_thirty_second_outage_is_a_few_log_lines_and_loses_nothing() {
     system.stop();
     let report = system.join().unwrap();
     assert!(report.is_clean(), "{report}");
-    assert_eq!(
-        audit(&ledger.entries(), &end_after),
-        Audit {
-            lost: 0,
-            duplicated: 0
-        }
+    let outcome = audit(&ledger.entries(), &end_after);
+    assert_eq!(outcome.lost, 0, "{outcome:?}");
+    // A member that lost its partitions meanwhile (under the consumer protocol, the restarted
+    // broker may fence it after it processed the messages of after the outage) has its
+    // commits refused, and the next owner repeats what finished since the last commit: at
+    // most those 500. Without a loss, nothing repeats.
+    let lost_partitions = everything_logged()[from..]
+        .iter()
+        .any(|line| line.contains("kafka_actors::actors::fetcher: lost "));
+    let repeats_allowed = if lost_partitions { 500 } else { 0 };
+    assert!(
+        outcome.duplicated <= repeats_allowed,
+        "{outcome:?} (partitions lost meanwhile: {lost_partitions})"
     );
 
     let outage_lines: Vec<String> = everything_logged()[from..to]
