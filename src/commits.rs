@@ -33,6 +33,9 @@ pub(crate) struct CommitLine {
     on_its_way: Option<Sent>,
     next_id: u64,
     instruments: GroupInstruments,
+    /// A commit was acknowledged since [`take_acknowledged`](Self::take_acknowledged) was
+    /// last called: a sign that the coordinator answers.
+    acknowledged: bool,
 }
 
 struct Sent {
@@ -56,6 +59,7 @@ impl CommitLine {
             on_its_way: None,
             next_id: 1,
             instruments,
+            acknowledged: false,
         }
     }
 
@@ -121,6 +125,11 @@ impl CommitLine {
         }
     }
 
+    /// Whether a commit was acknowledged since the last call.
+    pub(crate) fn take_acknowledged(&mut self) -> bool {
+        std::mem::take(&mut self.acknowledged)
+    }
+
     fn send<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -161,6 +170,7 @@ impl CommitLine {
         }
         match &result {
             Ok(()) => {
+                self.acknowledged = true;
                 log::debug!(
                     "committed {} partitions in {:?}",
                     sent.points.len(),

@@ -2,13 +2,19 @@
 //! say where they came from and why they failed.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext};
 
+use crate::client_trouble;
 use crate::message::Message;
+use crate::metrics::SystemMetrics;
+use crate::trouble::Trouble;
 use crate::{Error, Result};
 
 /// The headers a dead letter carries besides the original message's own.
@@ -35,7 +41,7 @@ const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The producer of one system's dead letters, shared by its processors.
 #[derive(Clone)]
 pub(crate) struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<DeadLetterContext>,
     /// `None`: `<topic>.dlq` after each message's topic.
     topic: Option<String>,
 }
@@ -45,8 +51,10 @@ impl DeadLetters {
         brokers: &str,
         topic: Option<String>,
         options: &BTreeMap<String, String>,
+        metrics: Arc<SystemMetrics>,
     ) -> Result<Self> {
         let mut config = ClientConfig::new();
+        config.set_log_level(client_trouble::librdkafka_log_level());
         config
             .set(
                 "message.timeout.ms",
@@ -58,7 +66,11 @@ impl DeadLetters {
             config.set(key, value);
         }
         config.set("bootstrap.servers", brokers);
-        let producer = config.create().map_err(Error::Kafka)?;
+        let context = DeadLetterContext {
+            metrics,
+            echoes: Mutex::default(),
+        };
+        let producer = config.create_with_context(context).map_err(Error::Kafka)?;
         Ok(DeadLetters { producer, topic })
     }
 
@@ -100,6 +112,58 @@ impl DeadLetters {
     }
 }
 
+/// The dead-letter producer's callbacks: librdkafka's errors and log lines go where the
+/// consumer's go, so that an outage is one story whichever client tells it. (rdkafka's default
+/// context would log every error at `error` under its own target.)
+pub(crate) struct DeadLetterContext {
+    metrics: Arc<SystemMetrics>,
+    echoes: Mutex<Echoes>,
+}
+
+impl ClientContext for DeadLetterContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.metrics.trouble.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let echo = self
+            .echoes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_echo(&error, reason);
+        if !echo {
+            self.metrics
+                .trouble
+                .error(&error, Trouble::of(&error), reason);
+        }
+    }
+}
+
+/// rdkafka 0.39 hands each of a producer's error events to `ClientContext::error` twice in a
+/// row (once as the client polls the event, once more as the producer handles it), which would
+/// count every error twice. The second call is the one that repeats the first at once; should
+/// a later rdkafka call once, an identical error that follows another at once is taken for an
+/// echo: a repeat missed in the count, nothing more.
+#[derive(Debug, Default)]
+struct Echoes {
+    /// The error last taken in, whose echo is expected next.
+    awaited: Option<(KafkaError, String)>,
+}
+
+impl Echoes {
+    fn is_echo(&mut self, error: &KafkaError, reason: &str) -> bool {
+        match self.awaited.take() {
+            Some((awaited, awaited_reason)) if &awaited == error && awaited_reason == reason => {
+                true
+            }
+            _ => {
+                self.awaited = Some((error.clone(), reason.to_owned()));
+                false
+            }
+        }
+    }
+}
+
 /// The headers a dead letter gets besides the message's own: where it came from, why and
 /// after how many attempts it failed.
 pub(crate) fn provenance(
@@ -123,4 +187,37 @@ pub(crate) fn provenance(
 /// The dead-letter topic of messages of `topic` under `policy`'s exhausted action.
 pub(crate) fn topic_of(configured: Option<&str>, topic: &str) -> String {
     configured.map_or_else(|| format!("{topic}.dlq"), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::RDKafkaErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn an_error_handed_over_twice_at_once_counts_once() {
+        let mut echoes = Echoes::default();
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        let refused = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        let calls = [
+            (&down, "1/1 brokers are down"),
+            (&down, "1/1 brokers are down"),
+            (&down, "1/1 brokers are down"),
+            (&down, "1/1 brokers are down"),
+            (&refused, "b1:9092/1: refused"),
+            (&refused, "b1:9092/1: refused"),
+            (&down, "2/2 brokers are down"),
+            (&down, "2/2 brokers are down"),
+        ];
+        let taken: Vec<bool> = calls
+            .into_iter()
+            .map(|(error, reason)| !echoes.is_echo(error, reason))
+            .collect();
+        assert_eq!(
+            taken,
+            [true, false, true, false, true, false, true, false],
+            "every other call is the echo"
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //! - Alive: the Fetcher's poll loop ran within the poll TTL (or it is busy with a revocation,
 //!   where it waits on purpose), no partition is stalled, and nothing inside the framework
 //!   failed. A deliberate stop and its drain are alive: restarting the process then would
-//!   only lose the drain.
+//!   only lose the drain. So is a broker outage: librdkafka reconnects by itself (the poll
+//!   loop goes on meanwhile), and a restart would not bring the brokers back; `/health/live`
+//!   shows it in its body (`ClientTrouble::outages`).
 //! - Ready: the system runs (started, not stopping), holds partitions, and no revocation is
 //!   in progress.
 //!

@@ -4,7 +4,8 @@
 //!   Prometheus recorder installed once per process (before the first system registers its
 //!   figures: a handle registered earlier would record nothing);
 //! - `GET /health/live` and `GET /health/ready`: [`Health`](crate::health::Health)'s verdicts,
-//!   200, or 503 with a JSON reason.
+//!   200, or 503 with a JSON reason; `/health/live` also lists the outages in progress
+//!   (`unreachable`), which do not fail it.
 //!
 //! It runs on a thread of its own with a small runtime, so that it answers while processors
 //! are busy or the Fetcher waits in a revocation. The socket is bound before the system
@@ -189,17 +190,20 @@ fn respond(served: &Served, request: &Request<Incoming>) -> Response<Full<Bytes>
             ),
         },
         "/health/live" => {
+            // An outage shows, but does not fail liveness: librdkafka reconnects by itself, and
+            // a restart would not bring the brokers back.
+            let unreachable = outages(metrics);
             match metrics
                 .health
                 .liveness(metrics.stalled_partitions(), served.poll_ttl)
             {
                 Ok(stage) => body(
                     StatusCode::OK,
-                    json!({ "status": "up", "stage": stage.name() }),
+                    json!({ "status": "up", "stage": stage.name(), "unreachable": unreachable }),
                 ),
                 Err(reason) => body(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "status": "down", "reason": reason }),
+                    json!({ "status": "down", "reason": reason, "unreachable": unreachable }),
                 ),
             }
         }
@@ -221,6 +225,25 @@ fn respond(served: &Served, request: &Request<Incoming>) -> Response<Full<Bytes>
             "not found: /metrics, /health/live or /health/ready\n".to_owned(),
         ),
     }
+}
+
+/// The outages in progress: `broker` (`all` when every broker is down, else `host:port`),
+/// `since`, `seconds`, `errors` and the `latest_error`.
+fn outages(metrics: &SystemMetrics) -> serde_json::Value {
+    metrics
+        .trouble
+        .outages()
+        .into_iter()
+        .map(|outage| {
+            json!({
+                "broker": outage.broker,
+                "since": humantime::format_rfc3339_seconds(outage.since).to_string(),
+                "seconds": (outage.seconds * 10.0).round() / 10.0,
+                "errors": outage.errors,
+                "latest_error": outage.latest,
+            })
+        })
+        .collect()
 }
 
 fn text(status: StatusCode, text: String) -> Response<Full<Bytes>> {

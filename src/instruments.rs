@@ -36,6 +36,9 @@ pub(crate) struct GroupInstruments {
     pub(crate) lost_assignments: Counter,
     pub(crate) pauses: Counter,
     pub(crate) processor_restarts: Counter,
+    /// The cluster's outage gauge (`broker="all"`), registered at the start so that it reads 0
+    /// before any outage.
+    cluster_unreachable: Gauge,
 }
 
 /// What each figure is, for the exporter's HELP lines.
@@ -191,6 +194,18 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Processors replaced after a panic.",
     ),
     (
+        names::LIBRDKAFKA_ERRORS,
+        Kind::Counter,
+        None,
+        "Errors librdkafka reported, by kind.",
+    ),
+    (
+        names::UNREACHABLE,
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "How long the cluster (broker=all) or a broker has been unreachable; 0 when reachable.",
+    ),
+    (
         names::SHUTDOWN_PHASE_DURATION,
         Kind::Gauge,
         Some(Unit::Seconds),
@@ -221,6 +236,10 @@ impl GroupInstruments {
     pub(crate) fn new(group: &str) -> Self {
         describe();
         let labels = [Label::new("group", group.to_owned())];
+        let cluster = [
+            Label::new("group", group.to_owned()),
+            Label::from_static_parts("broker", "all"),
+        ];
         GroupInstruments {
             group: group.into(),
             in_flight: gauge!(names::MESSAGES_IN_FLIGHT, labels.iter()),
@@ -238,7 +257,30 @@ impl GroupInstruments {
             lost_assignments: counter!(names::LOST_ASSIGNMENTS, labels.iter()),
             pauses: counter!(names::PAUSES, labels.iter()),
             processor_restarts: counter!(names::PROCESSOR_RESTARTS, labels.iter()),
+            cluster_unreachable: gauge!(names::UNREACHABLE, cluster.iter()),
         }
+    }
+
+    /// Counts an error librdkafka reported. Errors are rare but for outages, where they come
+    /// a few dozen a second at most: the handle is looked up each time.
+    pub(crate) fn librdkafka_error(&self, kind: &str) {
+        let labels = [
+            Label::new("group", self.group.to_string()),
+            Label::new("kind", kind.to_owned()),
+        ];
+        counter!(names::LIBRDKAFKA_ERRORS, labels.iter()).increment(1);
+    }
+
+    /// The outage gauge of `broker`, `all` for the cluster.
+    pub(crate) fn unreachable(&self, broker: &str) -> Gauge {
+        if broker == "all" {
+            return self.cluster_unreachable.clone();
+        }
+        let labels = [
+            Label::new("group", self.group.to_string()),
+            Label::new("broker", broker.to_owned()),
+        ];
+        gauge!(names::UNREACHABLE, labels.iter())
     }
 
     /// The handles of one partition's figures.

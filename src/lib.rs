@@ -4,6 +4,7 @@
 
 mod actors;
 mod batch;
+mod client_trouble;
 mod commits;
 mod config;
 mod dead_letter;
@@ -23,6 +24,7 @@ mod metrics;
 mod native;
 mod offsets;
 mod processor;
+mod repeats;
 mod report;
 mod routes;
 mod routing;

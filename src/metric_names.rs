@@ -83,6 +83,15 @@ pub const LOST_ASSIGNMENTS: &str = "kafka_actors_lost_assignments_total";
 pub const PAUSES: &str = "kafka_actors_pauses_total";
 /// Counter: processors replaced with a fresh instance after a panic. Labels: group.
 pub const PROCESSOR_RESTARTS: &str = "kafka_actors_processor_restarts_total";
+/// Counter: errors librdkafka reported, from the consumer and the dead-letter producer (error
+/// events, and errors returned in place of a partition's records). Labels: group, `kind` (the
+/// error code's name: `AllBrokersDown`, `BrokerTransportFailure`, ...). While they repeat, the
+/// log has a line when they begin and a summary every 30 s; this counts every one.
+pub const LIBRDKAFKA_ERRORS: &str = "kafka_actors_librdkafka_errors_total";
+/// Gauge, seconds: how long the cluster (`broker="all"`: every broker down) or a broker
+/// (`broker="host:port"`) has been unreachable; 0 when it is reachable. librdkafka reconnects by
+/// itself meanwhile. Updated every poll round (at least every 100 ms). Labels: group, broker.
+pub const UNREACHABLE: &str = "kafka_actors_unreachable_seconds";
 /// Gauge, seconds: how long each phase of the last shutdown took. Labels: group, `phase`
 /// (`StopFetching`, `Drain`, `StopProcessors`, `Commit`, `Close`).
 pub const SHUTDOWN_PHASE_DURATION: &str = "kafka_actors_shutdown_phase_duration_seconds";

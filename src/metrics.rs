@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::client_trouble::ClientTrouble;
 use crate::flow::Load;
 use crate::health::Health;
 use crate::instruments::{GroupInstruments, PartitionInstruments};
@@ -88,10 +89,13 @@ pub(crate) struct SystemMetrics {
     assigned_partitions: AtomicUsize,
     pub(crate) instruments: GroupInstruments,
     pub(crate) health: Health,
+    /// What the system's clients report about the cluster: logged sparingly, counted.
+    pub(crate) trouble: ClientTrouble,
 }
 
 impl SystemMetrics {
     pub(crate) fn new(group: &str) -> Self {
+        let instruments = GroupInstruments::new(group);
         SystemMetrics {
             in_flight_messages: AtomicUsize::default(),
             in_flight_bytes: AtomicUsize::default(),
@@ -113,7 +117,8 @@ impl SystemMetrics {
             stalls: AtomicU64::default(),
             stalled_partitions: AtomicUsize::default(),
             assigned_partitions: AtomicUsize::default(),
-            instruments: GroupInstruments::new(group),
+            trouble: ClientTrouble::new(instruments.clone()),
+            instruments,
             health: Health::default(),
         }
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -402,14 +403,18 @@ impl FetchContext {
 }
 
 impl ClientContext for FetchContext {
-    /// librdkafka's errors, with their explanation: logged, and kept for whoever acts on them
-    /// (the start, which fails fast on refused credentials or TLS, and the Fetcher).
+    /// librdkafka's log lines: through the same limiter as its errors, at levels that say
+    /// what they mean for the system (`client_trouble::level_of`).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.metrics.trouble.log(level, facility, message);
+    }
+
+    /// librdkafka's errors, with their explanation: logged (a repeat within the summary
+    /// interval only counted) and kept for whoever acts on them (the start, which fails fast
+    /// on refused credentials or TLS, and the Fetcher).
     fn error(&self, error: KafkaError, reason: &str) {
         let trouble = Trouble::of(&error);
-        match trouble {
-            Trouble::Transient => log::warn!("{error} (librdkafka retries): {reason}"),
-            _ => log::error!("{error}: {reason}"),
-        }
+        self.metrics.trouble.error(&error, trouble, reason);
         let mut reported = self
             .reported
             .lock()
@@ -482,6 +487,8 @@ impl ConsumerContext for FetchContext {
             assigned.len(),
             names(partitions)
         );
+        // Only an answering coordinator assigns partitions.
+        self.metrics.trouble.sign_of_life();
         // librdkafka keeps a partition paused across a revocation; a new assignment starts
         // unpaused unless the system is stopping.
         let stopping =
@@ -653,6 +660,10 @@ impl Fetcher {
         let context = consumer.context();
         if let Some(line) = context.commit_line().as_mut() {
             line.collect();
+            if line.take_acknowledged() {
+                // Only an answering coordinator acknowledges a commit.
+                self.metrics.trouble.sign_of_life();
+            }
         }
         let mut routes = context.routes();
         if self.state == State::Fetching {
@@ -700,6 +711,7 @@ impl Fetcher {
         self.metrics
             .set_flow(routes.total(), routes.waiting(), routes.paused());
         self.metrics.health.round();
+        self.metrics.trouble.tick();
         progress
     }
 
@@ -776,7 +788,11 @@ fn record_errors(
     for (partition, offset, code) in errors {
         let trouble = Trouble::of_code(code);
         if trouble.is_retried() {
-            log::warn!("fetching {partition} failed (librdkafka retries): {code}");
+            consumer
+                .context()
+                .metrics
+                .trouble
+                .record_error(&partition, code);
             continue;
         }
         // The Routes hold the partition: nothing past the record is taken.

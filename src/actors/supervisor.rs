@@ -22,6 +22,7 @@ use crate::actors::offset_tracker::{
     Attach, CommitNow, FinalCommitFailure, OffsetTracker, Others, Report, Unsettled,
 };
 use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
+use crate::client_trouble;
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
@@ -48,6 +49,9 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one metadata request at start waits, before the start looks at why it failed.
 const METADATA_ATTEMPT: Duration = Duration::from_millis(500);
+/// The most events served after a metadata request at start failed: librdkafka's lines and
+/// errors of half a second of reconnections.
+const EVENTS_PER_ATTEMPT: usize = 64;
 
 /// A started system: what `ConsumerSystem` needs to wait for it and clean up after it.
 pub(crate) struct Started {
@@ -91,16 +95,16 @@ impl Supervisor {
             total_limit: config.total_limit,
             read_headers: config.read_headers,
         };
-        let consumer: BaseConsumer<FetchContext> =
-            config
-                .client_config()
-                .create_with_context(FetchContext::new(
-                    tracker.clone(),
-                    metrics.clone(),
-                    config.processors,
-                    flow,
-                    config.group_id.clone(),
-                ))?;
+        let consumer: BaseConsumer<FetchContext> = config
+            .client_config()
+            .set_log_level(client_trouble::librdkafka_log_level())
+            .create_with_context(FetchContext::new(
+                tracker.clone(),
+                metrics.clone(),
+                config.processors,
+                flow,
+                config.group_id.clone(),
+            ))?;
         let consumer = check_cluster(consumer, &config).await?;
 
         let mut arbiters = Vec::new();
@@ -113,6 +117,7 @@ impl Supervisor {
                 &config.brokers,
                 topic.clone(),
                 &config.dead_letter_client_options(),
+                metrics.clone(),
             )?),
             _ => None,
         };
@@ -265,7 +270,14 @@ async fn check_cluster(
                 Err(source) => {
                     // librdkafka reports why as events: serve them, so that the context
                     // learns it; refused credentials and failed TLS never heal by waiting.
-                    while consumer.poll(Duration::ZERO).is_some() {}
+                    // Its log lines come through the same queue, and a poll that serves one
+                    // returns nothing, as one that finds the queue empty does: stopping
+                    // there served one line per attempt, and under load the lines of its
+                    // reconnections kept a TLS failure's event waiting past the startup
+                    // timeout. So every poll of the bound is made.
+                    for _ in 0..EVENTS_PER_ATTEMPT {
+                        let _ = consumer.poll(Duration::ZERO);
+                    }
                     let reported = consumer.context().take_reported();
                     match reported.map(|r| (r.trouble, r.reason)) {
                         Some((Trouble::Authentication, reason)) => {
