@@ -5,8 +5,13 @@
 //! invariants hold for every partition, whatever order completions arrive in:
 //!
 //! - **The commit point never passes an unfinished offset.** It is the lowest unfinished
-//!   offset, or the highest dispatched offset + 1 when nothing is unfinished.
-//! - **The commit point never decreases** within one assignment of the partition.
+//!   offset, or the highest dispatched offset + 1 when nothing is unfinished. Before anything
+//!   is dispatched, an assignment that starts at a position a processor stored has that
+//!   position as its commit point (everything below it is finished, by the processor's own
+//!   record); one that starts at the group's committed offset has none.
+//! - **The commit point never decreases** within one assignment of the partition. (The one
+//!   exception is not the book's to prevent: a stored position past the partition's end makes
+//!   librdkafka reset, and the offsets then taken are below it.)
 //!
 //! Kafka's committed offset is the next offset to read, so a commit point is committed as is.
 
@@ -225,6 +230,11 @@ pub(crate) struct PartitionOffsets {
     /// The first offset taken: where this assignment started reading (the group's committed
     /// offset, or where the offset reset policy pointed).
     first_offset: Option<i64>,
+    /// The position a processor stored for the partition (`on_assigned`), where this
+    /// assignment starts: the commit point until anything is taken. Without it, an assignment
+    /// that takes nothing (the store is at the partition's end) would never commit, and the
+    /// group's committed offset would stay behind what the store holds for good.
+    stored_start: Option<i64>,
     /// Offsets the previous reader finished beyond the committed offset. Those not taken yet
     /// (at or beyond `next_offset`) are finished beyond any commit point of this assignment,
     /// so its commits record them too: a commit that dropped them would have the next reader
@@ -236,6 +246,20 @@ pub(crate) struct PartitionOffsets {
 }
 
 impl PartitionOffsets {
+    /// The bookkeeping of an assignment that starts at `start`.
+    pub(crate) fn starting(start: Start) -> Self {
+        match start {
+            Start::Committed { inherited } => PartitionOffsets {
+                inherited: inherited.into_iter().collect(),
+                ..PartitionOffsets::default()
+            },
+            Start::Stored(position) => PartitionOffsets {
+                stored_start: Some(position),
+                ..PartitionOffsets::default()
+            },
+        }
+    }
+
     /// Records that the Fetcher took `offset`. Offsets arrive in increasing order within an
     /// assignment; an offset at or below one already taken is refused, because accepting it
     /// could move the commit point backwards.
@@ -291,17 +315,21 @@ impl PartitionOffsets {
     }
 
     /// The offset up to which every message taken is finished: the next offset to read after
-    /// a restart. `None` until something was taken.
+    /// a restart. Until something was taken: the stored position the assignment started at,
+    /// if it started at one, else `None`.
     pub(crate) fn commit_point(&self) -> Option<i64> {
         match self.window.front() {
             Some((offset, _)) => Some(*offset),
             // Past what the previous reader finished right after: the next reader skips it.
-            None => self.next_offset.map(|mut next| {
-                while self.inherited.contains(&next) {
-                    next += 1;
-                }
-                next
-            }),
+            None => self
+                .next_offset
+                .map(|mut next| {
+                    while self.inherited.contains(&next) {
+                        next += 1;
+                    }
+                    next
+                })
+                .or(self.stored_start),
         }
     }
 
@@ -354,7 +382,9 @@ impl PartitionOffsets {
     /// The offset the group has committed for the partition as far as this assignment knows:
     /// its last acknowledged commit, or else where it started reading.
     pub(crate) fn committed_or_start(&self) -> Option<i64> {
-        self.last_committed().or(self.first_offset)
+        self.last_committed()
+            .or(self.first_offset)
+            .or(self.stored_start)
     }
 
     /// How many offsets beyond the commit point finished.
@@ -394,6 +424,18 @@ pub(crate) enum Completion {
     Unknown,
 }
 
+/// Where a new assignment of a partition starts reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// At the group's committed offset (or where `auto.offset.reset` points), with the offsets
+    /// beyond it that the previous reader finished (its commit's metadata): carried on in this
+    /// assignment's commits until they pass them.
+    Committed { inherited: Vec<i64> },
+    /// At a position a processor stored (`on_assigned`): by the processor's own record, every
+    /// offset below it is finished, so it is the commit point until anything is taken.
+    Stored(i64),
+}
+
 #[derive(Debug)]
 struct Assignment {
     partition: TopicPartition,
@@ -408,23 +450,18 @@ pub(crate) struct OffsetBook {
 }
 
 impl OffsetBook {
-    /// Starts fresh bookkeeping for a partition under a new assignment; an earlier assignment
-    /// of the same partition ends.
-    /// `inherited`: the offsets beyond the committed one that the previous reader finished
-    /// (its commit's metadata), carried on in this assignment's commits until they pass them.
+    /// Starts fresh bookkeeping for a partition under a new assignment, reading from `start`;
+    /// an earlier assignment of the same partition ends.
     pub(crate) fn assign(
         &mut self,
         partition: TopicPartition,
         assignment: AssignmentId,
-        inherited: Vec<i64>,
+        start: Start,
     ) {
         if let Some(previous) = self.current.insert(partition.clone(), assignment) {
             self.assignments.remove(&previous);
         }
-        let offsets = PartitionOffsets {
-            inherited: inherited.into_iter().collect(),
-            ..PartitionOffsets::default()
-        };
+        let offsets = PartitionOffsets::starting(start);
         self.assignments
             .insert(assignment, Assignment { partition, offsets });
     }
@@ -571,6 +608,11 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    /// An assignment that starts at the group's committed offset, with nothing inherited.
+    const FROM_THE_GROUP: Start = Start::Committed {
+        inherited: Vec::new(),
+    };
+
     fn position(assignment: u64, offset: i64) -> Position {
         Position {
             assignment: AssignmentId(assignment),
@@ -598,7 +640,13 @@ mod tests {
         let mut book = OffsetBook::default();
         let partition = TopicPartition::new("t", 0);
         // The previous reader committed 10 and finished 15, 16 and 20 beyond it.
-        book.assign(partition.clone(), AssignmentId(1), vec![15, 16, 20]);
+        book.assign(
+            partition.clone(),
+            AssignmentId(1),
+            Start::Committed {
+                inherited: vec![15, 16, 20],
+            },
+        );
         let at = |offset| position(1, offset);
         book.dispatched(&[at(10), at(11), at(12)]);
         book.finished(&[at(10), at(11), at(12)], |_, _| {});
@@ -625,8 +673,57 @@ mod tests {
     #[test]
     fn an_assignment_that_took_nothing_commits_nothing_and_leaves_the_previous_commit() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1), vec![15, 16]);
+        book.assign(
+            TopicPartition::new("t", 0),
+            AssignmentId(1),
+            Start::Committed {
+                inherited: vec![15, 16],
+            },
+        );
         assert_eq!(book.uncommitted_of(AssignmentId(1)), None);
+    }
+
+    #[test]
+    fn an_assignment_at_a_stored_position_commits_it_even_when_it_takes_nothing() {
+        // The processor's store holds everything below 40 (the group committed less, or
+        // nothing): that is the commit point before anything is taken, and nothing beyond it
+        // is claimed finished.
+        let mut book = OffsetBook::default();
+        book.assign(
+            TopicPartition::new("t", 0),
+            AssignmentId(1),
+            Start::Stored(40),
+        );
+        assert_eq!(book.uncommitted(), vec![point(0, 1, 40)]);
+        assert_eq!(book.uncommitted_of(AssignmentId(1)), Some(point(0, 1, 40)));
+        // Acknowledged once, it is not committed again.
+        book.committed(&point(0, 1, 40));
+        assert!(book.uncommitted().is_empty());
+        // What is taken then moves the commit point on from there, as from any start.
+        book.dispatched(&[position(1, 40), position(1, 41)]);
+        assert!(book.uncommitted().is_empty(), "40 is not finished yet");
+        finish(&mut book, position(1, 41));
+        assert_eq!(
+            book.uncommitted(),
+            vec![CommitPoint {
+                finished: vec![41],
+                ..point(0, 1, 40)
+            }]
+        );
+        finish(&mut book, position(1, 40));
+        assert_eq!(book.uncommitted(), vec![point(0, 1, 42)]);
+    }
+
+    #[test]
+    fn a_stored_position_the_reset_went_below_gives_way_to_what_is_taken() {
+        // A store past the partition's end: librdkafka resets (earliest) and the partition is
+        // read again, as `on_assigned` documents; the commits follow what is read.
+        let mut offsets = PartitionOffsets::starting(Start::Stored(500));
+        assert_eq!(offsets.commit_point(), Some(500));
+        assert!(offsets.dispatched(0));
+        assert_eq!(offsets.commit_point(), Some(0));
+        assert!(offsets.finished(0));
+        assert_eq!(offsets.commit_point(), Some(1));
     }
 
     #[test]
@@ -778,10 +875,10 @@ mod tests {
     #[test]
     fn completions_from_an_earlier_assignment_are_fenced() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), FROM_THE_GROUP);
         assert_eq!(book.dispatched(&[position(1, 0)]), 0);
         book.revoke(&TopicPartition::new("t", 0));
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), FROM_THE_GROUP);
         assert_eq!(book.dispatched(&[position(2, 0)]), 0);
 
         assert_eq!(finish(&mut book, position(1, 0)), Completion::Fenced);
@@ -798,8 +895,8 @@ mod tests {
     #[test]
     fn a_new_assignment_of_a_partition_ends_the_previous_one() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), FROM_THE_GROUP);
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), FROM_THE_GROUP);
         assert_eq!(book.dispatched(&[position(1, 0)]), 1, "fenced");
         assert_eq!(book.partitions().len(), 1);
     }
@@ -807,7 +904,7 @@ mod tests {
     #[test]
     fn acknowledgements_for_an_earlier_assignment_are_ignored() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(2), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(2), FROM_THE_GROUP);
         book.dispatched(&[position(2, 4)]);
         finish(&mut book, position(2, 4));
         book.committed(&point(0, 1, 5));
@@ -819,8 +916,8 @@ mod tests {
     #[test]
     fn in_flight_counts_unfinished_messages_over_all_partitions() {
         let mut book = OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
-        book.assign(TopicPartition::new("t", 1), AssignmentId(2), Vec::new());
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), FROM_THE_GROUP);
+        book.assign(TopicPartition::new("t", 1), AssignmentId(2), FROM_THE_GROUP);
         book.dispatched(&[position(1, 0), position(1, 1), position(2, 0)]);
         finish(&mut book, position(1, 1));
         assert_eq!(book.in_flight(), 2);

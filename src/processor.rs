@@ -67,9 +67,13 @@ pub trait Processor: 'static {
     /// Returns the positions the processor stored itself (for example in the same database
     /// transaction as its results): each listed partition is read from there instead of from
     /// the group's committed offset. Where several processors answer for a partition, the
-    /// lowest position wins, so that nothing is skipped. A position past the partition's end
-    /// (a store that outlived its topic) makes librdkafka apply `auto.offset.reset` (by
-    /// default `earliest`: the partition is read again). An error, or no answer within
+    /// lowest position wins, so that nothing is skipped. Everything below the position counts
+    /// as finished: the position is committed to the group as it is (periodically, on
+    /// revocation and at the stop) even when nothing more of the partition is taken, so that
+    /// the group's committed offset does not stay behind the store. A position past the
+    /// partition's end (a store that outlived its topic) makes librdkafka apply
+    /// `auto.offset.reset` (by default `earliest`: the partition is read again, and the
+    /// commits follow what is read). An error, or no answer within
     /// [`rebalance_drain_timeout`](crate::ConsumerConfigBuilder::rebalance_drain_timeout),
     /// stops the system: reading from the committed offsets instead could skip or repeat what
     /// the store holds.

@@ -946,7 +946,10 @@ mod tests {
         );
         // The tracker hears of offset 0 only: the commit point stays at the bad record.
         let mut book = crate::offsets::OffsetBook::default();
-        book.assign(TopicPartition::new("t", 0), AssignmentId(1), Vec::new());
+        let from_the_group = crate::offsets::Start::Committed {
+            inherited: Vec::new(),
+        };
+        book.assign(TopicPartition::new("t", 0), AssignmentId(1), from_the_group);
         book.dispatched(&taken.positions[..1]);
         book.finished(&taken.positions[..1], |_, _| {});
         assert_eq!(book.uncommitted()[0].offset, 1);

@@ -5,17 +5,25 @@
 //!
 //! SQLite in a temporary directory by default; PostgreSQL when `DATABASE_URL` is set (as
 //! `.ci/run` does after `scripts/postgres.sh start`). On both Kafka backends.
+//!
+//! A member killed at the end of the stream may have stored partitions to their ends before its
+//! periodic commit covered them (issue 35): its successor starts them at their stored
+//! positions and takes nothing of them, and must still commit those positions.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kafka_actors::metric_names;
 use rand::{Rng, SeedableRng};
-use support::{Cluster, LedgerProcess, SCENARIO_TIMEOUT, group, test_session_env, wait_until};
+use support::{
+    Cluster, LedgerProcess, SCENARIO_TIMEOUT, free_addr, get, group, test_session_env, wait_until,
+};
 
 /// The sink's database, as the test reads it.
 enum Database {
@@ -108,6 +116,33 @@ impl Database {
     }
 }
 
+/// How many partitions the sink serving its figures on `addr` holds in `group`: none while it
+/// does not answer yet.
+fn assigned_partitions(addr: SocketAddr, group: &str) -> f64 {
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        return 0.0;
+    }
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let group_label = format!("group=\"{group}\"");
+    body.lines()
+        .filter(|line| {
+            line.starts_with(metric_names::ASSIGNED_PARTITIONS) && line.contains(&group_label)
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the sink serving its figures on `addr` holds all `partitions`. A sink started
+/// after one was killed waits for the killed one's session to expire first.
+fn wait_until_assigned(addr: SocketAddr, group: &str, partitions: usize) {
+    wait_until(
+        &format!("the sink holds the {partitions} partitions"),
+        SCENARIO_TIMEOUT,
+        || assigned_partitions(addr, group) == partitions as f64,
+    );
+}
+
 /// The group's committed offsets, read first, never ahead of the positions stored, read after
 /// (the stored positions only grow, so the order makes the check sound).
 fn check_committed_not_ahead(
@@ -163,7 +198,17 @@ fn every_message_is_stored_exactly_once_through_kills_and_stops() {
         ("KAFKA_COMMIT_INTERVAL".to_owned(), "200ms".to_owned()),
         ("KAFKA_PROCESSORS".to_owned(), "2".to_owned()),
     ]);
-    let start = || LedgerProcess::start_example("sink", &cluster, &topic, &group, env.clone());
+    let start_with = |extra: &[(&str, String)]| {
+        let extra = extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone()));
+        LedgerProcess::start_example(
+            "sink",
+            &cluster,
+            &topic,
+            &group,
+            env.iter().cloned().chain(extra),
+        )
+    };
+    let start = || start_with(&[]);
 
     let (mut kills, mut stops) = (0, 0);
     for cycle in 0..8 {
@@ -193,11 +238,16 @@ fn every_message_is_stored_exactly_once_through_kills_and_stops() {
     producer.join().unwrap();
     let end_offsets = cluster.end_offsets(&topic);
     let total: i64 = end_offsets.values().sum();
-    let sink = start();
+    let addr = free_addr();
+    let sink = start_with(&[("HTTP_ADDR", addr.to_string())]);
     wait_until("the sink stored every message", SCENARIO_TIMEOUT, || {
         check_committed_not_ahead(&cluster, &group, &topic, &db, &tables);
         db.rows(&tables).len() as i64 >= total
     });
+    // The last member killed may have stored every message already: then the database is
+    // complete at once, while the new member still waits for the killed one's session to
+    // expire. Its stop can only commit the partitions it holds: it must hold them all.
+    wait_until_assigned(addr, &group, end_offsets.len());
     let (status, output) = sink.terminate();
     assert!(status.success(), "the sink did not stop cleanly: {output}");
     println!("{kills} kills and {stops} graceful stops, {total} messages");
@@ -215,4 +265,60 @@ fn every_message_is_stored_exactly_once_through_kills_and_stops() {
     // After the last graceful stop the group committed everything too.
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
     assert!(kills >= 4);
+}
+
+/// Issue 35's interleaving, deterministic: the stream is over, and a sink stored every message
+/// but was killed before the group committed any (it commits once an hour). The next sink
+/// starts every partition at its stored position, the partition's end, and takes nothing; it
+/// holds them while the killed member's session expires. Its graceful stop (it too commits
+/// only at the stop) commits the stored positions: the group's committed offsets are the end
+/// offsets.
+#[test]
+fn a_successor_that_takes_nothing_after_the_stored_positions_commits_them_at_its_stop() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("sink-end", 4);
+    let group = group("sink-end");
+    let tables = topic.replace(['-', '.'], "_");
+    let directory = tempfile::tempdir().unwrap();
+    let db = Database::for_test(directory.path());
+    let end_offsets = cluster.produce(&topic, 400);
+    let total: i64 = end_offsets.values().sum();
+    let mut env = test_session_env("");
+    env.extend(db.env(&tables));
+    env.extend([
+        ("KAFKA_BATCH_MESSAGES".to_owned(), "50".to_owned()),
+        ("KAFKA_COMMIT_INTERVAL".to_owned(), "1h".to_owned()),
+        ("KAFKA_PROCESSORS".to_owned(), "2".to_owned()),
+    ]);
+
+    let killed = LedgerProcess::start_example("sink", &cluster, &topic, &group, env.clone());
+    wait_until(
+        "the first sink stored every message",
+        SCENARIO_TIMEOUT,
+        || db.rows(&tables).len() as i64 >= total,
+    );
+    killed.kill();
+    assert_eq!(db.positions(&tables), end_offsets);
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        BTreeMap::new(),
+        "the killed sink committed nothing"
+    );
+
+    let addr = free_addr();
+    env.push(("HTTP_ADDR".to_owned(), addr.to_string()));
+    let successor = LedgerProcess::start_example("sink", &cluster, &topic, &group, env);
+    wait_until_assigned(addr, &group, end_offsets.len());
+    let (status, output) = successor.terminate();
+    assert!(status.success(), "the sink did not stop cleanly: {output}");
+    assert!(output.contains("processed: 0 messages"), "{output}");
+
+    let rows = db.rows(&tables);
+    assert_eq!(rows.len() as i64, total, "every message stored once");
+    assert_eq!(db.positions(&tables), end_offsets);
+    assert_eq!(
+        cluster.committed_offsets(&group, &topic),
+        end_offsets,
+        "{output}"
+    );
 }

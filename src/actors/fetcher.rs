@@ -31,7 +31,7 @@ use crate::fault::{self, Fault};
 use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
-use crate::offsets::{AssignmentId, CommitPoint, Position, TopicPartition, decode_finished};
+use crate::offsets::{AssignmentId, CommitPoint, Position, Start, TopicPartition, decode_finished};
 use crate::report::StopReason;
 use crate::routes::{FlowSettings, Routes};
 use crate::stall::Sighting;
@@ -502,15 +502,22 @@ impl ConsumerContext for FetchContext {
             log::warn!("could not set the pause of new partitions: {error}");
         }
         let mut earlier = finished_earlier(consumer, partitions);
-        // The tracker hears of the assignment before anything taken under it, with what the
-        // previous reader finished beyond the committed offset: this member's commits carry it
-        // on until they pass it.
+        let stored = stored_starts(partitions);
+        // The tracker hears of the assignment before anything taken under it, with where it
+        // starts: at a position a processor stored (committed as it is, even if nothing more
+        // is taken), or at the committed offset with what the previous reader finished beyond
+        // it (this member's commits carry it on until they pass it).
         self.tracker.do_send(Assigned(
             assigned
                 .iter()
                 .map(|a| {
-                    let inherited = earlier.get(&a.partition).cloned().unwrap_or_default();
-                    (a.clone(), inherited)
+                    let start = match stored.get(&a.partition) {
+                        Some(&position) => Start::Stored(position),
+                        None => Start::Committed {
+                            inherited: earlier.get(&a.partition).cloned().unwrap_or_default(),
+                        },
+                    };
+                    (a.clone(), start)
                 })
                 .collect(),
         ));
@@ -532,6 +539,23 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
         .map(|p| TopicPartition::new(p.topic(), p.partition()))
+        .collect()
+}
+
+/// The positions processors stored, which `start_at_stored_positions` wrote into the
+/// assignment: the partitions with an offset of their own. (The others, read from the group's
+/// committed offset, have none.)
+fn stored_starts(partitions: &TopicPartitionList) -> HashMap<TopicPartition, i64> {
+    partitions
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(position) => Some((
+                TopicPartition::new(element.topic(), element.partition()),
+                position,
+            )),
+            _ => None,
+        })
         .collect()
 }
 

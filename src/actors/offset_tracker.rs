@@ -19,7 +19,9 @@ use crate::flow::AssignedPartition;
 use crate::instruments::PartitionProgress;
 use crate::metrics::SystemMetrics;
 use crate::native::CommitFailure;
-use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
+use crate::offsets::{
+    AssignmentId, CommitPoint, Completion, OffsetBook, Position, Start, TopicPartition,
+};
 use crate::report::Abandoned;
 use crate::stall::{PartitionState, Stall, StallWatch};
 use crate::stop::StopHandle;
@@ -320,19 +322,21 @@ impl Handler<Attach> for OffsetTracker {
     }
 }
 
-/// Partitions newly assigned to this member, each under a new assignment id, with the offsets
-/// beyond the committed one that the previous reader finished.
+/// Partitions newly assigned to this member, each under a new assignment id, with where it
+/// starts: at the group's committed offset (with the offsets beyond it that the previous reader
+/// finished), or at a position a processor stored. A stored position is committed even if
+/// nothing more is taken: otherwise the group's committed offset would stay behind it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Assigned(pub(crate) Vec<(Arc<AssignedPartition>, Vec<i64>)>);
+pub(crate) struct Assigned(pub(crate) Vec<(Arc<AssignedPartition>, Start)>);
 
 impl Handler<Assigned> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Assigned(partitions): Assigned, _: &mut Self::Context) {
-        for (held, inherited) in partitions {
+        for (held, start) in partitions {
             self.book
-                .assign(held.partition.clone(), held.assignment, inherited);
+                .assign(held.partition.clone(), held.assignment, start);
             self.held.insert(held.assignment, held);
         }
         // A new assignment of a partition ends its earlier one.

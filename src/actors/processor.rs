@@ -1372,7 +1372,12 @@ mod tests {
             GroupInstruments::new("processor-test").partition(&partition),
         );
         tracker
-            .send(Assigned(vec![(assigned.clone(), Vec::new())]))
+            .send(Assigned(vec![(
+                assigned.clone(),
+                crate::offsets::Start::Committed {
+                    inherited: Vec::new(),
+                },
+            )]))
             .await
             .unwrap();
         let messages: Vec<Message> = (0..count)
