@@ -3,9 +3,9 @@
 //! warning per reconnection; the errors counted in the metrics; the outage on `/health/live`,
 //! which stays 200; nothing lost once the broker is back.
 //!
-//! Built only with `--features real-broker-tests`. It needs Java and Kafka's jars
-//! (`scripts/kafka.sh`), and fails when no broker of its own can start: it never passes
-//! without a real broker.
+//! Built and run only when named (`cargo test --test broker_outage`, `test = false` in
+//! Cargo.toml). It needs Java and Kafka's jars (`scripts/kafka.sh`), and fails when no broker
+//! of its own can start: it never passes without a real broker.
 
 mod support;
 

@@ -1,8 +1,10 @@
 //! What only a real Apache Kafka broker can show: its own tooling agrees with the framework on
 //! committed offsets, and a graceful exit leaves the group at once.
 //!
-//! Built only with `--features real-broker-tests` and run with `KAFKA_BROKERS` set (as
-//! `.ci/run` does after `scripts/kafka.sh start`); fails when no real broker answers.
+//! Built and run only when named (`cargo test --test real_broker`, `test = false` in
+//! Cargo.toml), with `KAFKA_BROKERS` set (as `.ci/run` does after `scripts/kafka.sh start`);
+//! fails when no real broker answers. Some tests start brokers of their own
+//! (`support::OwnBroker`) to stop and corrupt.
 
 mod support;
 

@@ -4,7 +4,8 @@
 //! plaintext listener, where the test is a super user.
 //!
 //! Needs the broker `scripts/kafka.sh start` runs (`KAFKA_BROKERS` for the plaintext listener;
-//! `KAFKA_SASL_BROKERS`, default 127.0.0.1:9094, and the CA in `.kafka/tls/`).
+//! `KAFKA_SASL_BROKERS`, default 127.0.0.1:9094, and the CA in `.kafka/tls/`). Built and run
+//! only when named (`cargo test --test secured`, `test = false` in Cargo.toml).
 
 mod support;
 

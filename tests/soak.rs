@@ -24,9 +24,10 @@
 //!   `metrics` facade's counters (the test installs a Prometheus recorder of its own) count
 //!   as many processed messages as the ledger holds and as many dead letters as the topic.
 //!
-//! It prints its seed; `SOAK_SEED=<seed>` replays one. `SOAK_SECONDS` (default 15) and
-//! `SOAK_RATE` (messages per second, default 800) size it: `.ci/run` runs it for minutes on the
-//! real broker. `SOAK_PARTITIONS` and `SOAK_PROCESSORS` fix what the seed would pick;
+//! It prints its seed; `SOAK_SEED=<seed>` replays one, and `SOAK_SEEDS=1-20` (or `101,102`)
+//! runs several in turn in one process, each ordering mode beside the others. `SOAK_SECONDS`
+//! (default 15) and `SOAK_RATE` (messages per second, default 800) size it: `.ci/run` runs it
+//! for minutes on the real broker. `SOAK_PARTITIONS` and `SOAK_PROCESSORS` fix what the seed would pick;
 //! `SOAK_SLOW_ONE_IN` (default 500, 0 for none) sets how rare slow messages are;
 //! `SOAK_RESTART_SECONDS` replaces the random membership changes with restarts of the whole
 //! group about that often.
@@ -271,11 +272,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ordering: OrderingMode) -> Self {
-        let seed = std::env::var("SOAK_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| rand::rng().random());
+    fn new(ordering: OrderingMode, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let strategies = ["range", "roundrobin", "cooperative-sticky"];
         Plan {
@@ -648,12 +645,39 @@ fn read_all(cluster: &Cluster, topic: &str) -> Vec<ReadBack> {
     records
 }
 
+/// The seeds to run: `SOAK_SEEDS` (`1-20`, or `101,102`), else `SOAK_SEED`, else one at
+/// random.
+fn seeds() -> Vec<u64> {
+    let parse = |text: &str| -> u64 {
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{text:?} is not a seed"))
+    };
+    match (std::env::var("SOAK_SEEDS"), std::env::var("SOAK_SEED")) {
+        (Ok(seeds), _) => match seeds.split_once('-') {
+            Some((first, last)) => (parse(first)..=parse(last)).collect(),
+            None => seeds.split(',').map(parse).collect(),
+        },
+        (_, Ok(seed)) => vec![parse(&seed)],
+        _ => vec![rand::rng().random()],
+    }
+}
+
+/// Soaks every seed of [`seeds`] in turn, in one ordering mode; says of each that it passed
+/// (`.ci/run` counts those lines).
 fn soak(ordering: OrderingMode) {
+    for seed in seeds() {
+        soak_seed(ordering, seed);
+        eprintln!("soak {ordering:?} seed {seed}: passed");
+    }
+}
+
+fn soak_seed(ordering: OrderingMode, seed: u64) {
     support::capture_logs();
     capture_panics();
     let recorder = prometheus();
     BEGUN.get_or_init(Instant::now);
-    let plan = Plan::new(ordering);
+    let plan = Plan::new(ordering, seed);
     eprintln!(
         "soak seed {} (replay with SOAK_SEED={}): {plan:?}",
         plan.seed, plan.seed
@@ -668,7 +692,7 @@ fn soak(ordering: OrderingMode) {
     let mut group = Group {
         cluster: &cluster,
         plan: &plan,
-        group: format!("soak-{ordering:?}-{}", std::process::id()).to_lowercase(),
+        group: format!("soak-{ordering:?}-{}-{seed}", std::process::id()).to_lowercase(),
         topic: topic.clone(),
         shared: Shared::default(),
         members: Vec::new(),

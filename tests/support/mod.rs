@@ -832,9 +832,6 @@ pub fn example_binary(name: &str) -> PathBuf {
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
-        if cfg!(feature = "real-broker-tests") {
-            build.args(["--features", "real-broker-tests"]);
-        }
         let status = build.status().expect("run cargo to build the example");
         assert!(
             status.success(),
