@@ -291,7 +291,8 @@ impl FetchContext {
             reply,
         });
         if let Err(error) = told {
-            log::warn!("on_revoked: {error}");
+            let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+            log::warn!("on_revoked of {}: {error}", names.join(", "));
         }
     }
 
@@ -359,6 +360,8 @@ impl FetchContext {
             std::thread::sleep(Duration::from_millis(1));
         }
         let left = in_flight();
+        let names: Vec<String> = revoked.iter().map(|p| p.partition.to_string()).collect();
+        let names = names.join(", ");
         self.tell_revoked(revoked, deadline);
         let (reply, answer) = mpsc::channel();
         let assignments = revoked.iter().map(|p| p.assignment).collect();
@@ -369,7 +372,9 @@ impl FetchContext {
         let points = match answer.recv_timeout(wait) {
             Ok(points) => points,
             Err(_) => {
-                log::warn!("revocation: the offset tracker did not answer; nothing committed");
+                log::warn!(
+                    "revocation of {names}: the offset tracker did not answer; nothing committed"
+                );
                 return;
             }
         };
@@ -380,14 +385,12 @@ impl FetchContext {
         let committed = self.commit(consumer, points, wait);
         if let Err(error) = &committed {
             log::warn!(
-                "revocation: commit failed ({error}); the next owner repeats what finished \
-                 since the last commit"
+                "revocation of {names}: commit failed ({error}); the next owner repeats what \
+                 finished since the last commit"
             );
         }
-        let names: Vec<String> = revoked.iter().map(|p| p.partition.to_string()).collect();
         log::info!(
-            "revocation of {} drained in {:?}: {} partitions committed{}",
-            names.join(", "),
+            "revocation of {names} drained in {:?}: {} partitions committed{}",
             started.elapsed(),
             if committed.is_ok() { count } else { 0 },
             match left {
