@@ -35,22 +35,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::flow::{AssignedPartition, InFlightLimit, Load};
+use crate::flow::{AssignedPartition, FlowSettings, Load};
 use crate::message::{Message, Record};
 use crate::offsets::{AssignmentId, COMMIT_WINDOW, Position, TopicPartition};
 use crate::routing::{OrderingMode, Router};
 use crate::stall::Sighting;
 use crate::trouble::Trouble;
-
-/// How the Fetcher makes messages, spreads them and bounds the work in flight.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FlowSettings {
-    pub(crate) ordering: OrderingMode,
-    pub(crate) partition_limit: InFlightLimit,
-    pub(crate) total_limit: InFlightLimit,
-    /// Whether messages carry their headers ([`read_headers`](crate::ConsumerConfigBuilder::read_headers)).
-    pub(crate) read_headers: bool,
-}
 
 /// How many messages past the first one waiting (per key) the Fetcher looks for messages
 /// whose processor has room. Bounded so that what a stop leaves finished beyond its commit

@@ -28,12 +28,12 @@ use crate::actors::offset_tracker::{
 use crate::actors::processor::{Hook, ProcessorHandle};
 use crate::commits::CommitLine;
 use crate::fault::{self, Fault};
-use crate::flow::AssignedPartition;
+use crate::flow::{AssignedPartition, FlowSettings};
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
 use crate::offsets::{AssignmentId, CommitPoint, Position, Start, TopicPartition, decode_finished};
 use crate::report::StopReason;
-use crate::routes::{FlowSettings, Routes};
+use crate::routes::Routes;
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
 use crate::trouble::{Reported, Resource, Trouble};

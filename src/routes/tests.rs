@@ -4,6 +4,8 @@
 use super::*;
 use rdkafka::message::OwnedHeaders;
 
+use crate::flow::InFlightLimit;
+
 /// A record as a test makes it.
 struct TestRecord {
     topic: &'static str,
