@@ -8,6 +8,10 @@
 //! Between rounds it waits on one [`Notify`], woken by librdkafka (messages, events, commit
 //! results) and by processors (room for more), so commands are handled at once and an idle
 //! Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
+//!
+//! The messages it handles, and the [`FetcherInbox`] through which the OffsetTracker sends
+//! them, are defined with the rest of the protocol in `actors::messages`; the handlers are
+//! here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,16 +26,17 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use crate::actors::offset_tracker::{
-    Assigned, CommitPointsOf, Completions, Fetched, OffsetTracker, Revoked,
+use crate::actors::messages::{
+    Assigned, Close, Closed, Commit, CommitMode, CommitPointsOf, Completions, Fetched,
+    FetcherInbox, HighWatermarks, Hook, Locate, ProcessorHandle, Revoked, StopFetching,
+    TrackerInbox,
 };
-use crate::actors::processor::{Hook, ProcessorHandle};
 use crate::commits::CommitLine;
 use crate::fault::{self, Fault};
 use crate::flow::{AssignedPartition, FlowSettings};
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
-use crate::offsets::{AssignmentId, CommitPoint, Position, Start, TopicPartition, decode_finished};
+use crate::offsets::{AssignmentId, CommitPoint, Start, TopicPartition, decode_finished};
 use crate::report::StopReason;
 use crate::routes::Routes;
 use crate::stall::Sighting;
@@ -56,7 +61,7 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
 /// The consumer's callbacks and what they share with the Fetcher. The callbacks run on the
 /// Fetcher's thread, inside `poll`, or on the thread that closes the consumer.
 pub(crate) struct FetchContext {
-    tracker: Addr<OffsetTracker>,
+    tracker: TrackerInbox,
     metrics: Arc<SystemMetrics>,
     /// The partitions this member holds, with their backlogs.
     routes: Mutex<Routes>,
@@ -96,7 +101,7 @@ pub(crate) struct Revocation {
 
 impl FetchContext {
     pub(crate) fn new(
-        tracker: Addr<OffsetTracker>,
+        tracker: TrackerInbox,
         metrics: Arc<SystemMetrics>,
         processors: usize,
         flow: FlowSettings,
@@ -177,7 +182,8 @@ impl FetchContext {
         // consumer is.
         let queue = CommitQueue::new(consumer, Arc::new(Notify::new()));
         let instruments = self.metrics.instruments.clone();
-        CommitLine::new(queue, self.tracker.clone(), instruments).commit(consumer, points, timeout)
+        let tracker = self.tracker.committed.clone();
+        CommitLine::new(queue, tracker, instruments).commit(consumer, points, timeout)
     }
 
     /// Runs a partition hook on the processors `partitions` may go to, and waits for every
@@ -337,7 +343,7 @@ impl FetchContext {
         }
         self.metrics.revoked(lost, self.routes().held());
         self.metrics.health.revoking(false);
-        self.tracker.do_send(Revoked(
+        self.tracker.revoked.do_send(Revoked(
             revoked.iter().map(|p| p.partition.clone()).collect(),
         ));
     }
@@ -365,7 +371,9 @@ impl FetchContext {
         self.tell_revoked(revoked, deadline);
         let (reply, answer) = mpsc::channel();
         let assignments = revoked.iter().map(|p| p.assignment).collect();
-        self.tracker.do_send(CommitPointsOf { assignments, reply });
+        self.tracker
+            .commit_points_of
+            .do_send(CommitPointsOf { assignments, reply });
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(REVOCATION_COMMIT_FLOOR);
@@ -510,7 +518,7 @@ impl ConsumerContext for FetchContext {
         // starts: at a position a processor stored (committed as it is, even if nothing more
         // is taken), or at the committed offset with what the previous reader finished beyond
         // it (this member's commits carry it on until they pass it).
-        self.tracker.do_send(Assigned(
+        self.tracker.assigned.do_send(Assigned(
             assigned
                 .iter()
                 .map(|a| {
@@ -638,7 +646,7 @@ pub(crate) struct Fetcher {
     consumer: Option<BaseConsumer<FetchContext>>,
     /// Wakes the Fetcher on the consumer's events; dropped before the consumer is closed.
     events: Option<QueueWakeup>,
-    tracker: Addr<OffsetTracker>,
+    tracker: TrackerInbox,
     processors: Vec<ProcessorHandle>,
     metrics: Arc<SystemMetrics>,
     stop: StopHandle,
@@ -651,7 +659,7 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     pub(crate) fn new(
         consumer: BaseConsumer<FetchContext>,
-        tracker: Addr<OffsetTracker>,
+        tracker: TrackerInbox,
         processors: Vec<ProcessorHandle>,
         stop: StopHandle,
         wakeup: Arc<Notify>,
@@ -660,7 +668,7 @@ impl Fetcher {
         *context.fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
         *context.commit_line() = Some(CommitLine::new(
             CommitQueue::new(&consumer, wakeup.clone()),
-            tracker.clone(),
+            tracker.committed.clone(),
             context.metrics.instruments.clone(),
         ));
         Fetcher {
@@ -673,6 +681,15 @@ impl Fetcher {
             state: State::Fetching,
             wakeup,
             dies: fault::injected(Fault::FetcherDies),
+        }
+    }
+
+    /// The inbox through which the OffsetTracker addresses a started Fetcher.
+    pub(crate) fn inbox(fetcher: &Addr<Fetcher>) -> FetcherInbox {
+        FetcherInbox {
+            commit: fetcher.clone().recipient(),
+            high_watermarks: fetcher.clone().recipient(),
+            locate: fetcher.clone().recipient(),
         }
     }
 
@@ -717,7 +734,7 @@ impl Fetcher {
             }
             if !taken.positions.is_empty() {
                 // Before any processor can finish one of them.
-                self.tracker.do_send(Fetched {
+                self.tracker.fetched.do_send(Fetched {
                     positions: taken.positions,
                     finished_earlier: taken.finished_earlier,
                 });
@@ -984,24 +1001,6 @@ impl Handler<PollRound> for Fetcher {
     }
 }
 
-/// How a commit is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CommitMode {
-    /// Sent without waiting; the result reaches the tracker as `Committed` when it comes.
-    Periodic,
-    /// Synchronous, waiting at most this long: the final commit of a shutdown.
-    Final(Duration),
-}
-
-/// Commits the given commit points for the partitions still held under the same assignment
-/// (the others are fenced). Returns the commit points sent (periodic) or committed (final).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<CommitPoint>, CommitFailure>")]
-pub(crate) struct Commit {
-    pub(crate) points: Vec<CommitPoint>,
-    pub(crate) mode: CommitMode,
-}
-
 impl Handler<Commit> for Fetcher {
     type Result = Result<Vec<CommitPoint>, CommitFailure>;
 
@@ -1034,12 +1033,6 @@ impl Handler<Commit> for Fetcher {
     }
 }
 
-/// Stops taking messages: pauses every partition, drops the backlogs (nothing of them was
-/// started: released, for the next reader), and keeps serving the group's events.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct StopFetching;
-
 impl Handler<StopFetching> for Fetcher {
     type Result = ();
 
@@ -1068,7 +1061,7 @@ impl Handler<StopFetching> for Fetcher {
                 "stopping: {} messages fetched but not started are left for the next reader",
                 released.len()
             );
-            self.tracker.do_send(Completions {
+            self.tracker.completions.do_send(Completions {
                 finished: Vec::new(),
                 released,
             });
@@ -1077,11 +1070,6 @@ impl Handler<StopFetching> for Fetcher {
             .set_flow(routes.total(), routes.waiting(), routes.paused());
     }
 }
-
-/// Where a message waits, if it waits in a backlog.
-#[derive(Message)]
-#[rtype(result = "Option<Sighting>")]
-pub(crate) struct Locate(pub(crate) Position);
 
 impl Handler<Locate> for Fetcher {
     type Result = Option<Sighting>;
@@ -1095,11 +1083,6 @@ impl Handler<Locate> for Fetcher {
         })
     }
 }
-
-/// The high watermarks librdkafka last heard of, of the partitions held.
-#[derive(Message)]
-#[rtype(result = "Vec<(TopicPartition, i64)>")]
-pub(crate) struct HighWatermarks;
 
 impl Handler<HighWatermarks> for Fetcher {
     type Result = MessageResult<HighWatermarks>;
@@ -1118,27 +1101,6 @@ impl Handler<HighWatermarks> for Fetcher {
                 .collect(),
         )
     }
-}
-
-/// Closes the consumer, which revokes its partitions and leaves the group, within `budget`;
-/// but when nothing is left to commit, waits only `patience` for it (see [`Closed`]).
-#[derive(Message)]
-#[rtype(result = "Result<Closed, String>")]
-pub(crate) struct Close {
-    pub(crate) budget: Duration,
-    pub(crate) patience: Option<Duration>,
-}
-
-/// How a close ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Closed {
-    /// librdkafka closed the consumer: it left the group.
-    Done,
-    /// The leave was asked for, and its answer had not come after the patience: the
-    /// coordinator answers a member's requests in order, and holds a join request of it until
-    /// the rebalance in progress completes (the embedded cluster up to a session timeout).
-    /// Everything was committed already; the close goes on in the background.
-    LeavingInBackground,
 }
 
 impl Handler<Close> for Fetcher {

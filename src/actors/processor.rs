@@ -17,6 +17,9 @@
 //! What a processor holds is short: the Fetcher hands out messages only within the
 //! processor's [`Credit`], which the processor sets from its measured speed (a few
 //! milliseconds of work), so a stop or a revocation waits for little.
+//!
+//! The others reach the task through its [`ProcessorHandle`], which sends it [`Command`]s;
+//! both are defined with the rest of the protocol in `actors::messages`.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -27,12 +30,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix::{Addr, ArbiterHandle};
+use actix::{ArbiterHandle, Recipient};
 use futures::FutureExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::actors::offset_tracker::{Completions, OffsetTracker};
+use crate::actors::messages::{Command, Completions, Hook, ProcessorHandle};
 use crate::batch::{Batch, Ended, Filing, Retry, file};
 use crate::dead_letter::DeadLetters;
 use crate::failure::{FailurePolicy, is_permanent};
@@ -41,8 +44,8 @@ use crate::flow::{BatchLimit, Credit, PrefetchLimit};
 use crate::lanes::{Item, WorkQueue};
 use crate::message::Message;
 use crate::metrics::SystemMetrics;
-use crate::offsets::{AssignmentId, Position, TopicPartition};
-use crate::processor::{BatchFailures, StoredPositions};
+use crate::offsets::Position;
+use crate::processor::BatchFailures;
 use crate::report::StopReason;
 use crate::stall::Sighting;
 use crate::stop::{Abandon, StopHandle};
@@ -70,7 +73,8 @@ const INBOX_AGE: Duration = Duration::from_millis(1);
 /// What every processor of a system shares.
 pub(crate) struct ProcessorShared<W> {
     pub(crate) factory: Arc<dyn Fn() -> W + Send + Sync>,
-    pub(crate) tracker: Addr<OffsetTracker>,
+    /// The OffsetTracker, which hears what finished and what was given up.
+    pub(crate) tracker: Recipient<Completions>,
     pub(crate) stop: StopHandle,
     /// Cancelled when the drain is abandoned: the message in progress is dropped unfinished
     /// and the queued ones too.
@@ -102,102 +106,6 @@ impl<W> Clone for ProcessorShared<W> {
     }
 }
 
-/// What a processor task is told. Everything is accepted while a message runs; only `Work`
-/// and the failure policy ever put something in the queue.
-enum Command {
-    /// Messages handed out by the Fetcher, in offset order per partition.
-    Work(Vec<Message>),
-    /// Partitions revoked (fenced): their lanes parked for a retry are given up, and what is
-    /// held of them and not started is dropped.
-    Forget(Vec<AssignmentId>),
-    /// Give up the parked lanes, finish what is queued, report, then answer.
-    Drain(oneshot::Sender<()>),
-    /// Run `on_stop` within the budget, answer, and end the task.
-    Stop {
-        budget: Duration,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Where is this message? For stall reports.
-    Locate {
-        position: Position,
-        reply: oneshot::Sender<Option<Sighting>>,
-    },
-    /// Run a partition hook between two batches.
-    Hook(Hook),
-}
-
-/// A partition hook to run, and where its outcome goes: the rebalance callback waits for it
-/// on the Fetcher's thread (a `std` channel, so the wait needs no runtime).
-pub(crate) enum Hook {
-    Assigned {
-        partitions: Vec<TopicPartition>,
-        reply: std::sync::mpsc::Sender<Result<StoredPositions, String>>,
-    },
-    Revoked {
-        partitions: Vec<TopicPartition>,
-        reply: std::sync::mpsc::Sender<Result<(), String>>,
-    },
-}
-
-/// The handle on a processor task that the other actors use.
-#[derive(Clone)]
-pub(crate) struct ProcessorHandle {
-    pub(crate) index: usize,
-    inbox: mpsc::UnboundedSender<Command>,
-    pub(crate) credit: Arc<Credit>,
-}
-
-impl ProcessorHandle {
-    /// Hands messages to the processor (within its credit). Should the task be gone, they
-    /// are dropped here, unfinished, and the system is stopping already.
-    pub(crate) fn hand(&self, messages: Vec<Message>) {
-        self.credit.handed(messages.len());
-        if self.inbox.send(Command::Work(messages)).is_err() {
-            log::error!("processor {} is gone: messages dropped", self.index);
-        }
-    }
-
-    /// Gives up the lanes of these assignments that wait for a retry.
-    pub(crate) fn forget(&self, assignments: Vec<AssignmentId>) {
-        let _ = self.inbox.send(Command::Forget(assignments));
-    }
-
-    /// Resolves once the processor finished what it holds (parked lanes are given up).
-    pub(crate) async fn drain(&self) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.inbox
-            .send(Command::Drain(reply))
-            .map_err(|_| self.gone())?;
-        answer.await.map_err(|_| self.gone())
-    }
-
-    /// Runs the processor's `on_stop` within `budget` and ends the task.
-    pub(crate) async fn stop(&self, budget: Duration) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.inbox
-            .send(Command::Stop { budget, reply })
-            .map_err(|_| self.gone())?;
-        answer.await.map_err(|_| self.gone())?
-    }
-
-    /// Asks the processor to run a partition hook after what it is running now. Returns
-    /// whether the processor can still be asked (else the reply never comes).
-    pub(crate) fn hook(&self, hook: Hook) -> bool {
-        self.inbox.send(Command::Hook(hook)).is_ok()
-    }
-
-    /// Where the processor holds the message at `position`, if it does.
-    pub(crate) async fn locate(&self, position: Position) -> Option<Sighting> {
-        let (reply, answer) = oneshot::channel();
-        self.inbox.send(Command::Locate { position, reply }).ok()?;
-        answer.await.ok().flatten()
-    }
-
-    fn gone(&self) -> String {
-        format!("processor {} is gone", self.index)
-    }
-}
-
 /// Starts processor `index` on `arbiter`: the task makes its processor with the factory and
 /// runs `on_start`; the receiver answers with the outcome, and the task then runs until it is
 /// told to stop.
@@ -206,26 +114,18 @@ pub(crate) fn spawn<W: Work>(
     shared: ProcessorShared<W>,
     arbiter: &ArbiterHandle,
 ) -> (ProcessorHandle, oneshot::Receiver<anyhow::Result<()>>) {
-    let (inbox, commands) = mpsc::unbounded_channel();
     // A batch can fill from the start.
     let credit = Arc::new(Credit::new(shared.batch.messages));
+    let (processor, commands) = ProcessorHandle::new(index, credit.clone());
     let (started, start_result) = oneshot::channel();
-    let task_credit = credit.clone();
     let spawned = arbiter.spawn_fn(move || {
         // On the arbiter's thread: the processor and its futures never leave it.
-        actix::spawn(run(index, shared, commands, task_credit, started));
+        actix::spawn(run(index, shared, commands, credit, started));
     });
     if !spawned {
         log::error!("processor {index}: its thread is gone");
     }
-    (
-        ProcessorHandle {
-            index,
-            inbox,
-            credit,
-        },
-        start_result,
-    )
+    (processor, start_result)
 }
 
 async fn run<W: Work>(
@@ -804,7 +704,7 @@ impl<W> Filing<Message> for Filer<'_, W> {
 /// stay in flight until then, so that a revocation that waits for a partition's in-flight
 /// work to reach zero also waits for its completions.
 struct Reports {
-    tracker: Addr<OffsetTracker>,
+    tracker: Recipient<Completions>,
     /// Finished and not reported yet.
     done: Vec<Done>,
     /// Given up unfinished on purpose and not reported yet.

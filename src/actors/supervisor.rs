@@ -17,11 +17,13 @@ use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::actors::fetcher::{Close, Closed, FetchContext, Fetcher, Revocation, StopFetching};
-use crate::actors::offset_tracker::{
-    Attach, CommitNow, FinalCommitFailure, OffsetTracker, Others, Report, Unsettled,
+use crate::actors::fetcher::{FetchContext, Fetcher, Revocation};
+use crate::actors::messages::{
+    Attach, Close, Closed, CommitNow, FinalCommitFailure, Others, ProcessorHandle, Report,
+    StopFetching, Unsettled,
 };
-use crate::actors::processor::{self, ProcessorHandle, ProcessorShared};
+use crate::actors::offset_tracker::OffsetTracker;
+use crate::actors::processor::{self, ProcessorShared};
 use crate::client_trouble;
 use crate::config::ConsumerConfig;
 use crate::dead_letter::DeadLetters;
@@ -88,6 +90,7 @@ impl Supervisor {
             stop.clone(),
         )
         .start();
+        let tracker_inbox = OffsetTracker::inbox(&tracker);
         let flow = FlowSettings {
             ordering: config.ordering,
             partition_limit: config.partition_limit,
@@ -98,7 +101,7 @@ impl Supervisor {
             .client_config()
             .set_log_level(client_trouble::librdkafka_log_level())
             .create_with_context(FetchContext::new(
-                tracker.clone(),
+                tracker_inbox.clone(),
                 metrics.clone(),
                 config.processors,
                 flow,
@@ -128,7 +131,7 @@ impl Supervisor {
         };
         let shared = ProcessorShared {
             factory: Arc::new(factory),
-            tracker: tracker.clone(),
+            tracker: tracker_inbox.completions.clone(),
             stop: stop.clone(),
             abandon: abandon.clone(),
             metrics: metrics.clone(),
@@ -192,7 +195,7 @@ impl Supervisor {
         let fetch_arbiter =
             Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
         let fetcher_stop = stop.clone();
-        let fetcher_tracker = tracker.clone();
+        let fetcher_tracker = tracker_inbox;
         let fetcher_processors = processors.clone();
         let fetcher = Fetcher::start_in_arbiter(&fetch_arbiter.handle(), move |_| {
             Fetcher::new(
@@ -205,7 +208,7 @@ impl Supervisor {
         });
         arbiters.push(fetch_arbiter);
         tracker.do_send(Attach(Others {
-            fetcher: fetcher.clone(),
+            fetcher: Fetcher::inbox(&fetcher),
             processors: processors.clone(),
         }));
 

@@ -3,12 +3,14 @@
 
 use std::sync::Mutex;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 
 use super::*;
-use crate::actors::offset_tracker::{Assigned, Fetched, Report};
+use crate::actors::messages::{Assigned, Fetched, Hook, Report};
+use crate::actors::offset_tracker::OffsetTracker;
 use crate::flow::AssignedPartition;
 use crate::instruments::GroupInstruments;
+use crate::offsets::AssignmentId;
 use crate::routing::OrderingMode;
 use crate::work::One;
 use crate::{Processor, TopicPartition};
@@ -59,7 +61,7 @@ async fn started<W: Work>(
         OffsetTracker::new(Duration::from_secs(60), None, metrics.clone(), stop.clone()).start();
     let shared = ProcessorShared {
         factory: Arc::new(work),
-        tracker: tracker.clone(),
+        tracker: tracker.clone().recipient(),
         stop,
         abandon: Abandon::default(),
         metrics,
