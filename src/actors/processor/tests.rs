@@ -2,6 +2,7 @@
 //! only for the batch in progress, and a draining processor releases what it is handed.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use actix::{Actor, Addr};
 
@@ -10,6 +11,7 @@ use crate::actors::messages::{Assigned, Fetched, Hook, Report};
 use crate::actors::offset_tracker::OffsetTracker;
 use crate::flow::AssignedPartition;
 use crate::instruments::GroupInstruments;
+use crate::message::Message;
 use crate::offsets::AssignmentId;
 use crate::routing::OrderingMode;
 use crate::work::One;
