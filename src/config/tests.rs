@@ -1,7 +1,10 @@
 //! Unit tests of the configuration: what `build()` refuses and names, what it warns about,
 //! and that secrets never show.
 
+use super::properties::is_secret;
+use super::validation::CLASSIC_ONLY_PROPERTIES;
 use super::*;
+use crate::Error;
 
 fn valid() -> ConsumerConfigBuilder {
     ConsumerConfig::builder()
