@@ -13,14 +13,16 @@
 //!   exception is not the book's to prevent: a stored position past the partition's end makes
 //!   librdkafka reset, and the offsets then taken are below it.)
 //!
-//! Kafka's committed offset is the next offset to read, so a commit point is committed as is.
+//! Kafka's committed offset is the next offset to read, so a commit point is committed as is;
+//! the offsets finished beyond it travel as the commit's metadata, encoded in `metadata.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
+mod metadata;
+
+pub(crate) use metadata::{decode_finished, encode_finished};
 
 /// A partition of a topic.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,130 +82,12 @@ pub(crate) struct CommitPoint {
     pub(crate) finished: Vec<i64>,
 }
 
-/// The prefixes of the commit metadata this crate writes, naming its format: ranges of
-/// distances from the commit point (`ka1:1-5,8,12-40`), or a bitmap of them (`ka2:` and the
-/// base64 of one bit per distance, the lowest first), whichever is shorter.
-const RANGES_PREFIX: &str = "ka1:";
-const BITMAP_PREFIX: &str = "ka2:";
-/// Kafka refuses commit metadata longer than `offset.metadata.max.bytes` (4,096 by default).
-const METADATA_MAX: usize = 4_000;
-
 /// How far past its commit point a partition's messages are taken at most: the Fetcher
 /// pauses a partition whose next message would be this far from it (`routes.rs`). So
 /// whatever finished beyond a commit point always fits in the commit's metadata as a bitmap
-/// (20,000 bits are 3,334 base64 characters, within [`METADATA_MAX`]), and a partition's
-/// bookkeeping holds at most this many offsets, however long a message is stuck.
+/// (20,000 bits are 3,334 base64 characters, within `metadata::METADATA_MAX`), and a
+/// partition's bookkeeping holds at most this many offsets, however long a message is stuck.
 pub(crate) const COMMIT_WINDOW: i64 = 20_000;
-
-/// Encodes the offsets beyond `point` that finished (in increasing order) as commit metadata,
-/// as ranges or as a bitmap, whichever is shorter, within Kafka's default metadata limit.
-/// Returns the metadata and how many offsets it holds: those left out (only past what
-/// [`COMMIT_WINDOW`] allows) are processed again by the next reader.
-pub(crate) fn encode_finished(point: i64, finished: &[i64]) -> (String, usize) {
-    let (ranges, in_ranges) = encode_ranges(point, finished);
-    if in_ranges == finished.len() {
-        return (ranges, in_ranges);
-    }
-    let (bitmap, in_bitmap) = encode_bitmap(point, finished);
-    if in_bitmap >= in_ranges {
-        (bitmap, in_bitmap)
-    } else {
-        (ranges, in_ranges)
-    }
-}
-
-/// As many ranges as fit.
-fn encode_ranges(point: i64, finished: &[i64]) -> (String, usize) {
-    let mut metadata = String::from(RANGES_PREFIX);
-    let mut encoded = 0;
-    let mut index = 0;
-    while index < finished.len() {
-        let start = finished[index];
-        let mut end = start;
-        let mut next = index + 1;
-        while next < finished.len() && finished[next] == end + 1 {
-            end = finished[next];
-            next += 1;
-        }
-        let range = if start == end {
-            format!("{}", start - point)
-        } else {
-            format!("{}-{}", start - point, end - point)
-        };
-        let separator = usize::from(encoded > 0);
-        if metadata.len() + separator + range.len() > METADATA_MAX {
-            break;
-        }
-        if separator == 1 {
-            metadata.push(',');
-        }
-        metadata.push_str(&range);
-        encoded += next - index;
-        index = next;
-    }
-    (metadata, encoded)
-}
-
-/// A bitmap of the distances that fit.
-fn encode_bitmap(point: i64, finished: &[i64]) -> (String, usize) {
-    let max_bytes = (METADATA_MAX - BITMAP_PREFIX.len()) * 6 / 8;
-    let mut bits = Vec::new();
-    let mut encoded = 0;
-    for &offset in finished {
-        let index = (offset - point - 1) as usize;
-        if index / 8 >= max_bytes {
-            break;
-        }
-        if bits.len() <= index / 8 {
-            bits.resize(index / 8 + 1, 0u8);
-        }
-        bits[index / 8] |= 1 << (index % 8);
-        encoded += 1;
-    }
-    let mut metadata = String::from(BITMAP_PREFIX);
-    BASE64.encode_string(&bits, &mut metadata);
-    (metadata, encoded)
-}
-
-/// The offsets beyond `point` that commit metadata written by [`encode_finished`] names;
-/// nothing for metadata of another kind, or malformed.
-pub(crate) fn decode_finished(point: i64, metadata: &str) -> Vec<i64> {
-    if let Some(ranges) = metadata.strip_prefix(RANGES_PREFIX) {
-        return decode_ranges(point, ranges);
-    }
-    let Some(bitmap) = metadata.strip_prefix(BITMAP_PREFIX) else {
-        return Vec::new();
-    };
-    let Ok(bits) = BASE64.decode(bitmap) else {
-        return Vec::new();
-    };
-    let mut finished = Vec::new();
-    for (byte_index, byte) in bits.iter().enumerate() {
-        for bit in 0..8 {
-            if byte & (1 << bit) != 0 {
-                finished.push(point + (byte_index * 8 + bit) as i64 + 1);
-            }
-        }
-    }
-    finished
-}
-
-fn decode_ranges(point: i64, ranges: &str) -> Vec<i64> {
-    let mut finished = Vec::new();
-    for range in ranges.split(',').filter(|r| !r.is_empty()) {
-        let bounds = match range.split_once('-') {
-            Some((start, end)) => start.parse::<i64>().ok().zip(end.parse::<i64>().ok()),
-            None => range.parse::<i64>().ok().map(|at| (at, at)),
-        };
-        match bounds {
-            Some((start, end)) if 0 < start && start <= end => {
-                finished.extend((start..=end).map(|distance| point + distance));
-            }
-            _ => return Vec::new(),
-        }
-    }
-    finished
-}
 
 /// What became of a message the book knows, as far as commits are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
