@@ -1,10 +1,10 @@
 //! A batch: filled from a processor's work queue, run, and filed back into it.
 //!
 //! Pure synchronous code, the one place that decides what follows from a batch's outcome: the
-//! processor task (`actors/processor.rs`) and the testkit's `TestRun` both call it, so a user's
-//! `TestRun` test sees what production does. A `Processor` runs batches of one message.
+//! processor task (`actors/processor/task.rs`) and the testkit's `TestRun` both call it, so a
+//! user's `TestRun` test sees what production does. A `Processor` runs batches of one message.
 //!
-//! Two rules hold, property-tested below in every ordering mode:
+//! Two rules hold, property-tested in every ordering mode (`batch/tests.rs`):
 //!
 //! - **A batch is a run of its lanes' order.** It starts with the queue's next item and takes,
 //!   in arrival order, messages of lanes not parked (of the same partition and assignment in

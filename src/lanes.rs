@@ -8,7 +8,7 @@
 //! came due first, else the oldest message whose lane is not parked.
 //!
 //! Pure synchronous code: time is passed in, so the scheduling is tested without a clock or a
-//! runtime (see the property test at the bottom). The processor task is its only user.
+//! runtime (see the property test in `lanes/tests.rs`). The processor task is its only user.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
