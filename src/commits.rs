@@ -15,12 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::Recipient;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 
-use crate::actors::offset_tracker::{Committed, OffsetTracker};
+use crate::actors::messages::Committed;
 use crate::instruments::GroupInstruments;
 use crate::native::{CommitFailure, CommitQueue};
 use crate::offsets::{CommitPoint, encode_finished};
@@ -28,7 +28,8 @@ use crate::offsets::{CommitPoint, encode_finished};
 /// The commits of one consumer, in order; see the module's documentation.
 pub(crate) struct CommitLine {
     queue: CommitQueue,
-    tracker: Addr<OffsetTracker>,
+    /// The OffsetTracker, which hears of every commit acknowledged.
+    tracker: Recipient<Committed>,
     /// The commit sent and not answered yet.
     on_its_way: Option<Sent>,
     next_id: u64,
@@ -50,7 +51,7 @@ struct Sent {
 impl CommitLine {
     pub(crate) fn new(
         queue: CommitQueue,
-        tracker: Addr<OffsetTracker>,
+        tracker: Recipient<Committed>,
         instruments: GroupInstruments,
     ) -> Self {
         CommitLine {

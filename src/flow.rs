@@ -8,6 +8,10 @@
 //! partition the moment its count reaches a limit, so **in-flight work never exceeds a limit
 //! by more than one message's bytes**: librdkafka drops what it had queued for a partition
 //! when it is paused and fetches it again after the resume.
+//!
+//! The settings of that flow live here too: [`FlowSettings`] (how the Fetcher makes messages,
+//! spreads them and bounds their work), a processor's [`PrefetchLimit`] and a batch's
+//! [`BatchLimit`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use crate::instruments::PartitionInstruments;
 use crate::offsets::{AssignmentId, TopicPartition};
+use crate::routing::OrderingMode;
 
 /// How much may be in flight: messages and bytes (keys plus payloads). Used per partition and
 /// for the whole system, see
@@ -157,6 +162,16 @@ impl AssignedPartition {
     pub(crate) fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Acquire)
     }
+}
+
+/// How the Fetcher makes messages, spreads them and bounds the work in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowSettings {
+    pub(crate) ordering: OrderingMode,
+    pub(crate) partition_limit: InFlightLimit,
+    pub(crate) total_limit: InFlightLimit,
+    /// Whether messages carry their headers ([`read_headers`](crate::ConsumerConfigBuilder::read_headers)).
+    pub(crate) read_headers: bool,
 }
 
 /// How much a processor may hold beyond the message in progress: at most `messages`, and no

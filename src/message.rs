@@ -5,9 +5,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, OwnedHeaders};
 
-use crate::flow::{AssignedPartition, Load};
+use crate::flow::{AssignedPartition, FlowSettings, Load};
 use crate::offsets::{AssignmentId, Position, TopicPartition};
-use crate::routes::FlowSettings;
 use crate::routing::{Lane, OrderingMode};
 
 /// A record as librdkafka hands it over, before the Fetcher copies it into a [`Message`].

@@ -1,6 +1,6 @@
 //! What a processor task runs: the user's [`Processor`] or [`BatchProcessor`] behind one
-//! interface, so that one task loop (`actors/processor.rs`) serves both. A `Processor` is a
-//! batch processor whose batches hold one message.
+//! interface, so that one task loop (`actors/processor/task.rs`) serves both. A `Processor` is
+//! a batch processor whose batches hold one message.
 
 use std::future::Future;
 

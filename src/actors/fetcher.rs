@@ -8,35 +8,45 @@
 //! Between rounds it waits on one [`Notify`], woken by librdkafka (messages, events, commit
 //! results) and by processors (room for more), so commands are handled at once and an idle
 //! Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
+//!
+//! The messages it handles, and the [`FetcherInbox`] through which the OffsetTracker sends
+//! them, are defined with the rest of the protocol in `actors::messages`; the handlers are
+//! here, with the rounds. The rest is one concern a file: `context.rs` (the consumer's
+//! [`FetchContext`], which the callbacks share with the Fetcher), `rebalance.rs` (the
+//! rebalance callbacks) and `consumer.rs` (pausing, resuming, seeking, acting on errors,
+//! closing).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use actix::prelude::*;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message as _};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::Notify;
 
-use crate::actors::offset_tracker::{
-    Assigned, CommitPointsOf, Completions, Fetched, OffsetTracker, Revoked,
+use crate::actors::messages::{
+    Close, Closed, Commit, CommitMode, Completions, Fetched, FetcherInbox, HighWatermarks, Locate,
+    ProcessorHandle, StopFetching, TrackerInbox,
 };
-use crate::actors::processor::{Hook, ProcessorHandle};
 use crate::commits::CommitLine;
 use crate::fault::{self, Fault};
-use crate::flow::AssignedPartition;
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
-use crate::offsets::{AssignmentId, CommitPoint, Position, Start, TopicPartition, decode_finished};
-use crate::report::StopReason;
-use crate::routes::{FlowSettings, Routes};
+use crate::offsets::CommitPoint;
 use crate::stall::Sighting;
 use crate::stop::StopHandle;
-use crate::trouble::{Reported, Resource, Trouble};
+
+mod consumer;
+mod context;
+mod rebalance;
+
+use consumer::{close_in_background, fetch_again, pause, poll_failed, record_errors, resume};
+pub(crate) use context::{FetchContext, Revocation};
+
+/// The target of every line the Fetcher logs, whichever of its files writes it: one target
+/// for the actor, which log filters name (and the README shows).
+const LOG_TARGET: &str = module_path!();
 
 /// The longest the Fetcher waits between two rounds when nothing wakes it: keeps the consumer
 /// polled and the figures fresh.
@@ -45,585 +55,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 1024;
 /// The most consumer events served per round; more wait for the next, at once.
 const MAX_EVENTS: usize = 16;
-/// The least a revocation's commit gets, even when the drain used up its timeout: skipping
-/// it would make the next owner repeat everything finished since the last periodic commit.
-const REVOCATION_COMMIT_FLOOR: Duration = Duration::from_secs(1);
-/// How long the close waits for the answer of a commit on its way.
-const SETTLE_BEFORE_CLOSE: Duration = Duration::from_secs(5);
-/// How long an assignment waits for the committed offsets' metadata.
-const COMMITTED_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The consumer's callbacks and what they share with the Fetcher. The callbacks run on the
-/// Fetcher's thread, inside `poll`, or on the thread that closes the consumer.
-pub(crate) struct FetchContext {
-    tracker: Addr<OffsetTracker>,
-    metrics: Arc<SystemMetrics>,
-    /// The partitions this member holds, with their backlogs.
-    routes: Mutex<Routes>,
-    next_assignment: AtomicU64,
-    /// Set when the Fetcher stops taking messages: partitions assigned later stay paused.
-    stopping: AtomicBool,
-    /// Set when an `on_assigned` hook failed: the partitions' positions are unknown, so they
-    /// stay paused while the system stops.
-    hook_failed: AtomicBool,
-    /// What a revocation drains and whom it tells; set once the processors exist.
-    revocation: OnceLock<Revocation>,
-    /// Where the assigned partitions' messages go; set once the consumer exists, taken
-    /// (destroyed) before the consumer is closed.
-    fetch_queue: Mutex<Option<FetchQueue>>,
-    /// The commits, sent one at a time; set once the consumer exists, taken (destroyed) once
-    /// it is closed.
-    commit_line: Mutex<Option<CommitLine>>,
-    /// The consumer group, to name it when the brokers refuse it.
-    group_id: String,
-    /// The last error librdkafka reported, with its explanation; a refusal (credentials, TLS,
-    /// ACLs) stays until it is taken.
-    reported: Mutex<Option<Reported>>,
-}
-
-/// What the revocation callback needs besides the consumer.
-pub(crate) struct Revocation {
-    /// The processors, told to give up retries of revoked partitions.
-    pub(crate) processors: Vec<ProcessorHandle>,
-    /// The longest the callback waits for the revoked partitions' messages, and for the
-    /// processors' partition hooks.
-    pub(crate) drain_timeout: Duration,
-    /// Whether the processors' partition hooks are run.
-    pub(crate) hooks: bool,
-    /// Stops the system when an `on_assigned` hook fails.
-    pub(crate) stop: StopHandle,
-}
-
-impl FetchContext {
-    pub(crate) fn new(
-        tracker: Addr<OffsetTracker>,
-        metrics: Arc<SystemMetrics>,
-        processors: usize,
-        flow: FlowSettings,
-        group_id: String,
-    ) -> Self {
-        FetchContext {
-            tracker,
-            metrics,
-            routes: Mutex::new(Routes::new(processors, flow)),
-            next_assignment: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
-            hook_failed: AtomicBool::new(false),
-            revocation: OnceLock::new(),
-            fetch_queue: Mutex::new(None),
-            commit_line: Mutex::new(None),
-            group_id,
-            reported: Mutex::new(None),
-        }
-    }
-
-    /// The last error librdkafka reported, taken.
-    pub(crate) fn take_reported(&self) -> Option<Reported> {
-        self.reported
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    }
-
-    /// What the brokers refused, for a stop reason: the operation and resource, and why.
-    fn refusal(&self, trouble: Trouble, detail: String) -> Option<StopReason> {
-        let resource = match trouble {
-            Trouble::Authentication => "the credentials (SASL authentication)".to_owned(),
-            Trouble::NotAuthorized(Resource::Group) => {
-                format!("READ on group `{}`", self.group_id)
-            }
-            Trouble::NotAuthorized(Resource::Topic) => "READ on a subscribed topic".to_owned(),
-            Trouble::NotAuthorized(Resource::Cluster) => "an operation on the cluster".to_owned(),
-            Trouble::Transient | Trouble::Tls | Trouble::Unreadable => return None,
-        };
-        Some(StopReason::NotAuthorized {
-            resource,
-            error: detail,
-        })
-    }
-
-    fn routes(&self) -> MutexGuard<'_, Routes> {
-        // A panic while holding this lock is a bug that stops the system (the Fetcher's
-        // death is watched); the routes stay usable for the shutdown.
-        self.routes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn fetch_queue(&self) -> MutexGuard<'_, Option<FetchQueue>> {
-        self.fetch_queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn commit_line(&self) -> MutexGuard<'_, Option<CommitLine>> {
-        self.commit_line
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Commits synchronously, after the commit on its way; see [`CommitLine::commit`].
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        points: Vec<CommitPoint>,
-        timeout: Duration,
-    ) -> Result<(), CommitFailure> {
-        if let Some(line) = self.commit_line().as_mut() {
-            return line.commit(consumer, points, timeout);
-        }
-        // The consumer is closing (its revocation commits what the final commit left), and the
-        // line, settled before the close, is gone: a line of its own, destroyed before the
-        // consumer is.
-        let queue = CommitQueue::new(consumer, Arc::new(Notify::new()));
-        let instruments = self.metrics.instruments.clone();
-        CommitLine::new(queue, self.tracker.clone(), instruments).commit(consumer, points, timeout)
-    }
-
-    /// Runs a partition hook on the processors `partitions` may go to, and waits for every
-    /// answer until `deadline`. Inside the rebalance callback: the processors run on other
-    /// threads and answer over a `std` channel.
-    fn run_hooks<T>(
-        &self,
-        partitions: &[TopicPartition],
-        deadline: Instant,
-        hook: impl Fn(Vec<TopicPartition>, std::sync::mpsc::Sender<Result<T, String>>) -> Hook,
-    ) -> Result<Vec<T>, String> {
-        let Some(revocation) = self.revocation.get() else {
-            return Ok(Vec::new());
-        };
-        let mut by_processor: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
-        {
-            let routes = self.routes();
-            for partition in partitions {
-                for index in routes.processors_of(partition) {
-                    by_processor
-                        .entry(index)
-                        .or_default()
-                        .push(partition.clone());
-                }
-            }
-        }
-        let (reply, answers) = std::sync::mpsc::channel();
-        let mut asked = 0;
-        for (index, partitions) in by_processor {
-            let told = revocation
-                .processors
-                .get(index)
-                .is_some_and(|processor| processor.hook(hook(partitions, reply.clone())));
-            match told {
-                true => asked += 1,
-                // The processors ended with the system's stop (the close revokes what is
-                // left): their `on_stop` ran in place of the hooks.
-                false if self.stopping.load(Ordering::Acquire) => {}
-                false => return Err(format!("processor {index} is gone")),
-            }
-        }
-        drop(reply);
-        let mut answered = Vec::with_capacity(asked);
-        while answered.len() < asked {
-            match answers.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Ok(answer)) => answered.push(answer),
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    return Err(format!(
-                        "{} of {asked} processors did not answer within the \
-                         rebalance_drain_timeout ({:?})",
-                        asked - answered.len(),
-                        revocation.drain_timeout
-                    ));
-                }
-            }
-        }
-        Ok(answered)
-    }
-
-    /// Asks the processors for the positions they stored of newly assigned partitions and
-    /// sets them in the assignment, before librdkafka starts fetching. The lowest position a
-    /// processor stored for a partition wins. On a failure nothing of the assignment is read:
-    /// the system stops.
-    fn start_at_stored_positions(&self, assignment: &TopicPartitionList) {
-        let Some(revocation) = self.revocation.get().filter(|r| r.hooks) else {
-            return;
-        };
-        let partitions = partitions_of(assignment);
-        let deadline = Instant::now() + revocation.drain_timeout;
-        let answers = self.run_hooks(&partitions, deadline, |partitions, reply| Hook::Assigned {
-            partitions,
-            reply,
-        });
-        let answers = match answers {
-            Ok(answers) => answers,
-            Err(error) => {
-                log::error!("on_assigned: {error}; the new partitions stay paused; stopping");
-                self.hook_failed.store(true, Ordering::Release);
-                revocation
-                    .stop
-                    .request_graceful(StopReason::PartitionHookFailed(error));
-                return;
-            }
-        };
-        let mut lowest: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        for (partition, offset) in answers.into_iter().flatten() {
-            let entry = lowest.entry(partition).or_insert(offset);
-            *entry = (*entry).min(offset);
-        }
-        for (partition, offset) in lowest {
-            if offset < 0 {
-                log::warn!("on_assigned: {partition} at {offset} is not a position; ignored");
-            } else if native::start_at(assignment, &partition, offset) {
-                log::info!("{partition}: starting at the stored position {offset}");
-            } else {
-                log::warn!("on_assigned: {partition} is not in the assignment; ignored");
-            }
-        }
-    }
-
-    /// Tells the processors that partitions are revoked, once their messages are done with,
-    /// and waits for them until `deadline`.
-    fn tell_revoked(&self, revoked: &[Arc<AssignedPartition>], deadline: Instant) {
-        if !self.revocation.get().is_some_and(|r| r.hooks) {
-            return;
-        }
-        let partitions: Vec<TopicPartition> = revoked.iter().map(|p| p.partition.clone()).collect();
-        let told = self.run_hooks(&partitions, deadline, |partitions, reply| Hook::Revoked {
-            partitions,
-            reply,
-        });
-        if let Err(error) = told {
-            let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
-            log::warn!("on_revoked of {}: {error}", names.join(", "));
-        }
-    }
-
-    /// Completes the context once the processors exist (before the first poll).
-    pub(crate) fn set_revocation(&self, revocation: Revocation) {
-        if self.revocation.set(revocation).is_err() {
-            log::error!("the revocation settings were set twice; keeping the first");
-        }
-    }
-
-    /// Takes partitions out of the assignment. On a graceful revocation, waits (bounded by the
-    /// drain timeout) until processors finished or gave up what they hold of them and
-    /// reported it, and commits their commit points synchronously; on a loss, commits
-    /// nothing, since the partitions may already belong to another member.
-    fn revoke(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        which: impl Fn(&TopicPartition) -> bool,
-        lost: bool,
-    ) {
-        let revoked = self.routes().revoke(which);
-        if revoked.is_empty() {
-            return;
-        }
-        self.metrics.health.revoking(true);
-        // Processors drop what they hold of the partitions and have not started, so that the
-        // revocation waits only for the messages in progress, never behind another
-        // partition's long message. Where that leaves a gap below a finished message (per key
-        // or unordered), the commit records what finished beyond it, and the next owner
-        // processes only the gap.
-        for partition in &revoked {
-            partition.fence();
-        }
-        let assignments: Vec<AssignmentId> = revoked.iter().map(|p| p.assignment).collect();
-        if let Some(revocation) = self.revocation.get() {
-            for processor in &revocation.processors {
-                processor.forget(assignments.clone());
-            }
-        }
-        if !lost {
-            self.drain_and_commit(consumer, &revoked);
-        }
-        self.metrics.revoked(lost, self.routes().held());
-        self.metrics.health.revoking(false);
-        self.tracker.do_send(Revoked(
-            revoked.iter().map(|p| p.partition.clone()).collect(),
-        ));
-    }
-
-    /// Waits until nothing of the revoked partitions is in flight: their backlogs were
-    /// dropped, and processors finish the message in progress, drop what they hold and have
-    /// not started, give up retries, and report before they let go of a message. Then their commit
-    /// points are final: commits them. Runs inside `poll`; what it waits for (processors, the
-    /// tracker) runs on other threads, so it cannot deadlock.
-    fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, revoked: &[Arc<AssignedPartition>]) {
-        let started = Instant::now();
-        let Some(revocation) = self.revocation.get() else {
-            return;
-        };
-        let deadline = started + revocation.drain_timeout;
-        let in_flight = || -> usize { revoked.iter().map(|p| p.in_flight.load().messages).sum() };
-        // Processors finish between one and a few messages per partition; a short sleep
-        // between looks costs nothing next to that.
-        while in_flight() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let left = in_flight();
-        let names: Vec<String> = revoked.iter().map(|p| p.partition.to_string()).collect();
-        let names = names.join(", ");
-        self.tell_revoked(revoked, deadline);
-        let (reply, answer) = mpsc::channel();
-        let assignments = revoked.iter().map(|p| p.assignment).collect();
-        self.tracker.do_send(CommitPointsOf { assignments, reply });
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .max(REVOCATION_COMMIT_FLOOR);
-        let points = match answer.recv_timeout(wait) {
-            Ok(points) => points,
-            Err(_) => {
-                log::warn!(
-                    "revocation of {names}: the offset tracker did not answer; nothing committed"
-                );
-                return;
-            }
-        };
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .max(REVOCATION_COMMIT_FLOOR);
-        let count = points.len();
-        let committed = self.commit(consumer, points, wait);
-        if let Err(error) = &committed {
-            log::warn!(
-                "revocation of {names}: commit failed ({error}); the next owner repeats what \
-                 finished since the last commit"
-            );
-        }
-        log::info!(
-            "revocation of {names} drained in {:?}: {} partitions committed{}",
-            started.elapsed(),
-            if committed.is_ok() { count } else { 0 },
-            match left {
-                0 => String::new(),
-                left => format!(
-                    ", {left} messages still unfinished after {:?} (the next owner repeats \
-                     them)",
-                    revocation.drain_timeout
-                ),
-            }
-        );
-    }
-}
-
-impl ClientContext for FetchContext {
-    /// librdkafka's log lines: through the same limiter as its errors, at levels that say
-    /// what they mean for the system (`client_trouble::level_of`).
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.metrics.trouble.log(level, facility, message);
-    }
-
-    /// librdkafka's errors, with their explanation: logged (a repeat within the summary
-    /// interval only counted) and kept for whoever acts on them (the start, which fails fast
-    /// on refused credentials or TLS, and the Fetcher).
-    fn error(&self, error: KafkaError, reason: &str) {
-        let trouble = Trouble::of(&error);
-        self.metrics.trouble.error(&error, trouble, reason);
-        let mut reported = self
-            .reported
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A refusal is not overwritten by the transient errors that follow it ("all brokers
-        // are down", after an authentication failure closed the connection).
-        if trouble != Trouble::Transient
-            || reported
-                .as_ref()
-                .is_none_or(|earlier| earlier.trouble == Trouble::Transient)
-        {
-            *reported = Some(Reported {
-                trouble,
-                reason: reason.to_owned(),
-            });
-        }
-    }
-}
-
-impl ConsumerContext for FetchContext {
-    /// On revocation: stop handing out the revoked partitions, wait for what processors hold
-    /// of them, commit their commit points, and only then let librdkafka release them. When
-    /// the assignment was lost (the session expired, the coordinator fenced this member) the
-    /// partitions may already belong to another member: nothing is committed for them.
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(partitions) => {
-                let lost = consumer.assignment_lost();
-                log::info!(
-                    "{} {} partitions: {}",
-                    if lost { "lost" } else { "revoking" },
-                    partitions.count(),
-                    names(partitions)
-                );
-                let revoked = partitions_of(partitions);
-                self.revoke(consumer, |p| revoked.contains(p), lost);
-            }
-            // librdkafka unassigns everything after a rebalance error: as good as lost.
-            Rebalance::Error(error) => {
-                log::warn!("rebalance failed ({error}): giving up every partition");
-                self.revoke(consumer, |_| true, true);
-            }
-            Rebalance::Assign(partitions) => {
-                // Before librdkafka starts fetching them: then their messages never reach
-                // the consumer's own queue.
-                if let Some(queue) = self.fetch_queue().as_ref() {
-                    queue.route(consumer, partitions);
-                }
-                self.start_at_stored_positions(partitions);
-            }
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else {
-            return;
-        };
-        let assigned: Vec<Arc<AssignedPartition>> = partitions
-            .elements()
-            .iter()
-            .map(|p| {
-                let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
-                let partition = TopicPartition::new(p.topic(), p.partition());
-                let instruments = self.metrics.instruments.partition(&partition);
-                AssignedPartition::new(partition, AssignmentId(id), instruments)
-            })
-            .collect();
-        log::info!(
-            "assigned {} partitions: {}",
-            assigned.len(),
-            names(partitions)
-        );
-        // Only an answering coordinator assigns partitions.
-        self.metrics.trouble.sign_of_life();
-        // librdkafka keeps a partition paused across a revocation; a new assignment starts
-        // unpaused unless the system is stopping.
-        let stopping =
-            self.stopping.load(Ordering::Acquire) || self.hook_failed.load(Ordering::Acquire);
-        let paused = if stopping {
-            consumer.pause(partitions)
-        } else {
-            consumer.resume(partitions)
-        };
-        if let Err(error) = paused {
-            log::warn!("could not set the pause of new partitions: {error}");
-        }
-        let mut earlier = finished_earlier(consumer, partitions);
-        let stored = stored_starts(partitions);
-        // The tracker hears of the assignment before anything taken under it, with where it
-        // starts: at a position a processor stored (committed as it is, even if nothing more
-        // is taken), or at the committed offset with what the previous reader finished beyond
-        // it (this member's commits carry it on until they pass it).
-        self.tracker.do_send(Assigned(
-            assigned
-                .iter()
-                .map(|a| {
-                    let start = match stored.get(&a.partition) {
-                        Some(&position) => Start::Stored(position),
-                        None => Start::Committed {
-                            inherited: earlier.get(&a.partition).cloned().unwrap_or_default(),
-                        },
-                    };
-                    (a.clone(), start)
-                })
-                .collect(),
-        ));
-        let assigned = assigned
-            .into_iter()
-            .map(|a| {
-                let finished = earlier.remove(&a.partition).unwrap_or_default();
-                (a, finished)
-            })
-            .collect();
-        let mut routes = self.routes();
-        routes.assign(assigned, stopping);
-        self.metrics.assigned(routes.held());
-    }
-}
-
-/// The partitions of a list librdkafka handed over.
-fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
-    list.elements()
-        .iter()
-        .map(|p| TopicPartition::new(p.topic(), p.partition()))
-        .collect()
-}
-
-/// The positions processors stored, which `start_at_stored_positions` wrote into the
-/// assignment: the partitions with an offset of their own. (The others, read from the group's
-/// committed offset, have none.)
-fn stored_starts(partitions: &TopicPartitionList) -> HashMap<TopicPartition, i64> {
-    partitions
-        .elements()
-        .iter()
-        .filter_map(|element| match element.offset() {
-            Offset::Offset(position) => Some((
-                TopicPartition::new(element.topic(), element.partition()),
-                position,
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The offsets beyond each partition's committed offset that its previous reader finished,
-/// as that commit's metadata records them: they are skipped, not processed again. Waits for
-/// the group coordinator at most a few seconds; without an answer, nothing is skipped (the
-/// next reader repeats them, as any consumer would).
-fn finished_earlier(
-    consumer: &BaseConsumer<FetchContext>,
-    partitions: &TopicPartitionList,
-) -> HashMap<TopicPartition, Vec<i64>> {
-    // Partitions that start at a position a processor stored: the store is their truth.
-    let mut from_the_group = TopicPartitionList::new();
-    for element in partitions.elements() {
-        if element.offset() == Offset::Invalid {
-            from_the_group.add_partition(element.topic(), element.partition());
-        }
-    }
-    if from_the_group.count() == 0 {
-        return HashMap::new();
-    }
-    let committed = match consumer.committed_offsets(from_the_group, COMMITTED_TIMEOUT) {
-        Ok(committed) => committed,
-        Err(error) => {
-            log::warn!(
-                "could not read the committed offsets of {} ({error}): messages the previous \
-                 reader finished beyond them are processed again",
-                names(partitions)
-            );
-            return HashMap::new();
-        }
-    };
-    committed
-        .elements()
-        .iter()
-        .filter_map(|element| {
-            let Offset::Offset(committed) = element.offset() else {
-                return None;
-            };
-            let finished = decode_finished(committed, element.metadata());
-            (!finished.is_empty()).then(|| {
-                log::info!(
-                    "{}/{}: skipping {} messages beyond offset {committed} that the previous \
-                     reader finished",
-                    element.topic(),
-                    element.partition(),
-                    finished.len()
-                );
-                (
-                    TopicPartition::new(element.topic(), element.partition()),
-                    finished,
-                )
-            })
-        })
-        .collect()
-}
-
-fn names(partitions: &TopicPartitionList) -> String {
-    let names: Vec<String> = partitions
-        .elements()
-        .iter()
-        .map(|p| format!("{}/{}", p.topic(), p.partition()))
-        .collect();
-    names.join(", ")
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -638,7 +69,7 @@ pub(crate) struct Fetcher {
     consumer: Option<BaseConsumer<FetchContext>>,
     /// Wakes the Fetcher on the consumer's events; dropped before the consumer is closed.
     events: Option<QueueWakeup>,
-    tracker: Addr<OffsetTracker>,
+    tracker: TrackerInbox,
     processors: Vec<ProcessorHandle>,
     metrics: Arc<SystemMetrics>,
     stop: StopHandle,
@@ -651,7 +82,7 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     pub(crate) fn new(
         consumer: BaseConsumer<FetchContext>,
-        tracker: Addr<OffsetTracker>,
+        tracker: TrackerInbox,
         processors: Vec<ProcessorHandle>,
         stop: StopHandle,
         wakeup: Arc<Notify>,
@@ -660,7 +91,7 @@ impl Fetcher {
         *context.fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
         *context.commit_line() = Some(CommitLine::new(
             CommitQueue::new(&consumer, wakeup.clone()),
-            tracker.clone(),
+            tracker.committed.clone(),
             context.metrics.instruments.clone(),
         ));
         Fetcher {
@@ -673,6 +104,15 @@ impl Fetcher {
             state: State::Fetching,
             wakeup,
             dies: fault::injected(Fault::FetcherDies),
+        }
+    }
+
+    /// The inbox through which the OffsetTracker addresses a started Fetcher.
+    pub(crate) fn inbox(fetcher: &Addr<Fetcher>) -> FetcherInbox {
+        FetcherInbox {
+            commit: fetcher.clone().recipient(),
+            high_watermarks: fetcher.clone().recipient(),
+            locate: fetcher.clone().recipient(),
         }
     }
 
@@ -717,7 +157,7 @@ impl Fetcher {
             }
             if !taken.positions.is_empty() {
                 // Before any processor can finish one of them.
-                self.tracker.do_send(Fetched {
+                self.tracker.fetched.do_send(Fetched {
                     positions: taken.positions,
                     finished_earlier: taken.finished_earlier,
                 });
@@ -785,144 +225,6 @@ impl Fetcher {
     }
 }
 
-/// librdkafka reports most errors (a broker down, a timeout) and recovers from them itself (the
-/// context logged them); a fatal error ends the consumer, and a refusal (credentials, ACLs)
-/// never heals, so both stop the system.
-fn poll_failed(consumer: &BaseConsumer<FetchContext>, stop: &StopHandle, error: KafkaError) {
-    if let Some((_, reason)) = consumer.client().fatal_error() {
-        log::error!("consumer failed fatally: {reason}");
-        stop.request_graceful(StopReason::ConsumerFailed(reason));
-        return;
-    }
-    let context = consumer.context();
-    let detail = context
-        .take_reported()
-        .map_or_else(|| error.to_string(), |reported| reported.reason);
-    if let Some(refusal) = context.refusal(Trouble::of(&error), detail) {
-        log::error!("{refusal}; stopping");
-        stop.request_graceful(refusal);
-    }
-}
-
-/// Acts on errors librdkafka returned in place of records: an ACL that refuses a topic, or
-/// records that cannot be read, stop the system (the partition stays uncommitted, nothing is
-/// skipped); the rest librdkafka retries.
-fn record_errors(
-    consumer: &BaseConsumer<FetchContext>,
-    stop: &StopHandle,
-    errors: Vec<(TopicPartition, i64, RDKafkaErrorCode)>,
-) {
-    for (partition, offset, code) in errors {
-        let trouble = Trouble::of_code(code);
-        if trouble.is_retried() {
-            consumer
-                .context()
-                .metrics
-                .trouble
-                .record_error(&partition, code);
-            continue;
-        }
-        // The Routes hold the partition: nothing past the record is taken.
-        let reason = match trouble {
-            Trouble::Transient | Trouble::Tls => continue,
-            Trouble::Unreadable => StopReason::Unreadable {
-                partition,
-                offset,
-                error: code.to_string(),
-            },
-            Trouble::NotAuthorized(Resource::Topic) => StopReason::NotAuthorized {
-                resource: format!("READ on topic `{}`", partition.topic()),
-                error: code.to_string(),
-            },
-            trouble => match consumer.context().refusal(trouble, code.to_string()) {
-                Some(reason) => reason,
-                None => continue,
-            },
-        };
-        log::error!("{reason}; stopping");
-        stop.request_graceful(reason);
-    }
-}
-
-/// Resumes partitions, each from the first message not taken. Left alone, librdkafka would
-/// resume after the last message it returned, which may be past the last one taken (a batch
-/// is returned whole), and its broker thread would start fetching only at its next wake-up,
-/// up to a second later when every partition was paused. A seek to the next message does
-/// both right: it sets the position and makes the partition fetchable at once.
-fn resume(consumer: &BaseConsumer<FetchContext>, partitions: Vec<(TopicPartition, Option<i64>)>) {
-    if partitions.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::new();
-    for (partition, _) in &partitions {
-        list.add_partition(partition.topic(), partition.partition());
-    }
-    match consumer.resume(&list) {
-        Ok(()) => log::debug!("resumed {}", names(&list)),
-        Err(error) => log::warn!("could not resume {}: {error}", names(&list)),
-    }
-    for (partition, offset) in partitions {
-        if let Some(offset) = offset {
-            seek(consumer, &partition, offset);
-        }
-    }
-}
-
-/// Pauses partitions that reached an in-flight limit. librdkafka drops what it had fetched
-/// for them and fetches it again after the resume, so nothing more of theirs is taken
-/// meanwhile.
-fn pause(
-    consumer: &BaseConsumer<FetchContext>,
-    partitions: &[TopicPartition],
-    metrics: &SystemMetrics,
-) {
-    let mut list = TopicPartitionList::new();
-    for partition in partitions {
-        list.add_partition(partition.topic(), partition.partition());
-    }
-    match consumer.pause(&list) {
-        Ok(()) => log::debug!("paused {}", names(&list)),
-        Err(error) => log::warn!("could not pause {}: {error}", names(&list)),
-    }
-    metrics.paused(partitions.len());
-}
-
-/// Sets where librdkafka fetches a partition from next; what it fetched before is dropped.
-/// Asynchronous, and ordered after any pause or resume.
-fn seek(consumer: &BaseConsumer<FetchContext>, partition: &TopicPartition, offset: i64) {
-    let sought = consumer.seek(
-        partition.topic(),
-        partition.partition(),
-        Offset::Offset(offset),
-        Duration::ZERO,
-    );
-    if let Err(error) = sought {
-        log::error!("could not seek {partition} to {offset}: {error}");
-    }
-}
-
-/// A message that came through the consumer's own queue, which only happens to a partition
-/// assigned without the rebalance callback routing it: route it and fetch the message again
-/// through the fetch queue, where it is taken in order with the rest.
-fn fetch_again(consumer: &BaseConsumer<FetchContext>, message: &BorrowedMessage<'_>) {
-    log::warn!(
-        "{}/{}@{} came through the consumer's queue: fetching it again",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    );
-    let mut partition = TopicPartitionList::new();
-    partition.add_partition(message.topic(), message.partition());
-    if let Some(queue) = consumer.context().fetch_queue().as_ref() {
-        queue.route(consumer, &partition);
-    }
-    seek(
-        consumer,
-        &TopicPartition::new(message.topic(), message.partition()),
-        message.offset(),
-    );
-}
-
 impl Actor for Fetcher {
     type Context = Context<Self>;
 
@@ -933,37 +235,6 @@ impl Actor for Fetcher {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.close();
     }
-}
-
-/// Closes and drops the consumer on a thread of its own, and returns a receiver that answers
-/// once that is done. rdkafka's `Drop` closes the consumer (serving the revocation callback
-/// and leaving the group) and polls until it is closed, with no bound: a thread of its own
-/// keeps that from blocking the shutdown, which waits only as long as its budget allows.
-fn close_in_background(consumer: BaseConsumer<FetchContext>) -> mpsc::Receiver<()> {
-    // The fetch queue goes first: it must not outlive the consumer. What the partitions still
-    // forward to it is dropped untaken.
-    drop(consumer.context().fetch_queue().take());
-    let (closed_tx, closed_rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("kafka-consumer-close".to_owned())
-        .spawn(move || {
-            // The commit line's queue must not outlive the consumer either. The commit on its
-            // way is answered first, so that the close's revocation commit comes after it.
-            let line = consumer.context().commit_line().take();
-            if let Some(mut line) = line
-                && !line.settle(SETTLE_BEFORE_CLOSE)
-            {
-                log::warn!(
-                    "a commit was still unanswered after {SETTLE_BEFORE_CLOSE:?}; closing anyway"
-                );
-            }
-            drop(consumer);
-            let _ = closed_tx.send(());
-        });
-    if let Err(error) = spawned {
-        log::error!("could not start a thread to close the consumer: {error}");
-    }
-    closed_rx
 }
 
 /// One round of the Fetcher; it schedules the next one, so that commands sent to the Fetcher
@@ -982,24 +253,6 @@ impl Handler<PollRound> for Fetcher {
         let progress = self.round();
         self.schedule(ctx, progress);
     }
-}
-
-/// How a commit is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CommitMode {
-    /// Sent without waiting; the result reaches the tracker as `Committed` when it comes.
-    Periodic,
-    /// Synchronous, waiting at most this long: the final commit of a shutdown.
-    Final(Duration),
-}
-
-/// Commits the given commit points for the partitions still held under the same assignment
-/// (the others are fenced). Returns the commit points sent (periodic) or committed (final).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<CommitPoint>, CommitFailure>")]
-pub(crate) struct Commit {
-    pub(crate) points: Vec<CommitPoint>,
-    pub(crate) mode: CommitMode,
 }
 
 impl Handler<Commit> for Fetcher {
@@ -1034,12 +287,6 @@ impl Handler<Commit> for Fetcher {
     }
 }
 
-/// Stops taking messages: pauses every partition, drops the backlogs (nothing of them was
-/// started: released, for the next reader), and keeps serving the group's events.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct StopFetching;
-
 impl Handler<StopFetching> for Fetcher {
     type Result = ();
 
@@ -1068,7 +315,7 @@ impl Handler<StopFetching> for Fetcher {
                 "stopping: {} messages fetched but not started are left for the next reader",
                 released.len()
             );
-            self.tracker.do_send(Completions {
+            self.tracker.completions.do_send(Completions {
                 finished: Vec::new(),
                 released,
             });
@@ -1077,11 +324,6 @@ impl Handler<StopFetching> for Fetcher {
             .set_flow(routes.total(), routes.waiting(), routes.paused());
     }
 }
-
-/// Where a message waits, if it waits in a backlog.
-#[derive(Message)]
-#[rtype(result = "Option<Sighting>")]
-pub(crate) struct Locate(pub(crate) Position);
 
 impl Handler<Locate> for Fetcher {
     type Result = Option<Sighting>;
@@ -1095,11 +337,6 @@ impl Handler<Locate> for Fetcher {
         })
     }
 }
-
-/// The high watermarks librdkafka last heard of, of the partitions held.
-#[derive(Message)]
-#[rtype(result = "Vec<(TopicPartition, i64)>")]
-pub(crate) struct HighWatermarks;
 
 impl Handler<HighWatermarks> for Fetcher {
     type Result = MessageResult<HighWatermarks>;
@@ -1120,27 +357,6 @@ impl Handler<HighWatermarks> for Fetcher {
     }
 }
 
-/// Closes the consumer, which revokes its partitions and leaves the group, within `budget`;
-/// but when nothing is left to commit, waits only `patience` for it (see [`Closed`]).
-#[derive(Message)]
-#[rtype(result = "Result<Closed, String>")]
-pub(crate) struct Close {
-    pub(crate) budget: Duration,
-    pub(crate) patience: Option<Duration>,
-}
-
-/// How a close ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Closed {
-    /// librdkafka closed the consumer: it left the group.
-    Done,
-    /// The leave was asked for, and its answer had not come after the patience: the
-    /// coordinator answers a member's requests in order, and holds a join request of it until
-    /// the rebalance in progress completes (the embedded cluster up to a session timeout).
-    /// Everything was committed already; the close goes on in the background.
-    LeavingInBackground,
-}
-
 impl Handler<Close> for Fetcher {
     type Result = Result<Closed, String>;
 
@@ -1156,4 +372,14 @@ impl Handler<Close> for Fetcher {
             Err(_) => Err(format!("the consumer did not close within {budget:?}")),
         }
     }
+}
+
+/// The partitions of a list, for log lines.
+fn names(partitions: &TopicPartitionList) -> String {
+    let names: Vec<String> = partitions
+        .elements()
+        .iter()
+        .map(|p| format!("{}/{}", p.topic(), p.partition()))
+        .collect();
+    names.join(", ")
 }

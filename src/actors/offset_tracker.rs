@@ -5,6 +5,9 @@
 //! points periodically and, at shutdown, once more on request. The commits themselves are
 //! executed by the Fetcher, the only owner of the consumer. It also watches for partitions
 //! that stopped moving (`crate::stall`) and says where the message they wait for is.
+//!
+//! The messages it handles, and the [`TrackerInbox`] through which the others send them, are
+//! defined with the rest of the protocol in `actors::messages`; the handlers are here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,15 +16,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::future::join_all;
 
-use crate::actors::fetcher::{Commit, CommitMode, Fetcher, HighWatermarks, Locate};
-use crate::actors::processor::ProcessorHandle;
+use crate::actors::messages::{
+    Assigned, Attach, Commit, CommitMode, CommitNow, CommitPointsOf, Committed, Completions,
+    Fetched, FinalCommitFailure, HighWatermarks, Locate, Others, ProcessorHandle, Report, Revoked,
+    TrackerInbox, TrackerReport, Unsettled,
+};
 use crate::flow::AssignedPartition;
 use crate::instruments::PartitionProgress;
 use crate::metrics::SystemMetrics;
 use crate::native::CommitFailure;
-use crate::offsets::{
-    AssignmentId, CommitPoint, Completion, OffsetBook, Position, Start, TopicPartition,
-};
+use crate::offsets::{AssignmentId, CommitPoint, Completion, OffsetBook, Position, TopicPartition};
 use crate::report::Abandoned;
 use crate::stall::{PartitionState, Stall, StallWatch};
 use crate::stop::StopHandle;
@@ -52,12 +56,6 @@ pub(crate) struct OffsetTracker {
     held: HashMap<AssignmentId, Arc<AssignedPartition>>,
 }
 
-/// The actors the tracker sends to: the Fetcher commits, and both say where a message is.
-pub(crate) struct Others {
-    pub(crate) fetcher: Addr<Fetcher>,
-    pub(crate) processors: Vec<ProcessorHandle>,
-}
-
 impl OffsetTracker {
     pub(crate) fn new(
         commit_interval: Duration,
@@ -80,6 +78,18 @@ impl OffsetTracker {
         }
     }
 
+    /// The inbox through which the Fetcher and the processors address a started tracker.
+    pub(crate) fn inbox(tracker: &Addr<OffsetTracker>) -> TrackerInbox {
+        TrackerInbox {
+            assigned: tracker.clone().recipient(),
+            revoked: tracker.clone().recipient(),
+            fetched: tracker.clone().recipient(),
+            completions: tracker.clone().recipient(),
+            commit_points_of: tracker.clone().recipient(),
+            committed: tracker.clone().recipient(),
+        }
+    }
+
     /// Publishes the commit points of the assignments `positions` belong to.
     fn publish_commit_points(&self, positions: &[Position]) {
         for run in positions.chunk_by(|a, b| a.assignment == b.assignment) {
@@ -97,7 +107,11 @@ impl OffsetTracker {
     /// comes later, as [`Committed`]; a final one's comes back here.
     fn commit(&mut self, mode: CommitMode) -> ResponseActFuture<Self, Result<(), CommitFailure>> {
         let points = self.book.uncommitted();
-        let Some(fetcher) = self.others.as_ref().map(|others| others.fetcher.clone()) else {
+        let Some(fetcher) = self
+            .others
+            .as_ref()
+            .map(|others| others.fetcher.commit.clone())
+        else {
             return Box::pin(fut::ready(Err(CommitFailure::Other(
                 "no consumer to commit with".to_owned(),
             ))));
@@ -178,7 +192,7 @@ impl OffsetTracker {
         let Some(others) = &self.others else {
             return;
         };
-        let asked = others.fetcher.send(HighWatermarks);
+        let asked = others.fetcher.high_watermarks.send(HighWatermarks);
         ctx.spawn(asked.into_actor(self).map(|answer, tracker, _| {
             if let Ok(high_watermarks) = answer {
                 tracker.high_watermarks.extend(high_watermarks);
@@ -245,8 +259,12 @@ impl OffsetTracker {
         };
         for stall in stalls {
             ctx.spawn(
-                report_stall(stall, others.fetcher.clone(), others.processors.clone())
-                    .into_actor(self),
+                report_stall(
+                    stall,
+                    others.fetcher.locate.clone(),
+                    others.processors.clone(),
+                )
+                .into_actor(self),
             );
         }
     }
@@ -265,7 +283,7 @@ fn progress_of<'a>(
 
 /// Asks the Fetcher and the processors where the message a stalled partition waits for is,
 /// and logs it.
-async fn report_stall(stall: Stall, fetcher: Addr<Fetcher>, processors: Vec<ProcessorHandle>) {
+async fn report_stall(stall: Stall, fetcher: Recipient<Locate>, processors: Vec<ProcessorHandle>) {
     let position = Position {
         assignment: stall.assignment,
         offset: stall.offset,
@@ -309,11 +327,6 @@ impl Actor for OffsetTracker {
     }
 }
 
-/// The Fetcher and the processors, once they run.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Attach(pub(crate) Others);
-
 impl Handler<Attach> for OffsetTracker {
     type Result = ();
 
@@ -321,14 +334,6 @@ impl Handler<Attach> for OffsetTracker {
         self.others = Some(others);
     }
 }
-
-/// Partitions newly assigned to this member, each under a new assignment id, with where it
-/// starts: at the group's committed offset (with the offsets beyond it that the previous reader
-/// finished), or at a position a processor stored. A stored position is committed even if
-/// nothing more is taken: otherwise the group's committed offset would stay behind it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Assigned(pub(crate) Vec<(Arc<AssignedPartition>, Start)>);
 
 impl Handler<Assigned> for OffsetTracker {
     type Result = ();
@@ -344,12 +349,6 @@ impl Handler<Assigned> for OffsetTracker {
         self.held.retain(|assignment, _| book.holds(*assignment));
     }
 }
-
-/// Partitions this member no longer holds. Their unfinished messages are fenced: whatever
-/// finishes later is never committed by this member.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Revoked(pub(crate) Vec<TopicPartition>);
 
 impl Handler<Revoked> for OffsetTracker {
     type Result = ();
@@ -373,16 +372,6 @@ impl Handler<Revoked> for OffsetTracker {
     }
 }
 
-/// Messages the Fetcher took from librdkafka, in offset order per partition, and those of
-/// them that a previous reader finished (skipped, so finished at once). Sent before the
-/// Fetcher hands any of them to a processor, so a completion never arrives before its message.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Fetched {
-    pub(crate) positions: Vec<Position>,
-    pub(crate) finished_earlier: Vec<Position>,
-}
-
 impl Handler<Fetched> for OffsetTracker {
     type Result = ();
 
@@ -394,16 +383,6 @@ impl Handler<Fetched> for OffsetTracker {
         self.book.finished(&fetched.finished_earlier, |_, _| {});
         self.publish_commit_points(&fetched.positions);
     }
-}
-
-/// What processors (or the Fetcher, at a stop) are done with: messages that finished
-/// (succeeded, skipped or dead-lettered), and messages given up unfinished on purpose
-/// (released: not committed, read again by the next reader).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Completions {
-    pub(crate) finished: Vec<Position>,
-    pub(crate) released: Vec<Position>,
 }
 
 impl Handler<Completions> for OffsetTracker {
@@ -431,16 +410,6 @@ impl Handler<Completions> for OffsetTracker {
     }
 }
 
-/// Asks for the commit points of partitions being revoked. Sent from inside the rebalance
-/// callback, where the Fetcher's thread waits for the answer on `reply`: this actor never
-/// needs that thread to answer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct CommitPointsOf {
-    pub(crate) assignments: Vec<AssignmentId>,
-    pub(crate) reply: std::sync::mpsc::Sender<Vec<CommitPoint>>,
-}
-
 impl Handler<CommitPointsOf> for OffsetTracker {
     type Result = ();
 
@@ -455,47 +424,11 @@ impl Handler<CommitPointsOf> for OffsetTracker {
     }
 }
 
-/// Commit points Kafka acknowledged: of periodic commits, and of revocations.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Committed(pub(crate) Vec<CommitPoint>);
-
 impl Handler<Committed> for OffsetTracker {
     type Result = ();
 
     fn handle(&mut self, Committed(points): Committed, _: &mut Self::Context) {
         self.acknowledged(points);
-    }
-}
-
-/// Commits every commit point now, synchronously, waiting at most `timeout` for Kafka: the
-/// final commit of a shutdown.
-#[derive(Message)]
-#[rtype(result = "Result<(), FinalCommitFailure>")]
-pub(crate) struct CommitNow {
-    pub(crate) timeout: Duration,
-}
-
-/// Why a final commit did not complete.
-#[derive(Debug)]
-pub(crate) enum FinalCommitFailure {
-    /// The group kept refusing it while it rebalanced, or did not answer in time (behind a
-    /// rebalance, the coordinator holds a member's requests): the close's revocation may
-    /// commit the same offsets ([`Unsettled`] tells).
-    Rebalancing,
-    Other(String),
-}
-
-impl std::fmt::Display for FinalCommitFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FinalCommitFailure::Rebalancing => f.write_str(
-                "refused or unanswered while the group rebalanced, and the close's revocation \
-                 did not commit it either: the next owner repeats what finished since the last \
-                 commit",
-            ),
-            FinalCommitFailure::Other(error) => f.write_str(error),
-        }
     }
 }
 
@@ -507,12 +440,6 @@ impl Handler<CommitNow> for OffsetTracker {
     }
 }
 
-/// What of the final commit is still uncommitted (empty when it completed, or when a later
-/// commit, the close's revocation, covered what it left).
-#[derive(Message)]
-#[rtype(result = "Vec<CommitPoint>")]
-pub(crate) struct Unsettled;
-
 impl Handler<Unsettled> for OffsetTracker {
     type Result = MessageResult<Unsettled>;
 
@@ -520,19 +447,6 @@ impl Handler<Unsettled> for OffsetTracker {
         MessageResult(self.unsettled.clone())
     }
 }
-
-/// What the tracker knows, for the shutdown report.
-#[derive(Debug)]
-pub(crate) struct TrackerReport {
-    pub(crate) committed: BTreeMap<TopicPartition, i64>,
-    pub(crate) abandoned: Vec<Abandoned>,
-    /// Messages given up unfinished on purpose, left for the next reader.
-    pub(crate) released: u64,
-}
-
-#[derive(Message)]
-#[rtype(result = "TrackerReport")]
-pub(crate) struct Report;
 
 impl Handler<Report> for OffsetTracker {
     type Result = MessageResult<Report>;

@@ -1,0 +1,423 @@
+//! Unit tests of the routes, on records made here (no Kafka): handing out in offset order
+//! within credit and the look-ahead, pausing at the limits and the commit window, resuming.
+
+use super::*;
+use rdkafka::message::OwnedHeaders;
+
+use crate::flow::InFlightLimit;
+
+/// A record as a test makes it.
+struct TestRecord {
+    topic: &'static str,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    error: Option<RDKafkaErrorCode>,
+}
+
+impl Record for TestRecord {
+    fn topic(&self) -> &str {
+        self.topic
+    }
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Some(&self.payload)
+    }
+    fn headers(&self) -> Option<OwnedHeaders> {
+        None
+    }
+    fn timestamp(&self) -> Option<i64> {
+        None
+    }
+    fn error(&self) -> Option<RDKafkaErrorCode> {
+        self.error
+    }
+}
+
+fn record(partition: i32, offset: i64, key: &str) -> TestRecord {
+    TestRecord {
+        topic: "t",
+        partition,
+        offset,
+        key: Some(key.as_bytes().to_vec()),
+        payload: vec![0; 10],
+        error: None,
+    }
+}
+
+fn limit(messages: usize) -> InFlightLimit {
+    InFlightLimit {
+        messages,
+        bytes: usize::MAX,
+    }
+}
+
+fn routes(ordering: OrderingMode, processors: usize, partitions: i32) -> Routes {
+    routes_within(ordering, processors, partitions, (10, 15))
+}
+
+/// Routes with (per partition, total) message limits.
+fn routes_within(
+    ordering: OrderingMode,
+    processors: usize,
+    partitions: i32,
+    (partition_limit, total_limit): (usize, usize),
+) -> Routes {
+    let mut routes = Routes::new(
+        processors,
+        FlowSettings {
+            ordering,
+            partition_limit: limit(partition_limit),
+            total_limit: limit(total_limit),
+            read_headers: true,
+        },
+    );
+    routes.assign(
+        (0..partitions)
+            .map(|p| {
+                let partition = TopicPartition::new("t", p);
+                (
+                    AssignedPartition::new(
+                        partition,
+                        AssignmentId(p as u64 + 1),
+                        Default::default(),
+                    ),
+                    Vec::new(),
+                )
+            })
+            .collect(),
+        false,
+    );
+    routes
+}
+
+fn offsets(batch: &[Message]) -> Vec<(i32, i64)> {
+    batch.iter().map(|m| (m.partition(), m.offset())).collect()
+}
+
+#[test]
+fn a_partition_pauses_at_its_limit_and_resumes_at_half_from_the_first_record_not_taken() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    let taken = routes.take((0..12).map(|o| record(0, o, "k")).collect());
+    assert_eq!(taken.positions.len(), 10, "the limit's worth taken");
+    assert_eq!(taken.to_pause, [TopicPartition::new("t", 0)]);
+    assert_eq!(routes.paused(), 1);
+    // A processor with room for 6 takes 6; the partition is still above half.
+    let batches = routes.hand_out(&mut [6]);
+    assert_eq!(batches[0].len(), 6);
+    assert!(routes.resumable().is_empty());
+    drop(batches);
+    assert_eq!(
+        routes.resumable(),
+        [(TopicPartition::new("t", 0), Some(10))],
+        "resumes at half, from offset 10"
+    );
+}
+
+#[test]
+fn the_total_limit_pauses_every_partition() {
+    let mut routes = routes(OrderingMode::PerPartition, 2, 2);
+    let records = (0..8)
+        .map(|o| record(0, o, "k"))
+        .chain((0..8).map(|o| record(1, o, "k")))
+        .collect();
+    let taken = routes.take(records);
+    assert_eq!(taken.positions.len(), 15);
+    assert_eq!(routes.paused(), 2);
+    assert_eq!(routes.total().messages, 15);
+}
+
+/// Two keys that go to different processors of `routes`.
+fn two_keys(routes: &Routes) -> (String, String) {
+    let key_a = "a".to_owned();
+    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let key_b = (0..100)
+        .map(|k| format!("b{k}"))
+        .find(|k| routes.router.processor_for_key(k.as_bytes()) != processor_a)
+        .unwrap();
+    (key_a, key_b)
+}
+
+#[test]
+fn per_key_a_full_processor_holds_up_only_its_own_keys() {
+    let mut routes = routes(OrderingMode::PerKey, 2, 1);
+    let (key_a, key_b) = two_keys(&routes);
+    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let records = vec![
+        record(0, 0, &key_a),
+        record(0, 1, &key_a),
+        record(0, 2, &key_b),
+        record(0, 3, &key_a),
+        record(0, 4, &key_b),
+    ];
+    routes.take(records);
+    let mut credits = [0, 0];
+    credits[processor_a] = 1;
+    credits[1 - processor_a] = 5;
+    let batches = routes.hand_out(&mut credits);
+    // Offset 1 waits for processor A, and so does offset 3 behind it; B's keys go on.
+    assert_eq!(offsets(&batches[processor_a]), [(0, 0)]);
+    assert_eq!(offsets(&batches[1 - processor_a]), [(0, 2), (0, 4)]);
+    assert_eq!(routes.waiting(), 2);
+    // A has room again: its messages follow, in offset order.
+    let mut credits = [0, 0];
+    credits[processor_a] = 5;
+    let batches = routes.hand_out(&mut credits);
+    assert_eq!(offsets(&batches[processor_a]), [(0, 1), (0, 3)]);
+    assert_eq!(routes.waiting(), 0);
+}
+
+#[test]
+fn per_key_looks_no_further_than_the_look_ahead() {
+    let mut routes = routes_within(OrderingMode::PerKey, 2, 1, (10_000, 10_000));
+    let (key_a, key_b) = two_keys(&routes);
+    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let total = LOOK_AHEAD as i64 + 10;
+    let records = std::iter::once(record(0, 0, &key_a))
+        .chain((1..total).map(|o| record(0, o, &key_b)))
+        .collect();
+    routes.take(records);
+    let mut credits = [0, 0];
+    credits[1 - processor_a] = usize::MAX;
+    let batches = routes.hand_out(&mut credits);
+    // Offset 0 waits: only the look-ahead's worth behind it goes out.
+    let handed = offsets(&batches[1 - processor_a]);
+    assert_eq!(handed.len(), LOOK_AHEAD - 1);
+    assert_eq!(handed.last(), Some(&(0, LOOK_AHEAD as i64 - 1)));
+    assert_eq!(routes.waiting(), total as usize - (LOOK_AHEAD - 1));
+    let dropped: Vec<i64> = routes.drop_backlogs().iter().map(|p| p.offset).collect();
+    assert_eq!(dropped[0], 0);
+    assert_eq!(dropped[1], LOOK_AHEAD as i64);
+}
+
+#[test]
+fn per_partition_a_full_processor_holds_up_its_partition() {
+    let mut routes = routes(OrderingMode::PerPartition, 2, 1);
+    routes.take((0..4).map(|o| record(0, o, "k")).collect());
+    let processor = routes.table[0].processor;
+    let mut credits = [5, 5];
+    credits[processor] = 1;
+    let batches = routes.hand_out(&mut credits);
+    assert_eq!(offsets(&batches[processor]), [(0, 0)]);
+    assert!(batches[1 - processor].is_empty());
+    assert_eq!(routes.waiting(), 3);
+}
+
+#[test]
+fn unordered_messages_go_to_any_processor_with_room() {
+    let mut routes = routes(OrderingMode::Unordered, 3, 1);
+    routes.take((0..6).map(|o| record(0, o, "k")).collect());
+    let batches = routes.hand_out(&mut [1, 0, 4]);
+    assert_eq!(offsets(&batches[0]), [(0, 0)]);
+    assert_eq!(offsets(&batches[2]), [(0, 1), (0, 2), (0, 3), (0, 4)]);
+    assert_eq!(routes.waiting(), 1);
+}
+
+#[test]
+fn a_revoked_partition_drops_its_backlog_and_counts_until_its_messages_are_done() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    routes.take((0..4).map(|o| record(0, o, "k")).collect());
+    let held = routes.hand_out(&mut [2]);
+    let revoked = routes.revoke(|p| p.partition() == 0);
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(routes.waiting(), 0);
+    assert_eq!(
+        revoked[0].in_flight.load().messages,
+        2,
+        "what processors hold"
+    );
+    assert_eq!(routes.total().messages, 2);
+    drop(held);
+    assert_eq!(routes.total().messages, 0);
+    assert!(routes.assignment_of(&TopicPartition::new("t", 0)).is_none());
+}
+
+#[test]
+fn a_stop_drops_the_backlogs_and_reports_what_it_dropped() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    routes.take((0..4).map(|o| record(0, o, "k")).collect());
+    let held = routes.hand_out(&mut [1]);
+    let dropped: Vec<i64> = routes.drop_backlogs().iter().map(|p| p.offset).collect();
+    assert_eq!(dropped, [1, 2, 3], "a suffix of the partition");
+    assert_eq!(offsets(&held[0]), [(0, 0)]);
+    assert_eq!(routes.total().messages, 1);
+}
+
+#[test]
+fn messages_an_earlier_reader_finished_are_skipped_in_order() {
+    let mut routes = routes(OrderingMode::PerKey, 1, 0);
+    let assigned = AssignedPartition::new(
+        TopicPartition::new("t", 0),
+        AssignmentId(9),
+        Default::default(),
+    );
+    routes.assign(vec![(assigned, vec![11, 12])], false);
+    let taken = routes.take((10..14).map(|o| record(0, o, "k")).collect());
+    let offsets_of =
+        |positions: &[Position]| -> Vec<i64> { positions.iter().map(|p| p.offset).collect() };
+    assert_eq!(offsets_of(&taken.positions), [10, 11, 12, 13]);
+    assert_eq!(offsets_of(&taken.finished_earlier), [11, 12]);
+    let batches = routes.hand_out(&mut [10]);
+    assert_eq!(offsets(&batches[0]), [(0, 10), (0, 13)]);
+}
+
+#[test]
+fn a_partition_assigned_again_never_resumes_where_its_earlier_assignment_paused() {
+    // The window the old Fetcher had: paused at offset 10 under one assignment, revoked and
+    // assigned again (from its committed offset, say 3) before the next round. A resume at
+    // 10 would skip 3..10, and commit past them.
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    routes.take((0..12).map(|o| record(0, o, "k")).collect());
+    assert_eq!(routes.paused(), 1);
+    let revoked = routes.revoke(|_| true);
+    let again = AssignedPartition::new(
+        TopicPartition::new("t", 0),
+        AssignmentId(2),
+        Default::default(),
+    );
+    routes.assign(vec![(again, Vec::new())], false);
+    drop(revoked);
+    assert_eq!(routes.paused(), 0, "a new assignment starts unpaused");
+    assert!(
+        routes.resumable().is_empty(),
+        "nothing to resume, and no position to seek to"
+    );
+    let taken = routes.take((3..5).map(|o| record(0, o, "k")).collect());
+    assert_eq!(
+        taken.positions.len(),
+        2,
+        "taken from where librdkafka starts it"
+    );
+}
+
+#[test]
+fn errors_in_place_of_records_are_returned_not_taken() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    let mut broken = record(0, 1, "k");
+    broken.error = Some(RDKafkaErrorCode::BadCompression);
+    let taken = routes.take(vec![record(0, 0, "k"), broken]);
+    assert_eq!(taken.positions.len(), 1);
+    assert_eq!(
+        taken.errors,
+        [(
+            TopicPartition::new("t", 0),
+            1,
+            RDKafkaErrorCode::BadCompression
+        )]
+    );
+}
+
+#[test]
+fn nothing_past_an_unreadable_record_is_taken() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    let mut broken = record(0, 1, "k");
+    broken.error = Some(RDKafkaErrorCode::BadCompression);
+    let taken = routes.take(vec![
+        record(0, 0, "k"),
+        broken,
+        record(0, 2, "k"),
+        record(1, 0, "k"),
+    ]);
+    let offsets_of =
+        |positions: &[Position]| -> Vec<i64> { positions.iter().map(|p| p.offset).collect() };
+    assert_eq!(
+        offsets_of(&taken.positions),
+        [0, 0],
+        "partition 0 stops at the bad record; partition 1 goes on"
+    );
+    // The tracker hears of offset 0 only: the commit point stays at the bad record.
+    let mut book = crate::offsets::OffsetBook::default();
+    let from_the_group = crate::offsets::Start::Committed {
+        inherited: Vec::new(),
+    };
+    book.assign(TopicPartition::new("t", 0), AssignmentId(1), from_the_group);
+    book.dispatched(&taken.positions[..1]);
+    book.finished(&taken.positions[..1], |_, _| {});
+    assert_eq!(book.uncommitted()[0].offset, 1);
+    // Nor is anything of it taken in later rounds.
+    let taken = routes.take(vec![record(0, 3, "k")]);
+    assert!(taken.positions.is_empty());
+    assert!(routes.resumable().is_empty(), "it stays paused");
+}
+
+#[test]
+fn a_partition_takes_nothing_a_commit_window_past_its_commit_point() {
+    let mut routes = routes_within(OrderingMode::Unordered, 1, 1, (usize::MAX, usize::MAX));
+    let window = COMMIT_WINDOW as usize;
+    let taken = routes.take((0..=COMMIT_WINDOW).map(|o| record(0, o, "k")).collect());
+    assert_eq!(
+        taken.positions.len(),
+        window,
+        "offset {COMMIT_WINDOW} is not taken"
+    );
+    assert_eq!(taken.to_pause, [TopicPartition::new("t", 0)]);
+    // Every message but the first finished (offset 0 is stuck): the commit point has
+    // not moved, so the partition stays paused, whatever its in-flight count.
+    let mut handed = routes.hand_out(&mut [usize::MAX]).remove(0);
+    let stuck = handed.remove(0);
+    drop(handed);
+    routes.table[0].assigned.set_commit_floor(0);
+    assert!(routes.resumable().is_empty());
+    // The commit point moves, but not yet by half the window.
+    routes.table[0]
+        .assigned
+        .set_commit_floor(COMMIT_WINDOW / 2 - 1);
+    assert!(routes.resumable().is_empty());
+    drop(stuck);
+    routes.table[0].assigned.set_commit_floor(COMMIT_WINDOW / 2);
+    assert_eq!(
+        routes.resumable(),
+        [(TopicPartition::new("t", 0), Some(COMMIT_WINDOW))]
+    );
+}
+
+#[test]
+fn a_partition_paused_at_its_in_flight_limit_resumes_however_far_its_commit_point_lags() {
+    let mut routes = routes_within(OrderingMode::Unordered, 1, 1, (10, 100));
+    routes.take((0..10).map(|o| record(0, o, "k")).collect());
+    assert_eq!(routes.paused(), 1);
+    routes.table[0].assigned.set_commit_floor(0);
+    drop(routes.hand_out(&mut [usize::MAX]));
+    assert_eq!(
+        routes.resumable(),
+        [(TopicPartition::new("t", 0), Some(10))]
+    );
+}
+
+#[test]
+fn partitions_assigned_paused_are_never_resumed_by_flow_control() {
+    // An on_assigned hook failed: their positions are unknown, so they stay paused.
+    let mut routes = routes(OrderingMode::PerPartition, 1, 0);
+    let assigned = AssignedPartition::new(
+        TopicPartition::new("t", 0),
+        AssignmentId(1),
+        Default::default(),
+    );
+    routes.assign(vec![(assigned, Vec::new())], true);
+    assert_eq!(routes.paused(), 1);
+    assert!(routes.resumable().is_empty());
+}
+
+#[test]
+fn a_message_waiting_in_a_backlog_is_located() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    let taken = routes.take((0..3).map(|o| record(0, o, "k")).collect());
+    let sighting = routes.locate(taken.positions[2], |_| 7);
+    assert_eq!(
+        sighting,
+        Some(Sighting::InFetcher {
+            processor: Some(0),
+            processor_queued: 7,
+            ahead: 2
+        })
+    );
+}
