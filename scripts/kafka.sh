@@ -211,9 +211,13 @@ start() {
       done
     done
   fi
-  # Any UUID in Kafka's URL-safe base64 names the cluster: no JVM is needed to make one.
-  local cluster_id
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  # Any UUID in Kafka's URL-safe base64 names the cluster: no JVM is needed to make one. Not
+  # one that starts with '-' (one in 64): the storage tool would read it as an option and
+  # refuse to format (Kafka's own Uuid.randomUuid draws again for the same reason).
+  local cluster_id=-
+  while [[ "$cluster_id" == -* ]]; do
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  done
   java_cmd -Dlog4j2.configurationFile="$home/tools-log4j2.properties" \
     kafka.tools.StorageTool format -t "$cluster_id" -c "$home/server.properties" \
     "${users[@]}" >"$logs/format.log"
