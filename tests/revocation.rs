@@ -164,11 +164,15 @@ fn a_second_stop_request_cuts_short_a_revocation_that_waits() {
     let ends = cluster.produce(&topic, 20);
     assert!(ends.values().all(|end| *end > 0), "{ends:?}");
     let in_long = Arc::new(AtomicUsize::new(0));
-    // Unordered, so that both long messages run at once whatever processors the partitions
-    // are routed to.
+    // Per partition, the two partitions of a topic go to two consecutive processors of the
+    // pool, so both long messages run at once. (Unordered hands messages round-robin, message
+    // by message: when the first partition's count was a multiple of the pool's size, the
+    // second's long message went to the processor busy with the first's, and waited behind it
+    // for the 10 minutes: CI, 2026-12-05.)
     let config = cluster
         .config(&topic, &group)
-        .ordering(OrderingMode::Unordered)
+        .ordering(OrderingMode::PerPartition)
+        .processors(2)
         .rebalance_drain_timeout(Duration::from_secs(600))
         .shutdown_timeout(Duration::from_secs(600))
         .build()
