@@ -60,9 +60,11 @@ fn main() -> anyhow::Result<()> {
             // Latency under the driver's paced stream.
             "b2-latency" => contenders::raw_batch_loop(&run, false, true),
             "f-latency" => contenders::framework_latency(&run),
-            "f" => contenders::framework(&run, false),
+            "f" => contenders::framework(&run, false, false),
+            // A no-op batch processor.
+            "fb" => contenders::framework(&run, false, true),
             // The same, with the Prometheus recorder and the HTTP server: what metrics cost.
-            "fp" => contenders::framework(&run, true),
+            "fp" => contenders::framework(&run, true, false),
             "serve" => contenders::serve(&run),
             "drain" => contenders::drain(&run),
             "hold" => contenders::hold(&run),
