@@ -331,6 +331,10 @@ fn a_static_member_restarting_within_its_session_causes_no_rebalance() {
         .find(|m| m.instance == instance)
         .cloned()
         .expect("A is a member");
+    // B's own count of rebalances once the group has settled (the describes above take seconds):
+    // which member joined first decides whether B already saw a revocation while the two
+    // members shared the partitions out.
+    let b_before = member_b.metrics();
 
     member_a.stop();
     assert!(member_a.join().unwrap().is_clean());
@@ -361,8 +365,12 @@ fn a_static_member_restarting_within_its_session_causes_no_rebalance() {
     );
     let b = member_b.metrics();
     assert_eq!(
-        (b.assignments, b.revocations),
-        (1, 0),
+        (b.assignments, b.revocations, b.lost_assignments),
+        (
+            b_before.assignments,
+            b_before.revocations,
+            b_before.lost_assignments
+        ),
         "B was rebalanced: {b:?}"
     );
     assert_eq!(member_a.metrics().assignments, 1);
