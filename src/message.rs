@@ -12,6 +12,12 @@ use crate::routing::{Lane, OrderingMode};
 /// A record as librdkafka hands it over, before the Fetcher copies it into a [`Message`].
 pub(crate) trait Record {
     fn topic(&self) -> &str;
+    /// An identity of the record's topic that is cheaper to compare than its name (librdkafka's
+    /// topic handle, which lives as long as the topic's partitions are assigned), or 0 when
+    /// there is none: the record is then routed by its topic's name.
+    fn topic_id(&self) -> usize {
+        0
+    }
     fn partition(&self) -> i32;
     fn offset(&self) -> i64;
     fn key(&self) -> Option<&[u8]>;

@@ -404,6 +404,10 @@ impl Record for FetchedMessage<'_> {
             .then(|| RDKafkaErrorCode::from(error))
     }
 
+    fn topic_id(&self) -> usize {
+        self.raw().rkt as usize
+    }
+
     fn topic(&self) -> &str {
         // SAFETY: the topic handle lives as long as the message; its name is NUL-terminated.
         let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(self.raw().rkt)) };

@@ -136,6 +136,10 @@ enum Pause {
 /// One assigned partition.
 struct Route {
     assigned: Arc<AssignedPartition>,
+    /// Its topic's [`Record::topic_id`], learnt from the first record matched by name (0
+    /// until then): librdkafka's topic handle outlives the assignment, so it cannot name
+    /// another topic while the route exists.
+    topic_id: usize,
     /// The partition's processor, for messages routed by partition.
     processor: usize,
     paused: Option<Pause>,
@@ -219,6 +223,7 @@ impl Routes {
             let partition = assigned.partition.clone();
             self.revoke(|p| *p == partition);
             self.table.push(Route {
+                topic_id: 0,
                 processor: self
                     .router
                     .processor_for(assigned.partition.topic(), assigned.partition.partition()),
@@ -288,15 +293,29 @@ impl Routes {
             .map(|route| route.assigned.assignment)
     }
 
-    fn lookup(&mut self, topic: &str, partition: i32) -> Option<usize> {
-        let matches = |route: &Route| {
+    /// The index of the route of `record`'s partition: by its topic's id where a route knows
+    /// it (an integer compare, no name read through librdkafka), else by the topic's name,
+    /// which teaches the route the id.
+    fn lookup(&mut self, record: &impl Record) -> Option<usize> {
+        let (id, partition) = (record.topic_id(), record.partition());
+        let known = |route: &Route| {
+            route.topic_id == id && id != 0 && route.assigned.partition.partition() == partition
+        };
+        if self.table.get(self.last).is_some_and(known) {
+            return Some(self.last);
+        }
+        if let Some(index) = self.table.iter().position(known) {
+            self.last = index;
+            return Some(index);
+        }
+        let topic = record.topic();
+        let index = self.table.iter().position(|route| {
             route.assigned.partition.partition() == partition
                 && route.assigned.partition.topic() == topic
-        };
-        if !self.table.get(self.last).is_some_and(matches) {
-            self.last = self.table.iter().position(matches)?;
-        }
-        Some(self.last)
+        })?;
+        self.table[index].topic_id = id;
+        self.last = index;
+        Some(index)
     }
 
     /// Takes a round's records into the backlogs of their partitions, copying each
@@ -316,7 +335,7 @@ impl Routes {
         // earlier; the tracker must hear of them in offset order.
         let mut planned: Vec<Planned<R>> = Vec::with_capacity(records.len());
         for record in records {
-            let index = self.lookup(record.topic(), record.partition());
+            let index = self.lookup(&record);
             if let Some(error) = record.error() {
                 let partition = TopicPartition::new(record.topic(), record.partition());
                 let trouble = Trouble::of_code(error);

@@ -9,6 +9,7 @@ use crate::flow::InFlightLimit;
 /// A record as a test makes it.
 struct TestRecord {
     topic: &'static str,
+    topic_id: usize,
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
@@ -19,6 +20,9 @@ struct TestRecord {
 impl Record for TestRecord {
     fn topic(&self) -> &str {
         self.topic
+    }
+    fn topic_id(&self) -> usize {
+        self.topic_id
     }
     fn partition(&self) -> i32 {
         self.partition
@@ -46,6 +50,7 @@ impl Record for TestRecord {
 fn record(partition: i32, offset: i64, key: &str) -> TestRecord {
     TestRecord {
         topic: "t",
+        topic_id: 0,
         partition,
         offset,
         key: Some(key.as_bytes().to_vec()),
@@ -420,4 +425,34 @@ fn a_message_waiting_in_a_backlog_is_located() {
             ahead: 2
         })
     );
+}
+
+#[test]
+fn records_are_routed_by_their_topics_id_and_never_to_another_topics_partition() {
+    let mut routes = routes(OrderingMode::PerPartition, 2, 2);
+    let of = |topic: &'static str, topic_id: usize, partition: i32, offset: i64| TestRecord {
+        topic,
+        topic_id,
+        ..record(partition, offset, "k")
+    };
+    // Topic u is not assigned: its partition 0 must not be taken for t's, whatever the route
+    // learnt from the record before.
+    let taken = routes.take(vec![
+        of("t", 1, 0, 0),
+        of("u", 2, 0, 0),
+        of("t", 1, 1, 0),
+        of("t", 1, 0, 1),
+        of("u", 2, 0, 1),
+        of("t", 1, 1, 1),
+    ]);
+    let taken: Vec<(AssignmentId, i64)> = taken
+        .positions
+        .iter()
+        .map(|p| (p.assignment, p.offset))
+        .collect();
+    let (t0, t1) = (
+        routes.assignment_of(&TopicPartition::new("t", 0)).unwrap(),
+        routes.assignment_of(&TopicPartition::new("t", 1)).unwrap(),
+    );
+    assert_eq!(taken, vec![(t0, 0), (t1, 0), (t0, 1), (t1, 1)]);
 }
