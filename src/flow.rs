@@ -101,13 +101,17 @@ impl InFlight {
         self.bytes.fetch_add(load.bytes, Ordering::Relaxed);
     }
 
-    /// Releases one message of `bytes`: called by the message's `Drop`, so whatever path a
-    /// message leaves by (finished, given up, skipped, dropped by a dying task), its count is
-    /// returned exactly once.
-    pub(crate) fn release_one(&self, bytes: usize) {
-        self.bytes.fetch_sub(bytes, Ordering::Release);
-        let before = self.messages.fetch_sub(1, Ordering::Release);
-        debug_assert!(before > 0, "a message was released that was never counted");
+    /// Releases what `load` counted: called for each message once, by its `Drop` or, for
+    /// many at once, by [`Message::release_in_flight`](crate::message::Message::release_in_flight),
+    /// so whatever path a message leaves by (finished, given up, skipped, dropped by a dying
+    /// task), its count is returned exactly once.
+    pub(crate) fn release(&self, load: Load) {
+        self.bytes.fetch_sub(load.bytes, Ordering::Release);
+        let before = self.messages.fetch_sub(load.messages, Ordering::Release);
+        debug_assert!(
+            before >= load.messages,
+            "a message was released that was never counted"
+        );
     }
 }
 

@@ -127,6 +127,12 @@ impl Reports {
             .collect();
         let released = self.released.iter().map(Message::position).collect();
         self.tracker.do_send(Completions { finished, released });
+        Message::release_in_flight(
+            self.done
+                .iter_mut()
+                .map(|done| &mut done.message)
+                .chain(self.released.iter_mut()),
+        );
         self.done.clear();
         self.released.clear();
     }
