@@ -175,6 +175,9 @@ pub(crate) struct Taken {
     pub(crate) to_pause: Vec<TopicPartition>,
     /// The most one partition had in flight after the round, for the peak figures.
     pub(crate) partition_peak: Load,
+    /// What every partition had in flight after the round (read once per round: the sum
+    /// reads each partition's counts, which the processors' threads write).
+    pub(crate) total: Load,
     /// Errors librdkafka returned in place of records: the partition, the offset it was at,
     /// and the error.
     pub(crate) errors: Vec<(TopicPartition, i64, RDKafkaErrorCode)>,
@@ -412,6 +415,7 @@ impl Routes {
                 }
             }
         }
+        taken.total = total_before.plus(round_total);
         // The round's messages count in flight before they exist: each releases itself when
         // dropped.
         let mut buffers: Vec<Option<BytesMut>> = vec![None; self.table.len()];

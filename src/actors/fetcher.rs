@@ -133,6 +133,7 @@ impl Fetcher {
             }
         }
         let mut routes = context.routes();
+        let mut total = None;
         if self.state == State::Fetching {
             resume(consumer, routes.resumable());
             let mut taken = {
@@ -150,8 +151,8 @@ impl Fetcher {
             if !taken.errors.is_empty() {
                 record_errors(consumer, &self.stop, std::mem::take(&mut taken.errors));
             }
-            let total = routes.total();
-            self.metrics.record_peaks(taken.partition_peak, total);
+            self.metrics.record_peaks(taken.partition_peak, taken.total);
+            total = Some(taken.total);
             if self.dies && !taken.positions.is_empty() {
                 panic!("injected fault (KAFKA_ACTORS_TEST_FAULT): the fetcher dies");
             }
@@ -175,8 +176,9 @@ impl Fetcher {
                 }
             }
         }
+        let total = total.unwrap_or_else(|| routes.total());
         self.metrics
-            .set_flow(routes.total(), routes.waiting(), routes.paused());
+            .set_flow(total, routes.waiting(), routes.paused());
         self.metrics.health.round();
         self.metrics.trouble.tick();
         progress
