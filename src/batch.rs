@@ -76,8 +76,10 @@ impl<M: Batchable> Batch<M> {
         self.failed.push(item.failed_attempts);
     }
 
-    /// Takes more messages from `queue` within `limit`; returns whether the batch is full (a
-    /// suspect runs alone: its batch is full at once).
+    /// Takes more messages from `queue` within `limit`. Returns whether the batch is complete:
+    /// full (a suspect runs alone: its batch is full at once), or messages it cannot take
+    /// wait to run (another partition's, a suspect): a processor runs one batch at a time,
+    /// so waiting for this one to fill would hold them up.
     pub(crate) fn fill(&mut self, queue: &mut WorkQueue<M>, limit: BatchLimit) -> bool {
         let Some(first) = self.messages.first() else {
             return true;
@@ -86,6 +88,7 @@ impl<M: Batchable> Batch<M> {
             return true;
         }
         let key = first.batch_key();
+        let mut others_wait = false;
         if self.messages.len() < limit.messages && self.bytes < limit.bytes {
             let mut room = limit.messages - self.messages.len();
             let bytes = &mut self.bytes;
@@ -94,6 +97,7 @@ impl<M: Batchable> Batch<M> {
                     return Take::Full;
                 }
                 if message.is_suspect() || (key.is_some() && message.batch_key() != key) {
+                    others_wait = true;
                     return Take::Skip;
                 }
                 room -= 1;
@@ -102,7 +106,7 @@ impl<M: Batchable> Batch<M> {
             });
             self.failed.resize(self.messages.len(), 0);
         }
-        self.messages.len() >= limit.messages || self.bytes >= limit.bytes
+        others_wait || self.messages.len() >= limit.messages || self.bytes >= limit.bytes
     }
 
     /// Takes out the messages `which` selects, with the attempts they failed before.

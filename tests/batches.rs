@@ -259,6 +259,56 @@ fn a_batch_holds_one_partitions_messages_in_order_within_its_limits() {
     }
 }
 
+/// A processor serving many partitions holds a batch's worth of each: if the other partitions'
+/// messages took up what it may hold, the batch at hand could not fill and would wait out its
+/// linger, each batch in turn (then this test never finishes within its timeout).
+#[test]
+fn batches_fill_without_waiting_out_the_linger_when_a_processor_serves_many_partitions() {
+    for (name, ordering) in [
+        ("batch-many-pp", OrderingMode::PerPartition),
+        ("batch-many-pk", OrderingMode::PerKey),
+    ] {
+        let cluster = Cluster::start();
+        let topic = cluster.topic(name, 8);
+        let end_offsets = cluster.produce(&topic, 4000);
+        let group = group(name);
+        let batcher = Batcher::succeeding();
+        let config = cluster
+            .config(&topic, &group)
+            .ordering(ordering)
+            .processors(2)
+            .batch_size(50, 1 << 20)
+            .batch_linger(Duration::from_secs(600))
+            .build()
+            .unwrap();
+        let factory = batcher.clone();
+        let system = ConsumerSystem::spawn_batch(config, move || factory.clone()).unwrap();
+        // Once the stream ends, each processor may hold one batch that is not full: it waits
+        // for more until the stop. Nothing else waits.
+        let total: i64 = end_offsets.values().sum();
+        wait_until(
+            &format!("{ordering:?}: all but a batch per processor ran"),
+            SCENARIO_TIMEOUT,
+            || batcher.ledger.len() as i64 >= total - 2 * 49,
+        );
+        system.stop();
+        let report = system.join().unwrap();
+
+        assert!(report.is_clean(), "{report}");
+        exactly_once(&batcher.ledger, &end_offsets);
+        assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+        let batches = batcher.batches();
+        // With the topic's backlog at hand, most batches fill (each processor's tail of each
+        // partition does not).
+        let full = batches.iter().filter(|b| b.len() == 50).count();
+        assert!(
+            full * 2 >= batches.len(),
+            "{ordering:?}: {full} of {} batches full",
+            batches.len()
+        );
+    }
+}
+
 #[test]
 fn a_batch_is_bounded_by_bytes_and_unordered_batches_mix_partitions() {
     let cluster = Cluster::start();

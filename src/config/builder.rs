@@ -156,10 +156,12 @@ impl ConsumerConfigBuilder {
     /// 10 ms of work): at most `messages`, and no more than it is measured to finish in
     /// `work`. The message cap matters only for fast processors: one that takes microseconds
     /// per message needs thousands at hand to keep up with the fetcher (with 1,024 a no-op
-    /// processor on one partition ran 28 % slower). The rest of what was fetched waits in the fetcher (counted in the in-flight
-    /// limits), so a stop or a revocation waits only for what processors hold: about `work`
-    /// plus the slowest message in progress, whatever the backlog. Larger values smooth out
-    /// processors whose message times vary a lot; smaller ones make stops shorter.
+    /// processor on one partition ran 28 % slower). A batch processor holds at least a batch
+    /// for each partition it serves, within the message cap, so that its batches can fill.
+    /// The rest of what was fetched waits in the fetcher (counted in the in-flight limits), so
+    /// a stop or a revocation waits only for what processors hold: about `work` plus the
+    /// slowest message in progress, whatever the backlog. Larger values smooth out processors
+    /// whose message times vary a lot; smaller ones make stops shorter.
     pub fn prefetch(mut self, messages: usize, work: Duration) -> Self {
         self.prefetch = PrefetchLimit { messages, work };
         self
@@ -177,8 +179,9 @@ impl ConsumerConfigBuilder {
     }
 
     /// How long a processor waits at most for a batch to fill before it runs it (default
-    /// 100 ms; zero runs what is at hand at once). It never waits while a stop, a revocation
-    /// or a partition hook waits for it.
+    /// 100 ms; zero runs what is at hand at once). It never waits while other messages wait
+    /// for it (another partition's: a processor runs one batch at a time), nor while a stop,
+    /// a revocation or a partition hook waits for it.
     pub fn batch_linger(mut self, linger: Duration) -> Self {
         self.batch.linger = linger;
         self

@@ -71,7 +71,6 @@ impl<P> TaskState<P> {
         commands: mpsc::UnboundedReceiver<Command>,
         credit: Arc<Credit>,
     ) -> Self {
-        let floor = shared.batch.messages;
         let now = Instant::now();
         TaskState {
             index,
@@ -88,7 +87,7 @@ impl<P> TaskState<P> {
             drains: Vec::new(),
             stop: None,
             orphaned: false,
-            speed: Speed::new(floor),
+            speed: Speed::default(),
             epoch: now,
             previous_end: None,
             last_batch_end: now,
@@ -125,23 +124,28 @@ impl<P> TaskState<P> {
     }
 
     /// Tells the credit about messages that left the ready queue, and the Fetcher when that
-    /// made room.
-    pub(super) fn count_started(&mut self) {
+    /// made room. Returns how many left.
+    pub(super) fn count_started(&mut self) -> usize {
         let started = self.work.take_started();
         if started > 0 && self.credit.started(started) {
             self.shared.fetcher_wakeup.notify_one();
         }
+        started
     }
 
-    /// Accepts every command waiting, without waiting.
-    fn accept_waiting(&mut self) {
+    /// Accepts every command waiting, without waiting. Returns whether there was any.
+    pub(super) fn accept_waiting(&mut self) -> bool {
+        let mut accepted = false;
         loop {
             match self.commands.try_recv() {
-                Ok(command) => self.accept(command),
-                Err(mpsc::error::TryRecvError::Empty) => return,
+                Ok(command) => {
+                    self.accept(command);
+                    accepted = true;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return accepted,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.orphaned = true;
-                    return;
+                    return accepted;
                 }
             }
         }

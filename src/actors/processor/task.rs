@@ -186,14 +186,16 @@ impl<W: Work> ProcessorTask<W> {
     }
 
     /// Takes more messages into the batch, up to its limits; waits at most the linger for
-    /// them, and not at all when a stop, a revocation or a hook waits for this processor.
+    /// them, and not at all when other messages wait to run, when a stop, a revocation or a
+    /// hook waits for this processor, or when nothing more can come (the processor holds all
+    /// its credit allows).
     async fn fill(&mut self) {
         let limit = self.state.shared.batch;
         let deadline = Instant::now() + limit.linger;
         loop {
-            let full = self.batch.fill(&mut self.state.work, limit);
+            let complete = self.batch.fill(&mut self.state.work, limit);
             let state = &mut self.state;
-            if full
+            if complete
                 || state.hurry
                 || state.draining
                 || state.stop.is_some()
@@ -202,8 +204,19 @@ impl<W: Work> ProcessorTask<W> {
             {
                 return;
             }
-            // What was taken made room: the Fetcher may hand out more meanwhile.
-            state.count_started();
+            if state.count_started() > 0 {
+                // What was taken made room: the Fetcher may hand out more while this batch
+                // waits, not only once the queue is down to half.
+                state.shared.fetcher_wakeup.notify_one();
+            }
+            if state.credit.available() == 0 {
+                // The Fetcher hands out nothing more until something starts: what may still
+                // come has been sent already, or this batch runs as it is.
+                if state.accept_waiting() {
+                    continue;
+                }
+                return;
+            }
             state.linger_until(deadline).await;
         }
     }
