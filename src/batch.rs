@@ -78,8 +78,9 @@ impl<M: Batchable> Batch<M> {
 
     /// Takes more messages from `queue` within `limit`. Returns whether the batch is complete:
     /// full (a suspect runs alone: its batch is full at once), or messages it cannot take
-    /// wait to run (another partition's, a suspect): a processor runs one batch at a time,
-    /// so waiting for this one to fill would hold them up.
+    /// wait to run (another partition's, a suspect, one that would pass the byte limit): a
+    /// processor runs one batch at a time, so waiting for this one to fill would hold them
+    /// up.
     pub(crate) fn fill(&mut self, queue: &mut WorkQueue<M>, limit: BatchLimit) -> bool {
         let Some(first) = self.messages.first() else {
             return true;
@@ -94,6 +95,7 @@ impl<M: Batchable> Batch<M> {
             let bytes = &mut self.bytes;
             queue.take_more(&mut self.messages, |message| {
                 if room == 0 || bytes.saturating_add(message.size()) > limit.bytes {
+                    others_wait = true;
                     return Take::Full;
                 }
                 if message.is_suspect() || (key.is_some() && message.batch_key() != key) {

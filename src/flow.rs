@@ -210,51 +210,26 @@ impl BatchLimit {
 /// rest; the processor sets the prefetch from its measured speed, so that what it holds takes
 /// little time to finish (a stop or a revocation waits for it). On a cache line of its own:
 /// the processor writes it once per message.
-///
-/// A batch processor's prefetch is at least its *batch floor*: a batch for each partition
-/// whose messages it is handed and whose batches it cannot share (see
-/// [`Routes::batch_keys`](crate::routes::Routes::batch_keys)), within the prefetch's message
-/// cap. Below that, the messages of the other partitions it holds use up its credit, the
-/// batch at hand cannot fill, and every batch waits out its linger.
 #[repr(align(64))]
 #[derive(Debug)]
 pub(crate) struct Credit {
     /// Handed to the processor and not started yet.
     queued: AtomicUsize,
-    /// Set from the measured speed.
     prefetch: AtomicUsize,
-    /// The batch floor, set by the Fetcher as partitions come and go.
-    floor: AtomicUsize,
-    /// The most messages in a batch (one for a `Processor`).
-    batch: usize,
-    /// The prefetch's message cap, which the floor stays within.
-    cap: usize,
 }
 
 impl Credit {
-    /// The credit of a processor whose batches hold at most `batch` messages and that holds
-    /// at most `cap` (at least a batch); its prefetch starts at a batch.
-    pub(crate) fn new(batch: usize, cap: usize) -> Self {
-        let batch = batch.max(1);
+    pub(crate) fn new(prefetch: usize) -> Self {
         Credit {
             queued: AtomicUsize::new(0),
-            prefetch: AtomicUsize::new(batch),
-            floor: AtomicUsize::new(batch),
-            batch,
-            cap: cap.max(batch),
+            prefetch: AtomicUsize::new(prefetch.max(1)),
         }
-    }
-
-    /// How many messages the processor may hold: its prefetch, or its batch floor if higher.
-    fn limit(&self) -> usize {
-        self.prefetch
-            .load(Ordering::Relaxed)
-            .max(self.floor.load(Ordering::Relaxed))
     }
 
     /// How many more messages the processor may be handed now.
     pub(crate) fn available(&self) -> usize {
-        self.limit()
+        self.prefetch
+            .load(Ordering::Relaxed)
             .saturating_sub(self.queued.load(Ordering::Acquire))
     }
 
@@ -264,8 +239,8 @@ impl Credit {
     }
 
     /// The processor started `count` handed messages. Returns whether the Fetcher should be
-    /// told that there is room: when what is queued fell to half the limit, so that the next
-    /// messages arrive before the queue runs dry, or to nothing.
+    /// told that there is room: when what is queued fell to half the prefetch, so that the
+    /// next messages arrive before the queue runs dry, or to nothing.
     pub(crate) fn started(&self, count: usize) -> bool {
         let before = self
             .queued
@@ -274,26 +249,15 @@ impl Credit {
             })
             .unwrap_or_else(|queued| queued);
         let after = before.saturating_sub(count);
-        let low_water = self.limit() / 2;
+        let low_water = self.prefetch.load(Ordering::Relaxed) / 2;
         (before > low_water && after <= low_water) || (before > 0 && after == 0)
     }
 
-    /// The processor measured its speed: sets the prefetch. Returns whether the limit grew
-    /// (the Fetcher may hand out more now).
+    /// The processor measured its speed: sets the prefetch. Returns whether it grew (the
+    /// Fetcher may hand out more now).
     pub(crate) fn set_prefetch(&self, prefetch: usize) -> bool {
-        let before = self.limit();
-        self.prefetch.store(prefetch.max(1), Ordering::Relaxed);
-        self.limit() > before
-    }
-
-    /// The processor is handed messages of `keys` partitions whose batches it cannot share:
-    /// sets the batch floor. A `Processor` runs one message at a time and never waits for a
-    /// batch to fill, so its floor stays one message (more would only lengthen its stops).
-    pub(crate) fn set_batch_keys(&self, keys: usize) {
-        if self.batch > 1 {
-            let floor = self.batch.saturating_mul(keys.max(1)).min(self.cap);
-            self.floor.store(floor, Ordering::Relaxed);
-        }
+        let prefetch = prefetch.max(1);
+        self.prefetch.swap(prefetch, Ordering::Relaxed) < prefetch
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -330,8 +294,7 @@ mod tests {
 
     #[test]
     fn credit_asks_for_more_at_half_the_prefetch_and_when_empty() {
-        let credit = Credit::new(1, 100);
-        credit.set_prefetch(4);
+        let credit = Credit::new(4);
         assert_eq!(credit.available(), 4);
         credit.handed(4);
         assert_eq!(credit.available(), 0);
@@ -347,43 +310,5 @@ mod tests {
         assert!(credit.set_prefetch(8));
         assert!(!credit.set_prefetch(2));
         assert_eq!(credit.available(), 2);
-    }
-
-    #[test]
-    fn a_batch_processor_holds_a_batch_per_partition_it_serves_within_the_cap() {
-        let credit = Credit::new(500, 8_192);
-        credit.set_prefetch(10);
-        assert_eq!(
-            credit.available(),
-            500,
-            "a batch before any partition is counted"
-        );
-        credit.set_batch_keys(4);
-        assert_eq!(
-            credit.available(),
-            2_000,
-            "a batch for each of 4 partitions"
-        );
-        credit.handed(1_000);
-        assert_eq!(credit.available(), 1_000);
-        assert!(credit.started(1_000), "empty: the Fetcher is told");
-        credit.set_batch_keys(100);
-        assert_eq!(credit.available(), 8_192, "within the prefetch's cap");
-        assert!(
-            credit.set_prefetch(9_000),
-            "a measured prefetch above the floor raises it"
-        );
-        assert_eq!(credit.available(), 9_000);
-        credit.set_prefetch(1);
-        credit.set_batch_keys(0);
-        assert_eq!(credit.available(), 500, "no partition: still a batch");
-    }
-
-    #[test]
-    fn a_processor_of_one_message_at_a_time_keeps_a_floor_of_one() {
-        let credit = Credit::new(1, 8_192);
-        credit.set_batch_keys(64);
-        credit.set_prefetch(1);
-        assert_eq!(credit.available(), 1);
     }
 }

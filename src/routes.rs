@@ -198,8 +198,6 @@ pub(crate) struct Routes {
     first_route: usize,
     /// The processor the next message that may go anywhere goes to first.
     next_any: usize,
-    /// Whether partitions came or went since [`batch_keys`](Self::batch_keys) last told.
-    keys_changed: bool,
 }
 
 impl Routes {
@@ -212,7 +210,6 @@ impl Routes {
             retiring: Vec::new(),
             first_route: 0,
             next_any: 0,
-            keys_changed: false,
         }
     }
 
@@ -226,7 +223,6 @@ impl Routes {
         held: bool,
     ) {
         for (assigned, finished_earlier) in partitions {
-            self.keys_changed = true;
             let partition = assigned.partition.clone();
             self.revoke(|p| *p == partition);
             self.table.push(Route {
@@ -260,7 +256,6 @@ impl Routes {
                 true
             }
         });
-        self.keys_changed |= !revoked.is_empty();
         self.retiring.extend(revoked.iter().cloned());
         self.last = 0;
         revoked
@@ -291,27 +286,6 @@ impl Routes {
     /// How many partitions are held.
     pub(crate) fn held(&self) -> usize {
         self.table.len()
-    }
-
-    /// For each processor, how many partitions it is handed messages of whose batches it
-    /// cannot share (a batch holds one partition's messages in the ordered modes): per
-    /// partition those routed to it, per key every one held, unordered one (any message fits
-    /// any batch). `None` if no partition came or went since the last call.
-    pub(crate) fn batch_keys(&mut self) -> Option<Vec<usize>> {
-        if !std::mem::take(&mut self.keys_changed) {
-            return None;
-        }
-        let mut keys = vec![0; self.router.pool_size()];
-        match self.flow.ordering {
-            OrderingMode::PerPartition => {
-                for route in &self.table {
-                    keys[route.processor] += 1;
-                }
-            }
-            OrderingMode::PerKey => keys.fill(self.table.len()),
-            OrderingMode::Unordered => keys.fill(1),
-        }
-        Some(keys)
     }
 
     /// The assignment a partition is held under, if it is held.

@@ -53,9 +53,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use support::{Cluster, free_addr, get, wait_until};
 
 /// What a message does when processed, decided by the producer and carried in its payload.
@@ -471,6 +472,30 @@ impl Group<'_> {
     }
 }
 
+/// The stream's producer context: counts the messages whose delivery failed, so that a lost
+/// message of the stream's own says so rather than showing up as a short topic.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
 /// Produces `rate` messages a second until `stop` is set; returns the fates by id.
 fn stream(
     brokers: String,
@@ -481,13 +506,12 @@ fn stream(
 ) -> std::thread::JoinHandle<HashMap<u64, Fate>> {
     std::thread::spawn(move || {
         let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed);
-        let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("linger.ms", "5")
-                .set("message.timeout.ms", "60000")
-                .create()
-                .expect("create the soak producer");
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .create_with_context(Deliveries::default())
+            .expect("create the soak producer");
         let mut fates = HashMap::new();
         let slow_one_in = env_number("SOAK_SLOW_ONE_IN", 500);
         let tick = Duration::from_millis(50);
@@ -529,6 +553,16 @@ fn stream(
         producer
             .flush(Duration::from_secs(60))
             .expect("every soak message delivered");
+        let deliveries = producer.context();
+        let failed = deliveries.failed.load(Ordering::Relaxed);
+        assert_eq!(
+            failed,
+            0,
+            "seed {}: the stream's producer failed to deliver {failed} of {next_id} messages \
+             (the test's own, not the system's; first error: {:?})",
+            plan.seed,
+            deliveries.first_error.lock().unwrap()
+        );
         fates
     })
 }

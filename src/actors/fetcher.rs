@@ -163,12 +163,6 @@ impl Fetcher {
                     finished_earlier: taken.finished_earlier,
                 });
             }
-            if let Some(keys) = routes.batch_keys() {
-                // Partitions came or went: a batch processor holds a batch for each of its own.
-                for (processor, keys) in self.processors.iter().zip(keys) {
-                    processor.credit.set_batch_keys(keys);
-                }
-            }
             let mut credits: Vec<usize> = self
                 .processors
                 .iter()

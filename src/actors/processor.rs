@@ -101,7 +101,7 @@ pub(crate) fn spawn<W: Work>(
     arbiter: &ArbiterHandle,
 ) -> (ProcessorHandle, oneshot::Receiver<anyhow::Result<()>>) {
     // A batch can fill from the start.
-    let credit = Arc::new(Credit::new(shared.batch.messages, shared.prefetch.messages));
+    let credit = Arc::new(Credit::new(shared.batch.messages));
     let (processor, commands) = ProcessorHandle::new(index, credit.clone());
     let (started, start_result) = oneshot::channel();
     let spawned = arbiter.spawn_fn(move || {

@@ -40,6 +40,7 @@ struct TestMessage {
     key: u8,
     ordering: crate::OrderingMode,
     suspect: bool,
+    size: usize,
 }
 
 impl Laned for TestMessage {
@@ -62,7 +63,7 @@ impl Batchable for TestMessage {
         }
     }
     fn size(&self) -> usize {
-        1
+        self.size
     }
     fn is_suspect(&self) -> bool {
         self.suspect
@@ -334,6 +335,7 @@ fn run_in(
                         key,
                         ordering,
                         suspect: false,
+                        size: 1,
                     };
                     scripts.push(script);
                     record.lanes.insert(message.id, message.lane());
@@ -442,4 +444,52 @@ proptest! {
     ) {
         run_in(ordering, steps, policy)?;
     }
+}
+
+/// A message of `partition` of `size` bytes, per partition.
+fn sized(id: usize, partition: u8, size: usize) -> TestMessage {
+    TestMessage {
+        id,
+        partition,
+        epoch: 0,
+        key: 0,
+        ordering: crate::OrderingMode::PerPartition,
+        suspect: false,
+        size,
+    }
+}
+
+/// Fills a batch started with the first of `messages` within 10 messages and 10 bytes;
+/// returns whether it is complete and how many it holds.
+fn fill_from(messages: Vec<TestMessage>) -> (bool, usize) {
+    let mut queue = WorkQueue::default();
+    queue.push(messages);
+    let mut batch = Batch::default();
+    batch.start(queue.next(Instant::now()).expect("a message"));
+    let limit = BatchLimit {
+        messages: 10,
+        bytes: 10,
+        linger: Duration::from_secs(60),
+    };
+    let complete = batch.fill(&mut queue, limit);
+    (complete, batch.messages.len())
+}
+
+#[test]
+fn a_batch_waits_for_more_only_when_nothing_it_cannot_take_waits() {
+    assert_eq!(
+        fill_from(vec![sized(0, 0, 1), sized(1, 0, 1)]),
+        (false, 2),
+        "room for more, nothing else waiting: it may linger"
+    );
+    assert_eq!(
+        fill_from(vec![sized(0, 0, 1), sized(1, 1, 1), sized(2, 0, 1)]),
+        (true, 2),
+        "another partition's message waits: it runs now"
+    );
+    assert_eq!(
+        fill_from(vec![sized(0, 0, 4), sized(1, 0, 4), sized(2, 0, 4)]),
+        (true, 2),
+        "the next message would pass the byte limit: it runs now, without it"
+    );
 }

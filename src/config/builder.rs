@@ -156,8 +156,7 @@ impl ConsumerConfigBuilder {
     /// 10 ms of work): at most `messages`, and no more than it is measured to finish in
     /// `work`. The message cap matters only for fast processors: one that takes microseconds
     /// per message needs thousands at hand to keep up with the fetcher (with 1,024 a no-op
-    /// processor on one partition ran 28 % slower). A batch processor holds at least a batch
-    /// for each partition it serves, within the message cap, so that its batches can fill.
+    /// processor on one partition ran 28 % slower). A batch processor holds at least a batch.
     /// The rest of what was fetched waits in the fetcher (counted in the in-flight limits), so
     /// a stop or a revocation waits only for what processors hold: about `work` plus the
     /// slowest message in progress, whatever the backlog. Larger values smooth out processors

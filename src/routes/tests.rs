@@ -456,34 +456,3 @@ fn records_are_routed_by_their_topics_id_and_never_to_another_topics_partition()
     );
     assert_eq!(taken, vec![(t0, 0), (t1, 0), (t0, 1), (t1, 1)]);
 }
-
-#[test]
-fn each_processor_is_told_how_many_partitions_it_batches_once_they_change() {
-    let mut per_partition = routes(OrderingMode::PerPartition, 2, 6);
-    let keys = per_partition.batch_keys().expect("partitions came");
-    assert_eq!(
-        keys.iter().sum::<usize>(),
-        6,
-        "each partition on one processor"
-    );
-    for (processor, count) in keys.iter().enumerate() {
-        let routed = (0..6)
-            .filter(|p| per_partition.processors_of(&TopicPartition::new("t", *p)) == [processor])
-            .count();
-        assert_eq!(*count, routed, "processor {processor}");
-    }
-    assert_eq!(per_partition.batch_keys(), None, "nothing changed since");
-    per_partition.revoke(|p| p.partition() == 9);
-    assert_eq!(per_partition.batch_keys(), None, "nothing was revoked");
-    per_partition.revoke(|_| true);
-    assert_eq!(per_partition.batch_keys(), Some(vec![0, 0]));
-
-    let mut per_key = routes(OrderingMode::PerKey, 3, 5);
-    assert_eq!(per_key.batch_keys(), Some(vec![5, 5, 5]), "every partition");
-    let mut unordered = routes(OrderingMode::Unordered, 2, 5);
-    assert_eq!(
-        unordered.batch_keys(),
-        Some(vec![1, 1]),
-        "one batch fits any message"
-    );
-}

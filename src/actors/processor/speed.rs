@@ -12,6 +12,8 @@ const MEASURE_EVERY: u32 = 256;
 /// prefetch it implies.
 #[derive(Default)]
 pub(super) struct Speed {
+    /// The least prefetch: a batch processor's batch size, so that a batch can fill.
+    floor: usize,
     run_started: Option<Instant>,
     run_length: u32,
     /// Smoothed nanoseconds per message.
@@ -19,6 +21,14 @@ pub(super) struct Speed {
 }
 
 impl Speed {
+    /// A speed not measured yet, whose prefetch is at least `floor`.
+    pub(super) fn new(floor: usize) -> Self {
+        Speed {
+            floor,
+            ..Speed::default()
+        }
+    }
+
     pub(super) fn started(&mut self, credit: &Credit, limit: PrefetchLimit) -> bool {
         match self.run_started {
             None => self.run_started = Some(Instant::now()),
@@ -46,8 +56,8 @@ impl Speed {
         };
         self.nanos_per_message = Some(smoothed);
         let by_work = limit.work.as_nanos() as f64 / smoothed.max(1.0);
-        // A batch processor's credit keeps a floor of its own (a batch per partition).
-        let prefetch = (by_work as usize).clamp(1, limit.messages.max(1));
+        let prefetch =
+            (by_work as usize).clamp(self.floor.clamp(1, limit.messages), limit.messages.max(1));
         credit.set_prefetch(prefetch)
     }
 }

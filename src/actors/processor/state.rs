@@ -71,6 +71,7 @@ impl<P> TaskState<P> {
         commands: mpsc::UnboundedReceiver<Command>,
         credit: Arc<Credit>,
     ) -> Self {
+        let floor = shared.batch.messages;
         let now = Instant::now();
         TaskState {
             index,
@@ -87,7 +88,7 @@ impl<P> TaskState<P> {
             drains: Vec::new(),
             stop: None,
             orphaned: false,
-            speed: Speed::default(),
+            speed: Speed::new(floor),
             epoch: now,
             previous_end: None,
             last_batch_end: now,

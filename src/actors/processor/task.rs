@@ -186,9 +186,9 @@ impl<W: Work> ProcessorTask<W> {
     }
 
     /// Takes more messages into the batch, up to its limits; waits at most the linger for
-    /// them, and not at all when other messages wait to run, when a stop, a revocation or a
-    /// hook waits for this processor, or when nothing more can come (the processor holds all
-    /// its credit allows).
+    /// them, and not at all when other messages wait to run (a retry that came due among
+    /// them), when a stop, a revocation or a hook waits for this processor, or when nothing
+    /// more can come (the processor holds all its credit allows).
     async fn fill(&mut self) {
         let limit = self.state.shared.batch;
         let deadline = Instant::now() + limit.linger;
@@ -209,6 +209,11 @@ impl<W: Work> ProcessorTask<W> {
                 // waits, not only once the queue is down to half.
                 state.shared.fetcher_wakeup.notify_one();
             }
+            // A retry that came due waits to run too.
+            let retry_at = state.work.next_retry_at();
+            if retry_at.is_some_and(|at| at <= Instant::now()) {
+                return;
+            }
             if state.credit.available() == 0 {
                 // The Fetcher hands out nothing more until something starts: what may still
                 // come has been sent already, or this batch runs as it is.
@@ -217,7 +222,9 @@ impl<W: Work> ProcessorTask<W> {
                 }
                 return;
             }
-            state.linger_until(deadline).await;
+            state
+                .linger_until(retry_at.map_or(deadline, |at| at.min(deadline)))
+                .await;
         }
     }
 
