@@ -525,3 +525,24 @@ fn a_test_run_and_an_embedded_run_agree_on_batches() {
     assert_eq!(test_run.1, embedded.1);
     assert_eq!(test_run.2, embedded.2);
 }
+
+/// The testkit as a `#[tokio::test]` calls it: the blocking forms work inside a runtime
+/// (they panicked there before: tokio refuses to block on a runtime within one), and the
+/// async forms, run on the test's own task, give the same outcomes.
+#[tokio::test]
+async fn inside_tokio_test_the_blocking_and_the_awaited_runs_agree() {
+    let messages = || [message(0, "fail 1"), message(0, "ok"), message(1, "ok")];
+    let run = TestRun::new().failure_policy(FailurePolicy::retry(3).jitter(0.0));
+    let blocking = run.process(Scripted::default, messages());
+    let awaited = run.process_async(Scripted::default, messages()).await;
+    assert_eq!(blocking, awaited);
+    assert_eq!(awaited.of(0, 0).fate, Fate::Processed);
+    assert_eq!(awaited.of(0, 0).attempts, 2);
+    assert_eq!(awaited.of(1, 0).fate, Fate::Processed);
+
+    let batches = || [message(0, "ok"), message(0, "ok"), message(1, "ok")];
+    let blocking = run.process_batches(Sink::default, batches());
+    let awaited = run.process_batches_async(Sink::default, batches()).await;
+    assert_eq!(blocking, awaited);
+    assert_eq!(awaited.batches, [vec![(0, 0), (0, 1)], vec![(1, 0)]]);
+}

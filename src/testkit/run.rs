@@ -258,7 +258,10 @@ impl TestRun {
         self
     }
 
-    /// Runs `messages` through processors made by `factory` (a fresh one after a panic).
+    /// Runs `messages` through processors made by `factory` (a fresh one after a panic), and
+    /// blocks until they are done. Works in any test, `#[tokio::test]` included (inside a
+    /// runtime the run gets a thread and a runtime of its own); in an async test,
+    /// [`process_async`](Self::process_async) runs on the test's own task instead.
     ///
     /// # Panics
     ///
@@ -271,9 +274,50 @@ impl TestRun {
         self.run(move || One(factory()), messages, BatchLimit::ONE)
     }
 
+    /// As [`process`](Self::process), awaited: for `#[tokio::test]` and other async tests.
+    /// The processors run on the awaiting task (so a processor may use what the test's
+    /// runtime offers, its paused clock included).
+    ///
+    /// ```
+    /// use kafka_actors::testkit::{Fate, MessageBuilder, TestRun};
+    /// use kafka_actors::{Message, Processor};
+    ///
+    /// struct Accept;
+    ///
+    /// impl Processor for Accept {
+    ///     async fn process(&mut self, _: &Message) -> anyhow::Result<()> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // In a test: #[tokio::test] async fn accepts_everything() { ... }
+    /// let outcome = TestRun::new()
+    ///     .process_async(|| Accept, [MessageBuilder::new("orders")])
+    ///     .await;
+    /// assert_eq!(outcome.of(0, 0).fate, Fate::Processed);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the factory or `on_start` fails: the test cannot run.
+    pub async fn process_async<P: Processor>(
+        &self,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+    ) -> Outcome {
+        let messages = self.make(messages);
+        let factory = move || One(factory());
+        self.drive(Arc::new(factory), messages, BatchLimit::ONE)
+            .await
+    }
+
     /// Runs `messages` through batch processors made by `factory`, in batches of one
     /// partition's messages (any partitions', unordered) within
     /// [`batch_size`](Self::batch_size): all that is at hand, since a run does not linger.
+    /// Blocks as [`process`](Self::process) does.
     ///
     /// # Panics
     ///
@@ -286,19 +330,52 @@ impl TestRun {
         self.run(move || Batches(factory()), messages, self.batch)
     }
 
+    /// As [`process_batches`](Self::process_batches), awaited (see
+    /// [`process_async`](Self::process_async)).
+    ///
+    /// # Panics
+    ///
+    /// If the factory or `on_start` fails: the test cannot run.
+    pub async fn process_batches_async<B: BatchProcessor>(
+        &self,
+        factory: impl Fn() -> B + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+    ) -> Outcome {
+        let messages = self.make(messages);
+        let factory = move || Batches(factory());
+        self.drive(Arc::new(factory), messages, self.batch).await
+    }
+
+    /// Blocks on the run. A thread cannot block on a runtime while it runs another's task
+    /// (tokio refuses), so inside a runtime the run gets a thread of its own.
     fn run<W: Work>(
         &self,
         factory: impl Fn() -> W + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
         limit: BatchLimit,
     ) -> Outcome {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a current-thread runtime");
-        let local = tokio::task::LocalSet::new();
         let messages = self.make(messages);
-        local.block_on(&runtime, self.drive(Arc::new(factory), messages, limit))
+        let run = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, self.drive(Arc::new(factory), messages, limit))
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return run();
+        }
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name("kafka-actors-testkit".to_owned())
+                .spawn_scoped(scope, run)
+                .expect("a thread for the test run");
+            // A failed assertion inside the processor fails the test that called `process`.
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Makes the messages, each partition under an assignment of its own.
