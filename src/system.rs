@@ -1,7 +1,10 @@
 //! Running a consumer system: on the caller's thread, or on a thread of its own.
 
+use std::future::Future;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
 
 use crate::actors::supervisor::{Supervisor, stop_arbiters};
 use crate::health::Stage;
@@ -20,11 +23,13 @@ use crate::{
 /// [`shutdown_timeout`](crate::ConsumerConfigBuilder::shutdown_timeout) and returns a
 /// [`ShutdownReport`].
 ///
-/// # Using it from an async `main`
+/// # Using it from an async application
 ///
-/// [`start`](ConsumerSystem::start) blocks and runs its own actix runtime, so it cannot be
-/// called from inside another runtime's task. From `#[tokio::main]` or `#[actix::main]`, use
-/// [`spawn`](ConsumerSystem::spawn), or run `start` on a blocking thread:
+/// [`start`](ConsumerSystem::start) blocks its thread until the system stopped. From
+/// `#[tokio::main]` or `#[actix::main]`, await [`run`](ConsumerSystem::run) (or
+/// [`run_until`](ConsumerSystem::run_until), which also stops when a future of yours
+/// completes, as axum's `with_graceful_shutdown`); the actors run on threads of their own and
+/// nothing blocks the caller's runtime:
 ///
 /// ```no_run
 /// # use kafka_actors::{ConsumerConfig, ConsumerSystem, Message, Processor};
@@ -39,8 +44,9 @@ use crate::{
 ///         .group_id("billing")
 ///         .topic("orders")
 ///         .build()?;
-///     let report = tokio::task::spawn_blocking(move || ConsumerSystem::start(config, || Noop))
-///         .await??;
+///     // Stops on SIGINT or SIGTERM (signal handling is on by default), or an hour from now.
+///     let shutdown = tokio::time::sleep(std::time::Duration::from_secs(3600));
+///     let report = ConsumerSystem::run_until(config, || Noop, shutdown).await?;
 ///     println!("{report}");
 ///     Ok(())
 /// }
@@ -75,6 +81,54 @@ impl ConsumerSystem {
         run(config, move || Batches(factory()), StopHandle::new(), None)
     }
 
+    /// As [`start`](Self::start), awaited: the system runs on threads of its own until it has
+    /// stopped (a signal, or a failure that stops it), and the caller's runtime is never
+    /// blocked. Dropping the future asks the system for a graceful stop.
+    pub async fn run<P, F>(config: ConsumerConfig, factory: F) -> Result<ShutdownReport>
+    where
+        P: Processor,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        run_until(config, move || One(factory()), std::future::pending()).await
+    }
+
+    /// As [`run`](Self::run), and also stops gracefully when `shutdown` completes (a
+    /// `CancellationToken`'s `cancelled()`, a channel, a timer: any future). Signals are still
+    /// handled unless [`handle_signals`](crate::ConsumerConfigBuilder::handle_signals) is off.
+    pub async fn run_until<P, F>(
+        config: ConsumerConfig,
+        factory: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ShutdownReport>
+    where
+        P: Processor,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        run_until(config, move || One(factory()), shutdown).await
+    }
+
+    /// As [`run`](Self::run), with [`BatchProcessor`]s.
+    pub async fn run_batch<B, F>(config: ConsumerConfig, factory: F) -> Result<ShutdownReport>
+    where
+        B: BatchProcessor,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        run_until(config, move || Batches(factory()), std::future::pending()).await
+    }
+
+    /// As [`run_until`](Self::run_until), with [`BatchProcessor`]s.
+    pub async fn run_batch_until<B, F>(
+        config: ConsumerConfig,
+        factory: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ShutdownReport>
+    where
+        B: BatchProcessor,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        run_until(config, move || Batches(factory()), shutdown).await
+    }
+
     /// As [`spawn`](Self::spawn), with [`BatchProcessor`]s.
     pub fn spawn_batch<B, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
     where
@@ -96,34 +150,94 @@ impl ConsumerSystem {
     }
 }
 
+/// The outcome of a system's thread, which sends it when the system has stopped (or failed
+/// to start); a dropped sender means the thread panicked.
+type Ending = oneshot::Receiver<Result<ShutdownReport>>;
+
+/// Runs a system on a thread of its own, `started` told once it runs; the thread sends its
+/// outcome when it ends.
+fn run_on_thread<W, F>(
+    config: ConsumerConfig,
+    factory: F,
+    stop: StopHandle,
+    started: Option<mpsc::Sender<Arc<SystemMetrics>>>,
+) -> Result<(JoinHandle<()>, Ending)>
+where
+    W: Work,
+    F: Fn() -> W + Send + Sync + 'static,
+{
+    let (ending_tx, ending) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("kafka-actors-system".to_owned())
+        .spawn(move || {
+            let _ = ending_tx.send(run(config, factory, stop, started));
+        })
+        .map_err(|error| Error::Runtime(format!("could not start a thread: {error}")))?;
+    Ok((thread, ending))
+}
+
+/// Asks for a graceful stop when dropped (a stop after the system stopped does nothing).
+struct StopOnDrop(StopHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn thread_panicked() -> Error {
+    Error::Runtime("the system's thread panicked".to_owned())
+}
+
+/// Runs a system until it stops or `shutdown` completes, without blocking; see
+/// [`ConsumerSystem::run_until`].
+async fn run_until<W, F>(
+    config: ConsumerConfig,
+    factory: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ShutdownReport>
+where
+    W: Work,
+    F: Fn() -> W + Send + Sync + 'static,
+{
+    let stop = StopHandle::new();
+    let (_thread, ending) = run_on_thread(config, factory, stop.clone(), None)?;
+    // A caller that drops this future no longer waits for the report: the system stops.
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let mut ending = std::pin::pin!(ending);
+    tokio::select! {
+        ended = &mut ending => return ended.map_err(|_| thread_panicked())?,
+        () = shutdown => stop.stop(),
+    }
+    ending.await.map_err(|_| thread_panicked())?
+}
+
 /// Starts a system on a thread of its own; see [`ConsumerSystem::spawn`].
 fn spawn_work<W, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
 where
     W: Work,
     F: Fn() -> W + Send + Sync + 'static,
 {
-    {
-        let stop = StopHandle::new();
-        let (started_tx, started_rx) = mpsc::channel();
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("kafka-actors-system".to_owned())
-            .spawn(move || run(config, factory, thread_stop, Some(started_tx)))
-            .map_err(|error| Error::Runtime(format!("could not start a thread: {error}")))?;
-        match started_rx.recv() {
-            Ok(metrics) => Ok(RunningSystem {
-                stop,
-                thread,
-                metrics,
-            }),
-            // The thread ended before it started the system: its result says why.
-            Err(mpsc::RecvError) => match thread.join() {
+    let stop = StopHandle::new();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (thread, mut ending) = run_on_thread(config, factory, stop.clone(), Some(started_tx))?;
+    match started_rx.recv() {
+        Ok(metrics) => Ok(RunningSystem {
+            stop,
+            thread,
+            ending,
+            metrics,
+        }),
+        // The thread ended before it started the system: its outcome says why.
+        Err(mpsc::RecvError) => {
+            let _ = thread.join();
+            match ending.try_recv() {
                 Ok(Err(error)) => Err(error),
                 Ok(Ok(_)) => Err(Error::Runtime(
                     "the system stopped before it started".to_owned(),
                 )),
-                Err(_) => Err(Error::Runtime("the system's thread panicked".to_owned())),
-            },
+                Err(_) => Err(thread_panicked()),
+            }
         }
     }
 }
@@ -132,7 +246,8 @@ where
 #[derive(Debug)]
 pub struct RunningSystem {
     stop: StopHandle,
-    thread: JoinHandle<Result<ShutdownReport>>,
+    thread: JoinHandle<()>,
+    ending: Ending,
     metrics: Arc<SystemMetrics>,
 }
 
@@ -163,11 +278,17 @@ impl RunningSystem {
         self.thread.is_finished()
     }
 
-    /// Waits until the system has stopped and returns its report. Does not ask it to stop.
-    pub fn join(self) -> Result<ShutdownReport> {
-        self.thread
-            .join()
-            .map_err(|_| Error::Runtime("the system's thread panicked".to_owned()))?
+    /// Waits until the system has stopped and returns its report, blocking the thread. Does
+    /// not ask it to stop. From async code, await [`stopped`](Self::stopped).
+    pub fn join(mut self) -> Result<ShutdownReport> {
+        self.thread.join().map_err(|_| thread_panicked())?;
+        self.ending.try_recv().map_err(|_| thread_panicked())?
+    }
+
+    /// Waits, without blocking, until the system has stopped and returns its report. Does not
+    /// ask it to stop.
+    pub async fn stopped(self) -> Result<ShutdownReport> {
+        self.ending.await.map_err(|_| thread_panicked())?
     }
 }
 

@@ -1,0 +1,120 @@
+//! The system inside an async application, as `#[tokio::main]` code holds it: awaited to its
+//! report, stopped by a future of the application's, its `RunningSystem` awaited. On both
+//! backends.
+
+mod support;
+
+use std::time::Duration;
+
+use kafka_actors::{ConsumerSystem, StopReason};
+use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group};
+
+/// Waits, without blocking the runtime, until the ledger holds every message below the end
+/// offsets.
+async fn until_all_processed(ledger: &Ledger, end_offsets: &std::collections::BTreeMap<i32, i64>) {
+    tokio::time::timeout(SCENARIO_TIMEOUT, async {
+        while audit(&ledger.entries(), end_offsets).lost > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every message processed within the scenario timeout");
+}
+
+#[tokio::test]
+async fn an_awaited_system_stops_when_the_applications_future_completes() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("async-run", 3);
+    let group = group("async-run");
+    let end_offsets = cluster.produce(&topic, 600);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let (shut_down, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let watcher = ledger.clone();
+    let watched = end_offsets.clone();
+    // The application's side: once everything is processed, it asks for the stop.
+    let application = async move {
+        until_all_processed(&watcher, &watched).await;
+        shut_down.send(()).unwrap();
+    };
+    let system = ConsumerSystem::run_until(config, move || Recorder::new(&recorder), async {
+        let _ = shutdown.await;
+    });
+    // Both on this one task of a current-thread runtime: the system never blocks it.
+    let (report, ()) = tokio::join!(system, application);
+    let report = report.unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.reason, StopReason::Requested);
+    assert_eq!(
+        audit(&ledger.entries(), &end_offsets),
+        Audit {
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+#[tokio::test]
+async fn a_shutdown_that_completes_at_once_stops_the_system_cleanly() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("async-at-once", 2);
+    let group = group("async-at-once");
+    cluster.produce(&topic, 100);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let report = tokio::time::timeout(
+        SCENARIO_TIMEOUT,
+        ConsumerSystem::run_until(config, move || Recorder::new(&recorder), async {}),
+    )
+    .await
+    .expect("the stop within the scenario timeout")
+    .unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.reason, StopReason::Requested);
+    // What it processed before the stop landed, it committed; nothing more.
+    let committed = cluster.committed_offsets(&group, &topic);
+    assert_eq!(
+        committed.values().sum::<i64>(),
+        ledger.len() as i64,
+        "{committed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_spawned_system_is_awaited_to_its_report() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("async-stopped", 2);
+    let group = group("async-stopped");
+    let end_offsets = cluster.produce(&topic, 300);
+    let ledger = Ledger::default();
+    let recorder = ledger.clone();
+    let config = cluster
+        .config(&topic, &group)
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    until_all_processed(&ledger, &end_offsets).await;
+    system.stop();
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, system.stopped())
+        .await
+        .expect("the report within the scenario timeout")
+        .unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.processed, 300);
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
