@@ -83,7 +83,9 @@ impl ConsumerSystem {
 
     /// As [`start`](Self::start), awaited: the system runs on threads of its own until it has
     /// stopped (a signal, or a failure that stops it), and the caller's runtime is never
-    /// blocked. Dropping the future asks the system for a graceful stop.
+    /// blocked. Dropping the future asks the system for a graceful stop and does not wait for
+    /// it: a clean stop (drain, final commit, leaving the group) is awaiting the future to its
+    /// report.
     pub async fn run<P, F>(config: ConsumerConfig, factory: F) -> Result<ShutdownReport>
     where
         P: Processor,
@@ -95,6 +97,8 @@ impl ConsumerSystem {
     /// As [`run`](Self::run), and also stops gracefully when `shutdown` completes (a
     /// `CancellationToken`'s `cancelled()`, a channel, a timer: any future). Signals are still
     /// handled unless [`handle_signals`](crate::ConsumerConfigBuilder::handle_signals) is off.
+    /// In a `select!` with other work, stop through `shutdown` and keep awaiting this future,
+    /// rather than dropping it.
     pub async fn run_until<P, F>(
         config: ConsumerConfig,
         factory: F,

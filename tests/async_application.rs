@@ -4,14 +4,15 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_actors::{ConsumerSystem, StopReason};
-use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, group};
+use support::{Audit, Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, audit, commit_points, group};
 
 /// Waits, without blocking the runtime, until the ledger holds every message below the end
 /// offsets.
-async fn until_all_processed(ledger: &Ledger, end_offsets: &std::collections::BTreeMap<i32, i64>) {
+async fn until_all_processed(ledger: &Ledger, end_offsets: &BTreeMap<i32, i64>) {
     tokio::time::timeout(SCENARIO_TIMEOUT, async {
         while audit(&ledger.entries(), end_offsets).lost > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -46,7 +47,11 @@ async fn an_awaited_system_stops_when_the_applications_future_completes() {
         let _ = shutdown.await;
     });
     // Both on this one task of a current-thread runtime: the system never blocks it.
-    let (report, ()) = tokio::join!(system, application);
+    let (report, ()) = tokio::time::timeout(SCENARIO_TIMEOUT * 2, async {
+        tokio::join!(system, application)
+    })
+    .await
+    .expect("the system stopped within the timeout");
     let report = report.unwrap();
 
     assert!(report.is_clean(), "{report}");
@@ -61,35 +66,52 @@ async fn an_awaited_system_stops_when_the_applications_future_completes() {
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
 }
 
+/// A stop mid-stream, from the application's future: the group commits exactly what was
+/// processed (the longest processed run of each partition), nothing past it.
 #[tokio::test]
-async fn a_shutdown_that_completes_at_once_stops_the_system_cleanly() {
+async fn a_shutdown_mid_stream_commits_exactly_what_was_processed() {
     let cluster = Cluster::start();
-    let topic = cluster.topic("async-at-once", 2);
-    let group = group("async-at-once");
-    cluster.produce(&topic, 100);
+    let topic = cluster.topic("async-mid-stream", 3);
+    let group = group("async-mid-stream");
+    cluster.produce(&topic, 3000);
     let ledger = Ledger::default();
     let recorder = ledger.clone();
+    let watcher = ledger.clone();
     let config = cluster
         .config(&topic, &group)
         .handle_signals(false)
         .build()
         .unwrap();
-    let report = tokio::time::timeout(
-        SCENARIO_TIMEOUT,
-        ConsumerSystem::run_until(config, move || Recorder::new(&recorder), async {}),
-    )
-    .await
-    .expect("the stop within the scenario timeout")
-    .unwrap();
+    let system = ConsumerSystem::run_until(
+        config,
+        move || Recorder {
+            delay_ms: Some(0..2),
+            ..Recorder::new(&recorder)
+        },
+        async move {
+            while watcher.len() < 300 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    );
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, system)
+        .await
+        .expect("the stop within the scenario timeout")
+        .unwrap();
 
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.reason, StopReason::Requested);
-    // What it processed before the stop landed, it committed; nothing more.
-    let committed = cluster.committed_offsets(&group, &topic);
+    let entries = ledger.entries();
+    assert!(
+        entries.len() < 3000,
+        "stopped mid-stream: {}",
+        entries.len()
+    );
+    assert_eq!(audit(&entries, &BTreeMap::new()).duplicated, 0);
     assert_eq!(
-        committed.values().sum::<i64>(),
-        ledger.len() as i64,
-        "{committed:?}"
+        cluster.committed_offsets(&group, &topic),
+        commit_points(&entries),
+        "the group committed what was processed"
     );
 }
 

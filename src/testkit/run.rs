@@ -259,9 +259,11 @@ impl TestRun {
     }
 
     /// Runs `messages` through processors made by `factory` (a fresh one after a panic), and
-    /// blocks until they are done. Works in any test, `#[tokio::test]` included (inside a
-    /// runtime the run gets a thread and a runtime of its own); in an async test,
-    /// [`process_async`](Self::process_async) runs on the test's own task instead.
+    /// blocks until they are done. Inside a runtime (a `#[tokio::test]`) the run gets a thread
+    /// and a runtime of its own, since a thread cannot block on a runtime within another: a
+    /// processor there must not need the test's runtime (tasks it spawned, I/O made on it),
+    /// which is blocked meanwhile. In async tests prefer
+    /// [`process_async`](Self::process_async), which runs on the test's own task.
     ///
     /// # Panics
     ///
@@ -275,8 +277,8 @@ impl TestRun {
     }
 
     /// As [`process`](Self::process), awaited: for `#[tokio::test]` and other async tests.
-    /// The processors run on the awaiting task (so a processor may use what the test's
-    /// runtime offers, its paused clock included).
+    /// The processors run on the awaiting task, within a `LocalSet` as on the system's
+    /// threads (so `spawn_local` works), and may use what the test's runtime offers.
     ///
     /// ```
     /// use kafka_actors::testkit::{Fate, MessageBuilder, TestRun};
@@ -310,7 +312,8 @@ impl TestRun {
     ) -> Outcome {
         let messages = self.make(messages);
         let factory = move || One(factory());
-        self.drive(Arc::new(factory), messages, BatchLimit::ONE)
+        tokio::task::LocalSet::new()
+            .run_until(self.drive(Arc::new(factory), messages, BatchLimit::ONE))
             .await
     }
 
@@ -343,7 +346,9 @@ impl TestRun {
     ) -> Outcome {
         let messages = self.make(messages);
         let factory = move || Batches(factory());
-        self.drive(Arc::new(factory), messages, self.batch).await
+        tokio::task::LocalSet::new()
+            .run_until(self.drive(Arc::new(factory), messages, self.batch))
+            .await
     }
 
     /// Blocks on the run. A thread cannot block on a runtime while it runs another's task
