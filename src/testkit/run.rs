@@ -310,10 +310,7 @@ impl TestRun {
         factory: impl Fn() -> P + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
     ) -> Outcome {
-        let messages = self.make(messages);
-        let factory = move || One(factory());
-        tokio::task::LocalSet::new()
-            .run_until(self.drive(Arc::new(factory), messages, BatchLimit::ONE))
+        self.run_async(move || One(factory()), messages, BatchLimit::ONE)
             .await
     }
 
@@ -344,10 +341,20 @@ impl TestRun {
         factory: impl Fn() -> B + Send + Sync + 'static,
         messages: impl IntoIterator<Item = MessageBuilder>,
     ) -> Outcome {
+        self.run_async(move || Batches(factory()), messages, self.batch)
+            .await
+    }
+
+    /// Awaits the run on the caller's task, within a `LocalSet` as on the system's threads.
+    async fn run_async<W: Work>(
+        &self,
+        factory: impl Fn() -> W + Send + Sync + 'static,
+        messages: impl IntoIterator<Item = MessageBuilder>,
+        limit: BatchLimit,
+    ) -> Outcome {
         let messages = self.make(messages);
-        let factory = move || Batches(factory());
         tokio::task::LocalSet::new()
-            .run_until(self.drive(Arc::new(factory), messages, self.batch))
+            .run_until(self.drive(Arc::new(factory), messages, limit))
             .await
     }
 
