@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::failure::{AfterFailure, Exhausted, FailurePolicy};
+use crate::failure::{self, Advice, AfterFailure, Exhausted, FailurePolicy};
 use crate::flow::BatchLimit;
 use crate::lanes::{Item, Laned, Take, WorkQueue};
 use crate::processor::{BatchFailures, BatchOutcome};
@@ -146,7 +146,7 @@ pub(crate) enum Ended<'a> {
     /// Every message succeeded.
     Finished,
     /// The batch failed as a whole (an error or a panic).
-    Failed { error: &'a str, permanent: bool },
+    Failed { error: &'a str, advice: Advice },
     /// Some messages failed, or were not processed; the rest succeeded.
     Partial(&'a BatchFailures),
     /// The processor is broken (it could not be rebuilt): nothing can run.
@@ -238,7 +238,7 @@ pub(crate) fn file<M: Batchable>(
                 None => {}
             }
         }
-        let (error, permanent) = match (ended, outcome) {
+        let (error, advice) = match (ended, outcome) {
             (_, BatchOutcome::Finished) => {
                 queue.finished(&message);
                 filing.processed(message);
@@ -250,10 +250,8 @@ pub(crate) fn file<M: Batchable>(
                 give_up.push(lane);
                 continue;
             }
-            (Ended::Failed { error, permanent }, _) => (error.to_owned(), permanent),
-            (_, BatchOutcome::Failed(error)) => {
-                (format!("{error:#}"), crate::failure::is_permanent(error))
-            }
+            (Ended::Failed { error, advice }, _) => (error.to_owned(), advice),
+            (_, BatchOutcome::Failed(error)) => (format!("{error:#}"), failure::advice(error)),
             (_, BatchOutcome::NotProcessed) => {
                 blocked.insert(lane, Blocked::PutBack);
                 put_back.push(message);
@@ -265,9 +263,9 @@ pub(crate) fn file<M: Batchable>(
             // Which message failed the batch is unknown: none is charged.
             true => (
                 failed,
-                AfterFailure::RetryAfter(policy.isolation_backoff(failed)),
+                AfterFailure::RetryAfter(policy.isolation_backoff(failed, advice)),
             ),
-            false => (failed + 1, policy.after_failure(failed + 1, permanent)),
+            false => (failed + 1, policy.after_failure(failed + 1, advice)),
         };
         match after {
             AfterFailure::RetryAfter(backoff) => match cannot_wait(&message) {

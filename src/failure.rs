@@ -31,7 +31,8 @@ pub enum Exhausted {
 /// back only the messages that must stay behind it (its partition, or its key in
 /// [`OrderingMode::PerKey`](crate::OrderingMode::PerKey)); other messages go on, polling
 /// goes on, and a shutdown cuts the wait short (the message is then delivered again after the
-/// restart). An error marked [`Permanent`] skips the remaining attempts.
+/// restart). An error marked [`Permanent`] skips the remaining attempts; one marked
+/// [`RetryAfter`] is retried after the wait it names instead of the backoff.
 ///
 /// ```
 /// use std::time::Duration;
@@ -148,21 +149,29 @@ impl FailurePolicy {
         Ok(())
     }
 
-    /// What to do after the `attempt`-th attempt failed (counting from 1).
-    pub(crate) fn after_failure(&self, attempt: u32, permanent: bool) -> AfterFailure {
-        if permanent || attempt >= self.attempts {
-            AfterFailure::GiveUp
-        } else {
-            AfterFailure::RetryAfter(self.backoff_after(attempt, rand::random::<f64>()))
+    /// What to do after the `attempt`-th attempt failed (counting from 1) with an error that
+    /// gave `advice`.
+    pub(crate) fn after_failure(&self, attempt: u32, advice: Advice) -> AfterFailure {
+        match advice {
+            Advice::Permanent => AfterFailure::GiveUp,
+            _ if attempt >= self.attempts => AfterFailure::GiveUp,
+            Advice::RetryAfter(wait) => AfterFailure::RetryAfter(wait),
+            Advice::Backoff => {
+                AfterFailure::RetryAfter(self.backoff_after(attempt, rand::random::<f64>()))
+            }
         }
     }
 
     /// The wait before the messages of a batch that failed as a whole are tried again, each
     /// alone: no attempt is counted against any of them (which one failed the batch is not
     /// known), so the wait is the one after the attempts each failed before, at least the
-    /// first.
-    pub(crate) fn isolation_backoff(&self, failed_before: u32) -> Duration {
-        self.backoff_after(failed_before.max(1), rand::random::<f64>())
+    /// first, and at least what the batch's error asked for.
+    pub(crate) fn isolation_backoff(&self, failed_before: u32, advice: Advice) -> Duration {
+        let backoff = self.backoff_after(failed_before.max(1), rand::random::<f64>());
+        match advice {
+            Advice::RetryAfter(wait) => backoff.max(wait),
+            Advice::Backoff | Advice::Permanent => backoff,
+        }
     }
 
     /// The wait after the `attempt`-th failed attempt; `random` in `[0, 1)` places it within
@@ -206,9 +215,55 @@ impl fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {}
 
-/// Whether a processing error was marked [`Permanent`], directly or as context.
-pub(crate) fn is_permanent(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<Permanent>().is_some()
+/// Marks an error as one to retry no earlier than after the wait it carries, instead of the
+/// policy's backoff: a rate limit's `Retry-After`, a lock held for a known time. The attempt
+/// still counts: when the policy's attempts are used up, what follows them happens. The wait
+/// is kept as given (no jitter, and not shortened to the policy's maximum backoff); the
+/// message's lane waits as for any retry, and a stop cuts the wait short (the message is then
+/// delivered again after the restart). For waits of minutes and more, which hold the lane
+/// and the in-flight capacity meanwhile, a retry topic serves better. [`Permanent`] wins
+/// over it.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use kafka_actors::{Message, RetryAfter};
+/// fn throttled(message: &Message, retry_after_secs: u64) -> anyhow::Result<()> {
+///     Err(anyhow::anyhow!("HTTP 429 for offset {}", message.offset())
+///         .context(RetryAfter(Duration::from_secs(retry_after_secs))))
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "retry after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for RetryAfter {}
+
+/// What a failed attempt's error asks of the failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Advice {
+    /// Nothing: the policy's backoff (a panic, an unmarked error).
+    #[default]
+    Backoff,
+    /// Marked [`Permanent`]: no more attempts.
+    Permanent,
+    /// Marked [`RetryAfter`]: this wait instead of the backoff.
+    RetryAfter(Duration),
+}
+
+/// What a processing error was marked with, directly or as context ([`Permanent`] first).
+pub(crate) fn advice(error: &anyhow::Error) -> Advice {
+    if error.downcast_ref::<Permanent>().is_some() {
+        Advice::Permanent
+    } else if let Some(RetryAfter(wait)) = error.downcast_ref::<RetryAfter>() {
+        Advice::RetryAfter(*wait)
+    } else {
+        Advice::Backoff
+    }
 }
 
 #[cfg(test)]
@@ -242,18 +297,48 @@ mod tests {
     fn attempts_run_out_and_permanent_errors_skip_them() {
         let policy = no_jitter(3);
         assert!(matches!(
-            policy.after_failure(1, false),
+            policy.after_failure(1, Advice::Backoff),
             AfterFailure::RetryAfter(_)
         ));
         assert!(matches!(
-            policy.after_failure(2, false),
+            policy.after_failure(2, Advice::Backoff),
             AfterFailure::RetryAfter(_)
         ));
-        assert_eq!(policy.after_failure(3, false), AfterFailure::GiveUp);
-        assert_eq!(policy.after_failure(1, true), AfterFailure::GiveUp);
         assert_eq!(
-            FailurePolicy::stop_at_once().after_failure(1, false),
+            policy.after_failure(3, Advice::Backoff),
             AfterFailure::GiveUp
+        );
+        assert_eq!(
+            policy.after_failure(1, Advice::Permanent),
+            AfterFailure::GiveUp
+        );
+        assert_eq!(
+            FailurePolicy::stop_at_once().after_failure(1, Advice::Backoff),
+            AfterFailure::GiveUp
+        );
+    }
+
+    #[test]
+    fn an_error_that_names_its_wait_gets_it_within_the_attempts() {
+        let policy = no_jitter(3);
+        let wait = Duration::from_secs(30);
+        // Longer than the maximum backoff (1 s), kept as given.
+        assert_eq!(
+            policy.after_failure(1, Advice::RetryAfter(wait)),
+            AfterFailure::RetryAfter(wait)
+        );
+        assert_eq!(
+            policy.after_failure(2, Advice::RetryAfter(Duration::from_millis(5))),
+            AfterFailure::RetryAfter(Duration::from_millis(5))
+        );
+        assert_eq!(
+            policy.after_failure(3, Advice::RetryAfter(wait)),
+            AfterFailure::GiveUp
+        );
+        assert_eq!(policy.isolation_backoff(1, Advice::RetryAfter(wait)), wait);
+        assert_eq!(
+            policy.isolation_backoff(1, Advice::RetryAfter(Duration::from_millis(5))),
+            Duration::from_millis(100)
         );
     }
 
@@ -264,12 +349,22 @@ mod tests {
     }
 
     #[test]
-    fn permanent_is_found_directly_and_as_context() {
-        assert!(is_permanent(&anyhow::Error::new(Permanent)));
-        assert!(is_permanent(
-            &anyhow::anyhow!("bad payload").context(Permanent)
-        ));
-        assert!(!is_permanent(&anyhow::anyhow!("database down")));
+    fn marks_are_found_directly_and_as_context_and_permanent_wins() {
+        let wait = RetryAfter(Duration::from_secs(2));
+        assert_eq!(advice(&anyhow::Error::new(Permanent)), Advice::Permanent);
+        assert_eq!(
+            advice(&anyhow::anyhow!("bad payload").context(Permanent)),
+            Advice::Permanent
+        );
+        assert_eq!(
+            advice(&anyhow::anyhow!("429").context(wait)),
+            Advice::RetryAfter(wait.0)
+        );
+        assert_eq!(
+            advice(&anyhow::anyhow!("429").context(wait).context(Permanent)),
+            Advice::Permanent
+        );
+        assert_eq!(advice(&anyhow::anyhow!("database down")), Advice::Backoff);
     }
 
     #[test]

@@ -39,7 +39,7 @@ mod work;
 pub use config::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol};
 pub use dead_letter::headers as dead_letter_headers;
 pub use error::{Error, Result};
-pub use failure::{Exhausted, FailurePolicy, Permanent};
+pub use failure::{Exhausted, FailurePolicy, Permanent, RetryAfter};
 pub use message::Message;
 pub use metrics::Metrics;
 pub use offsets::TopicPartition;

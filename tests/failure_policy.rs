@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{
-    ConsumerSystem, FailurePolicy, Message, Permanent, Processor, StopReason, dead_letter_headers,
+    ConsumerSystem, FailurePolicy, Message, Permanent, Processor, RetryAfter, StopReason,
+    dead_letter_headers,
 };
 use support::{Audit, Cluster, Ledger, SCENARIO_TIMEOUT, audit, group, wait_until};
 
@@ -26,15 +27,18 @@ enum Misbehaviour {
     Poison,
     /// Fails every attempt, not marked permanent.
     AlwaysFails,
+    /// Fails this many attempts asking to be retried after the wait (a rate limit's
+    /// `Retry-After`), then succeeds.
+    Throttled(usize, Duration),
 }
 
 /// Records what it processed; misbehaves on the messages of partition 0 named in `plan`,
-/// counting attempts across restarts.
+/// counting attempts across restarts and noting when each began.
 #[derive(Clone)]
 struct Flaky {
     ledger: Ledger,
     plan: Arc<HashMap<i64, Misbehaviour>>,
-    attempts: Arc<Mutex<HashMap<(i32, i64), usize>>>,
+    attempts: Arc<Mutex<HashMap<(i32, i64), Vec<Instant>>>>,
     instances: Arc<AtomicUsize>,
     /// Simulated work per message.
     work: Duration,
@@ -66,9 +70,9 @@ impl Processor for Flaky {
         let at = (message.partition(), message.offset());
         let attempt = {
             let mut attempts = self.attempts.lock().unwrap();
-            let attempt = attempts.entry(at).or_default();
-            *attempt += 1;
-            *attempt
+            let attempts = attempts.entry(at).or_default();
+            attempts.push(Instant::now());
+            attempts.len()
         };
         let misbehaviour = match at.0 {
             0 => self.plan.get(&at.1).copied(),
@@ -85,6 +89,9 @@ impl Processor for Flaky {
                 return Err(anyhow::anyhow!("malformed payload").context(Permanent));
             }
             Some(Misbehaviour::AlwaysFails) => anyhow::bail!("still failing"),
+            Some(Misbehaviour::Throttled(times, wait)) if attempt <= times => {
+                return Err(anyhow::anyhow!("rate limited").context(RetryAfter(wait)));
+            }
             _ => {}
         }
         self.ledger.record(at.0, at.1);
@@ -147,6 +154,85 @@ fn transient_failures_succeed_after_retries_without_holding_up_other_partitions(
         last_of_1 < retried_at,
         "partition 1 waited for partition 0's retries"
     );
+    // Each retry waited its backoff: 300 ms, then 600 ms, each at least 80 % of it (jitter).
+    let attempts = flaky.attempts.lock().unwrap()[&(0, 5)].clone();
+    let waits: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert_eq!(waits.len(), 2);
+    assert!(
+        waits[0] >= Duration::from_millis(240) && waits[1] >= Duration::from_millis(480),
+        "retried after {waits:?}"
+    );
+}
+
+/// An error that names its wait (`RetryAfter`) is retried after that wait, not the policy's
+/// backoff, and still counts an attempt: used up, the policy's end follows.
+#[test]
+fn an_error_naming_its_wait_is_retried_no_earlier_and_its_attempts_still_count() {
+    let cluster = Cluster::start();
+    let topic = cluster.topic("retry-after", 2);
+    let dead_letter_topic = format!("{topic}.dlq");
+    cluster.create_topic(&dead_letter_topic, 1);
+    let end_offsets = cluster.produce(&topic, 200);
+    let group = group("retry-after");
+    let wait = Duration::from_millis(1500);
+    let flaky = Flaky::new([
+        (5, Misbehaviour::Throttled(1, wait)),
+        (
+            9,
+            Misbehaviour::Throttled(usize::MAX, Duration::from_millis(50)),
+        ),
+    ]);
+    let config = cluster
+        .config(&topic, &group)
+        .processors(1)
+        .failure_policy(
+            // Backoffs far shorter than the wait asked for.
+            FailurePolicy::retry(3)
+                .backoff(Duration::from_millis(10), Duration::from_millis(20))
+                .then_dead_letter(),
+        )
+        .build()
+        .unwrap();
+    let factory = flaky.clone();
+    let system = ConsumerSystem::spawn(config, move || factory.instance()).unwrap();
+    wait_until("every good message was processed", SCENARIO_TIMEOUT, || {
+        flaky.ledger.len() == 199
+    });
+    wait_until(
+        "the one always throttled was dead-lettered",
+        SCENARIO_TIMEOUT,
+        || system.metrics().dead_lettered == 1,
+    );
+    system.stop();
+    let report = system.join().unwrap();
+
+    assert!(report.is_clean(), "{report}");
+    // Offset 5: one retry; offset 9: three attempts, then the dead-letter topic.
+    assert_eq!((report.retries, report.dead_lettered), (3, 1), "{report}");
+    assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+    let attempts = flaky.attempts.lock().unwrap().clone();
+    let throttled = &attempts[&(0, 5)];
+    assert_eq!(throttled.len(), 2);
+    assert!(
+        throttled[1] - throttled[0] >= wait,
+        "retried after {:?}, asked for {wait:?}",
+        throttled[1] - throttled[0]
+    );
+    assert_eq!(attempts[&(0, 9)].len(), 3);
+    let dead_letter = &cluster.read(&dead_letter_topic, 1)[0];
+    assert_eq!(
+        dead_letter.headers[dead_letter_headers::ORIGINAL_OFFSET],
+        "9"
+    );
+    assert_eq!(
+        dead_letter.headers[dead_letter_headers::ERROR],
+        "retry after 50ms: rate limited"
+    );
+    // Partition 1 went on meanwhile: all of it was done before offset 5's retry.
+    let entries = flaky.ledger.entries();
+    let retried_at = entries.iter().position(|&e| e == (0, 5)).unwrap();
+    let last_of_1 = entries.iter().rposition(|&(p, _)| p == 1).unwrap();
+    assert!(last_of_1 < retried_at, "partition 1 waited for the retry");
 }
 
 /// The reproduction of a processor lent to two futures at once: a retry came due while a batch

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use kafka_actors::testkit::{self, Fate, MessageBuilder, TestRun};
 use kafka_actors::{
     BatchFailures, BatchProcessor, FailurePolicy, Message, OrderingMode, Permanent, Processor,
-    dead_letter_headers,
+    RetryAfter, dead_letter_headers,
 };
 
 /// Fails on payloads that say so: "fail N" fails its first N attempts, "poison" fails for
-/// good, "panic" panics once.
+/// good, "panic" panics once, "throttled" asks twice to be retried after 30 s, then 60 s.
 #[derive(Clone, Default)]
 struct Scripted {
     attempts: Arc<Mutex<Vec<(i32, i64)>>>,
@@ -27,6 +27,8 @@ impl Processor for Scripted {
         };
         match message.payload_str().unwrap_or_default() {
             "poison" => Err(anyhow::anyhow!("malformed").context(Permanent)),
+            "throttled" if attempt <= 2 => Err(anyhow::anyhow!("429")
+                .context(RetryAfter(Duration::from_secs(30 * attempt as u64)))),
             "panic" if attempt == 1 => panic!("a bug"),
             text => match text.strip_prefix("fail ").map(|n| n.parse::<usize>()) {
                 Some(Ok(times)) if attempt <= times => anyhow::bail!("unavailable"),
@@ -67,6 +69,33 @@ fn retries_follow_the_policys_backoffs_in_virtual_time_and_hold_back_only_their_
     assert_eq!(outcome.runs, [(0, 0), (1, 0), (0, 0), (0, 0), (0, 1)]);
     assert_eq!(outcome.with_fate(|f| *f == Fate::Processed).len(), 3);
     assert_eq!(outcome.stop_requested, None);
+}
+
+#[test]
+fn an_error_naming_its_wait_is_retried_after_it_in_virtual_time_within_the_attempts() {
+    let policy = |attempts| {
+        FailurePolicy::retry(attempts)
+            .backoff(Duration::from_millis(100), Duration::from_secs(1))
+            .then_skip()
+    };
+    let outcome = TestRun::new().failure_policy(policy(3)).process(
+        Scripted::default,
+        [message(0, "throttled"), message(1, "ok")],
+    );
+    let throttled = outcome.of(0, 0);
+    assert_eq!(throttled.fate, Fate::Processed);
+    assert_eq!(throttled.attempts, 3);
+    // The waits asked for, longer than the policy's maximum backoff, kept as they are.
+    assert_eq!(
+        throttled.backoffs,
+        [Duration::from_secs(30), Duration::from_secs(60)]
+    );
+    // With two attempts, the second request to wait uses them up.
+    let outcome = TestRun::new()
+        .failure_policy(policy(2))
+        .process(Scripted::default, [message(0, "throttled")]);
+    assert_eq!(outcome.of(0, 0).fate, Fate::Skipped);
+    assert_eq!(outcome.of(0, 0).backoffs, [Duration::from_secs(30)]);
 }
 
 #[test]

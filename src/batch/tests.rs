@@ -312,7 +312,7 @@ fn run_in(
             Ok(()) => Ended::Finished,
             Err(None) => Ended::Failed {
                 error: "the batch failed",
-                permanent: false,
+                advice: Advice::Backoff,
             },
             Err(Some(named)) => {
                 failures = named;

@@ -503,11 +503,9 @@ impl TestRun {
             let attempt = instance.process(&batch.messages).await;
             let ended = match &attempt {
                 Attempt::Finished => Ended::Finished,
-                Attempt::Failed {
-                    error, permanent, ..
-                } => Ended::Failed {
+                Attempt::Failed { error, advice, .. } => Ended::Failed {
                     error,
-                    permanent: *permanent,
+                    advice: *advice,
                 },
                 Attempt::Partial(failures) => Ended::Partial(failures),
                 Attempt::Broken => Ended::Broken,

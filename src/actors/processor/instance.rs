@@ -11,7 +11,7 @@ use futures::FutureExt;
 
 use super::LOG_TARGET;
 use crate::actors::messages::Hook;
-use crate::failure::is_permanent;
+use crate::failure::{self, Advice};
 use crate::message::Message;
 use crate::processor::BatchFailures;
 use crate::work::Work;
@@ -28,7 +28,7 @@ pub(crate) enum Attempt {
     /// Every message of the batch failed.
     Failed {
         error: String,
-        permanent: bool,
+        advice: Advice,
         panicked: bool,
     },
     /// Some messages failed: the others finished.
@@ -75,14 +75,14 @@ impl<W: Work> Instance<W> {
             Ok(Err(error)) => match error.downcast::<BatchFailures>() {
                 Ok(failures) => Attempt::Partial(failures),
                 Err(error) => Attempt::Failed {
-                    permanent: is_permanent(&error),
+                    advice: failure::advice(&error),
                     error: format!("{error:#}"),
                     panicked: false,
                 },
             },
             Err(panic) => Attempt::Failed {
                 error: format!("panicked: {}", panic_message(&panic)),
-                permanent: false,
+                advice: Advice::Backoff,
                 panicked: true,
             },
         }

@@ -124,9 +124,7 @@ impl<W: Work> ProcessorTask<W> {
                 Ended::Finished
             }
             Attempt::Broken => Ended::Broken,
-            Attempt::Failed {
-                error, permanent, ..
-            } => {
+            Attempt::Failed { error, advice, .. } => {
                 if self.batch.len() > 1 {
                     log::warn!(
                         target: LOG_TARGET,
@@ -142,7 +140,7 @@ impl<W: Work> ProcessorTask<W> {
                 }
                 Ended::Failed {
                     error,
-                    permanent: *permanent,
+                    advice: *advice,
                 }
             }
             Attempt::Partial(failures) => {
@@ -159,7 +157,9 @@ impl<W: Work> ProcessorTask<W> {
             }
         };
         let state = &mut self.state;
-        let now = state.clock();
+        // A retry waits its backoff from the end of the failed attempt (not `state.clock()`,
+        // which reads the clock only when something is parked already).
+        let now = ended;
         let stopping = state.draining || state.shared.abandon.is_cancelled();
         let mut filer = Filer {
             reports: &mut state.reports,
