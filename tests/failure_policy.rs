@@ -32,13 +32,16 @@ enum Misbehaviour {
     Throttled(usize, Duration),
 }
 
+/// When each attempt at a message began, by `(partition, offset)`.
+type AttemptTimes = HashMap<(i32, i64), Vec<Instant>>;
+
 /// Records what it processed; misbehaves on the messages of partition 0 named in `plan`,
 /// counting attempts across restarts and noting when each began.
 #[derive(Clone)]
 struct Flaky {
     ledger: Ledger,
     plan: Arc<HashMap<i64, Misbehaviour>>,
-    attempts: Arc<Mutex<HashMap<(i32, i64), Vec<Instant>>>>,
+    attempts: Arc<Mutex<AttemptTimes>>,
     instances: Arc<AtomicUsize>,
     /// Simulated work per message.
     work: Duration,
