@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::control::Controls;
 use crate::instruments::PartitionInstruments;
 use crate::offsets::{AssignmentId, TopicPartition};
 use crate::routing::OrderingMode;
@@ -131,6 +132,8 @@ pub(crate) struct AssignedPartition {
     /// Fetcher takes no message [`COMMIT_WINDOW`](crate::offsets::COMMIT_WINDOW) or more past
     /// it. It only grows, so a stale value only pauses the partition early.
     commit_floor: AtomicI64,
+    /// The line to the Fetcher, for the partition's controls.
+    pub(crate) controls: Controls,
 }
 
 impl AssignedPartition {
@@ -138,12 +141,14 @@ impl AssignedPartition {
         partition: TopicPartition,
         assignment: AssignmentId,
         instruments: PartitionInstruments,
+        controls: Controls,
     ) -> Arc<Self> {
         Arc::new(AssignedPartition {
             partition,
             assignment,
             in_flight: InFlight::default(),
             instruments,
+            controls,
             fenced: AtomicBool::new(false),
             commit_floor: AtomicI64::new(i64::MIN),
         })

@@ -25,6 +25,7 @@ pub(crate) struct GroupInstruments {
     pub(crate) bytes_in_flight: Gauge,
     pub(crate) waiting: Gauge,
     pub(crate) paused: Gauge,
+    pub(crate) paused_on_request: Gauge,
     pub(crate) assigned: Gauge,
     pub(crate) stalled: Gauge,
     pub(crate) commits_succeeded: Counter,
@@ -35,6 +36,7 @@ pub(crate) struct GroupInstruments {
     pub(crate) revocations: Counter,
     pub(crate) lost_assignments: Counter,
     pub(crate) pauses: Counter,
+    pub(crate) seeks: Counter,
     pub(crate) processor_restarts: Counter,
     /// The cluster's outage gauge (`broker="all"`), registered at the start so that it reads 0
     /// before any outage.
@@ -125,7 +127,13 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         names::PAUSED_PARTITIONS,
         Kind::Gauge,
         None,
-        "Partitions paused by the in-flight limits.",
+        "Partitions paused: by the in-flight limits, the commit window, on request or for a stop.",
+    ),
+    (
+        names::PAUSED_ON_REQUEST,
+        Kind::Gauge,
+        None,
+        "Partitions paused on request, by processing code or the application.",
     ),
     (
         names::ASSIGNED_PARTITIONS,
@@ -188,6 +196,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Times a partition was paused by the in-flight limits.",
     ),
     (
+        names::SEEKS,
+        Kind::Counter,
+        None,
+        "Seeks carried out, asked for by processing code.",
+    ),
+    (
         names::PROCESSOR_RESTARTS,
         Kind::Counter,
         None,
@@ -246,6 +260,7 @@ impl GroupInstruments {
             bytes_in_flight: gauge!(names::BYTES_IN_FLIGHT, labels.iter()),
             waiting: gauge!(names::MESSAGES_WAITING, labels.iter()),
             paused: gauge!(names::PAUSED_PARTITIONS, labels.iter()),
+            paused_on_request: gauge!(names::PAUSED_ON_REQUEST, labels.iter()),
             assigned: gauge!(names::ASSIGNED_PARTITIONS, labels.iter()),
             stalled: gauge!(names::STALLED_PARTITIONS, labels.iter()),
             commits_succeeded: counter!(names::COMMITS_SUCCEEDED, labels.iter()),
@@ -256,6 +271,7 @@ impl GroupInstruments {
             revocations: counter!(names::REVOCATIONS, labels.iter()),
             lost_assignments: counter!(names::LOST_ASSIGNMENTS, labels.iter()),
             pauses: counter!(names::PAUSES, labels.iter()),
+            seeks: counter!(names::SEEKS, labels.iter()),
             processor_restarts: counter!(names::PROCESSOR_RESTARTS, labels.iter()),
             cluster_unreachable: gauge!(names::UNREACHABLE, cluster.iter()),
         }

@@ -7,6 +7,7 @@ mod batch;
 mod client_trouble;
 mod commits;
 mod config;
+mod control;
 mod dead_letter;
 mod env;
 mod error;
@@ -37,6 +38,7 @@ mod trouble;
 mod work;
 
 pub use config::{ConsumerConfig, ConsumerConfigBuilder, GroupProtocol};
+pub use control::{ControlError, PartitionControl};
 pub use dead_letter::headers as dead_letter_headers;
 pub use error::{Error, Result};
 pub use failure::{Exhausted, FailurePolicy, Permanent, RetryAfter};

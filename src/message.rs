@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, OwnedHeaders};
 
+use crate::control::PartitionControl;
 use crate::flow::{AssignedPartition, FlowSettings, Load};
 use crate::offsets::{AssignmentId, Position, TopicPartition};
 use crate::routing::{Lane, OrderingMode};
@@ -211,6 +212,12 @@ impl Message {
         &self.assigned.partition
     }
 
+    /// Controls over this message's partition, under the assignment the message came from:
+    /// pause it, resume it, seek it (see [`PartitionControl`]).
+    pub fn partition_control(&self) -> PartitionControl {
+        PartitionControl::new(self.assigned().clone())
+    }
+
     pub(crate) fn assigned(&self) -> &Arc<AssignedPartition> {
         &self.assigned
     }
@@ -309,6 +316,7 @@ mod tests {
             partition.clone(),
             AssignmentId(partition.partition() as u64),
             GroupInstruments::new("message-test").partition(&partition),
+            Default::default(),
         )
     }
 

@@ -51,8 +51,13 @@ pub const BYTES_IN_FLIGHT: &str = "kafka_actors_bytes_in_flight";
 /// Gauge, messages: of those in flight, waiting in the fetcher for room in a processor.
 /// Labels: group.
 pub const MESSAGES_WAITING: &str = "kafka_actors_messages_waiting";
-/// Gauge: partitions paused because their in-flight work reached a limit. Labels: group.
+/// Gauge: partitions paused: their in-flight work reached a limit, their next message is past
+/// the commit window, a pause was asked for, or the system stops. Labels: group.
 pub const PAUSED_PARTITIONS: &str = "kafka_actors_paused_partitions";
+/// Gauge: partitions paused on request: by processing code
+/// ([`PartitionControl`](crate::PartitionControl)) or by the application
+/// ([`RunningSystem::pause`](crate::RunningSystem::pause)). Labels: group.
+pub const PAUSED_ON_REQUEST: &str = "kafka_actors_partitions_paused_on_request";
 /// Gauge: partitions assigned to this member. Labels: group.
 pub const ASSIGNED_PARTITIONS: &str = "kafka_actors_assigned_partitions";
 /// Gauge: partitions stalled now. Labels: group.
@@ -81,6 +86,9 @@ pub const LOST_ASSIGNMENTS: &str = "kafka_actors_lost_assignments_total";
 /// Counter: times a partition was paused because its in-flight work reached a limit. Labels:
 /// group.
 pub const PAUSES: &str = "kafka_actors_pauses_total";
+/// Counter: seeks carried out, asked for by processing code
+/// ([`PartitionControl::seek`](crate::PartitionControl::seek)). Labels: group.
+pub const SEEKS: &str = "kafka_actors_seeks_total";
 /// Counter: processors replaced with a fresh instance after a panic. Labels: group.
 pub const PROCESSOR_RESTARTS: &str = "kafka_actors_processor_restarts_total";
 /// Counter: errors librdkafka reported, from the consumer and the dead-letter producer (error

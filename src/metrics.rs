@@ -29,11 +29,19 @@ pub struct Metrics {
     /// Of the messages in flight, those waiting in the fetcher until a processor has room.
     pub waiting_messages: usize,
     /// Partitions paused now: their in-flight work reached a limit, or their next message is
-    /// past the commit window (20,000 offsets past the partition's commit point), or the
-    /// system stops.
+    /// past the commit window (20,000 offsets past the partition's commit point), or a pause
+    /// was asked for (`paused_on_request`), or the system stops.
     pub paused_partitions: usize,
     /// How many times a partition was paused (in-flight limits, commit window).
     pub pauses: u64,
+    /// Partitions paused now on request: by processing code
+    /// ([`PartitionControl`](crate::PartitionControl)) or by the application
+    /// ([`RunningSystem::pause`](crate::RunningSystem::pause)). Counted in
+    /// `paused_partitions` too.
+    pub paused_on_request: usize,
+    /// Seeks carried out, asked for by processing code
+    /// ([`PartitionControl::seek`](crate::PartitionControl::seek)).
+    pub seeks: u64,
     /// How many times partitions were assigned to this member (once per rebalance that gave
     /// it partitions).
     pub assignments: u64,
@@ -70,6 +78,8 @@ pub(crate) struct SystemMetrics {
     in_flight_bytes: AtomicUsize,
     waiting: AtomicUsize,
     paused_partitions: AtomicUsize,
+    paused_on_request: AtomicUsize,
+    seeks: AtomicU64,
     peak_messages: AtomicUsize,
     peak_bytes: AtomicUsize,
     peak_partition_messages: AtomicUsize,
@@ -101,6 +111,8 @@ impl SystemMetrics {
             in_flight_bytes: AtomicUsize::default(),
             waiting: AtomicUsize::default(),
             paused_partitions: AtomicUsize::default(),
+            paused_on_request: AtomicUsize::default(),
+            seeks: AtomicU64::default(),
             peak_messages: AtomicUsize::default(),
             peak_bytes: AtomicUsize::default(),
             peak_partition_messages: AtomicUsize::default(),
@@ -123,19 +135,35 @@ impl SystemMetrics {
         }
     }
 
-    /// The Fetcher's figures after a round: what is in flight, what waits in it, what is paused.
-    pub(crate) fn set_flow(&self, in_flight: Load, waiting: usize, paused: usize) {
+    /// The Fetcher's figures after a round: what is in flight, what waits in it, what is paused
+    /// (of it, on request).
+    pub(crate) fn set_flow(
+        &self,
+        in_flight: Load,
+        waiting: usize,
+        paused: usize,
+        paused_on_request: usize,
+    ) {
         self.in_flight_messages
             .store(in_flight.messages, Ordering::Relaxed);
         self.in_flight_bytes
             .store(in_flight.bytes, Ordering::Relaxed);
         self.waiting.store(waiting, Ordering::Relaxed);
         self.paused_partitions.store(paused, Ordering::Relaxed);
+        self.paused_on_request
+            .store(paused_on_request, Ordering::Relaxed);
         let instruments = &self.instruments;
         instruments.in_flight.set(in_flight.messages as f64);
         instruments.bytes_in_flight.set(in_flight.bytes as f64);
         instruments.waiting.set(waiting as f64);
         instruments.paused.set(paused as f64);
+        instruments.paused_on_request.set(paused_on_request as f64);
+    }
+
+    /// A seek asked for by processing code was carried out.
+    pub(crate) fn sought(&self) {
+        self.seeks.fetch_add(1, Ordering::Relaxed);
+        self.instruments.seeks.increment(1);
     }
 
     /// Records the most a partition had in flight in a round, and the total after it.
@@ -235,6 +263,8 @@ impl SystemMetrics {
             peak_partition_in_flight_bytes: self.peak_partition_bytes.load(Ordering::Relaxed),
             paused_partitions: self.paused_partitions.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
+            paused_on_request: self.paused_on_request.load(Ordering::Relaxed),
+            seeks: self.seeks.load(Ordering::Relaxed),
             assignments: self.assignments.load(Ordering::Relaxed),
             assigned_partitions: self.assigned_partitions.load(Ordering::Relaxed),
             revocations: self.revocations.load(Ordering::Relaxed),

@@ -26,11 +26,14 @@
 //!   system stops; the commit point stays at the bad record.
 //!
 //! A partition is paused for flow control (limits, the window), resumed by
-//! [`resumable`](Routes::resumable) when it drained; or *held* (the system stops, an
+//! [`resumable`](Routes::resumable) when it drained; *on request* (processing code's
+//! `PartitionControl`, or the application pausing the whole system), when nothing of it is
+//! taken nor handed out until the request ends; or *held* (the system stops, an
 //! `on_assigned` hook failed, a record could not be read), never resumed.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use rdkafka::error::RDKafkaErrorCode;
@@ -128,6 +131,10 @@ enum Pause {
     /// Its next message would be past the commit window: resumed once its commit point moved
     /// up to half the window behind it.
     Window,
+    /// Asked for (the route's `requested`, or the whole system's): nothing is taken nor
+    /// handed out until the request ends. Replaces a flow-control pause, which the next
+    /// round's take sets again if it still applies.
+    Requested,
     /// The system stops, an `on_assigned` hook failed (where to read from is unknown), or a
     /// record could not be read: never resumed.
     Held,
@@ -143,6 +150,8 @@ struct Route {
     /// The partition's processor, for messages routed by partition.
     processor: usize,
     paused: Option<Pause>,
+    /// A pause of this partition asked for: until resumed (`None`), or until a time.
+    requested: Option<Option<Instant>>,
     /// Where the partition resumes: the offset after the last message taken, or the first
     /// one librdkafka returned after the partition was paused.
     next_offset: Option<i64>,
@@ -198,6 +207,8 @@ pub(crate) struct Routes {
     first_route: usize,
     /// The processor the next message that may go anywhere goes to first.
     next_any: usize,
+    /// The application paused the whole system: every partition, those assigned later too.
+    system_paused: bool,
 }
 
 impl Routes {
@@ -210,13 +221,14 @@ impl Routes {
             retiring: Vec::new(),
             first_route: 0,
             next_any: 0,
+            system_paused: false,
         }
     }
 
     /// Adds newly assigned partitions, each with the offsets its previous reader finished
     /// beyond the committed one; `held` (never resumed) if the system is stopping or their
-    /// positions are unknown. A partition held already under an earlier assignment is replaced
-    /// (its backlog dropped).
+    /// positions are unknown, else paused on request while the system is. A partition held
+    /// already under an earlier assignment is replaced (its backlog dropped).
     pub(crate) fn assign(
         &mut self,
         partitions: Vec<(Arc<AssignedPartition>, Vec<i64>)>,
@@ -231,7 +243,12 @@ impl Routes {
                     .router
                     .processor_for(assigned.partition.topic(), assigned.partition.partition()),
                 assigned,
-                paused: held.then_some(Pause::Held),
+                paused: match (held, self.system_paused) {
+                    (true, _) => Some(Pause::Held),
+                    (false, true) => Some(Pause::Requested),
+                    (false, false) => None,
+                },
+                requested: None,
                 next_offset: None,
                 first_offset: None,
                 backlog: Backlog::default(),
@@ -473,6 +490,9 @@ impl Routes {
         let next_any = &mut self.next_any;
         for step in 0..routes {
             let route = &mut self.table[(self.first_route + step) % routes];
+            if route.paused == Some(Pause::Requested) {
+                continue;
+            }
             route.backlog.hand_out(look_ahead, &mut batches, |waiting| {
                 if with_room == 0 {
                     return Handing::Stop;
@@ -529,6 +549,111 @@ impl Routes {
                 (route.assigned.partition.clone(), route.next_offset)
             })
             .collect()
+    }
+
+    /// Whether the whole system is paused on request: partitions assigned now start paused.
+    pub(crate) fn system_paused(&self) -> bool {
+        self.system_paused
+    }
+
+    /// Pauses a partition held under `assignment` on request, until resumed (`until` is
+    /// `None`) or until a time; a later request replaces an earlier one. Returns the partition
+    /// when it must be paused on the consumer (it was fetching). A held partition stays as it
+    /// is.
+    pub(crate) fn pause_on_request(
+        &mut self,
+        assignment: AssignmentId,
+        until: Option<Instant>,
+    ) -> Option<TopicPartition> {
+        let route = self
+            .table
+            .iter_mut()
+            .find(|route| route.assigned.assignment == assignment)?;
+        route.requested = Some(until);
+        route.pause_on_request()
+    }
+
+    /// Ends the pause asked for of a partition held under `assignment`. Returns it, with the
+    /// offset to resume from, when it may fetch again.
+    pub(crate) fn resume_on_request(
+        &mut self,
+        assignment: AssignmentId,
+    ) -> Option<(TopicPartition, Option<i64>)> {
+        let system_paused = self.system_paused;
+        let route = self
+            .table
+            .iter_mut()
+            .find(|route| route.assigned.assignment == assignment)?;
+        route.requested = None;
+        route.resume_on_request(system_paused)
+    }
+
+    /// Pauses every partition on request, and those assigned later, until
+    /// [`resume_system`](Self::resume_system). Returns those to pause on the consumer.
+    pub(crate) fn pause_system(&mut self) -> Vec<TopicPartition> {
+        self.system_paused = true;
+        self.table
+            .iter_mut()
+            .filter_map(Route::pause_on_request)
+            .collect()
+    }
+
+    /// Ends the system's pause; partitions with a pause of their own asked for stay paused.
+    /// Returns those that may fetch again, with the offset to resume from.
+    pub(crate) fn resume_system(&mut self) -> Vec<(TopicPartition, Option<i64>)> {
+        self.system_paused = false;
+        self.table
+            .iter_mut()
+            .filter_map(|route| route.resume_on_request(false))
+            .collect()
+    }
+
+    /// Ends the pauses asked for until a time that came: returns the partitions that may
+    /// fetch again, with the offset to resume from.
+    pub(crate) fn requests_due(&mut self, now: Instant) -> Vec<(TopicPartition, Option<i64>)> {
+        let system_paused = self.system_paused;
+        self.table
+            .iter_mut()
+            .filter(|route| matches!(route.requested, Some(Some(until)) if until <= now))
+            .filter_map(|route| {
+                route.requested = None;
+                route.resume_on_request(system_paused)
+            })
+            .collect()
+    }
+
+    /// Partitions paused on request now.
+    pub(crate) fn paused_on_request(&self) -> usize {
+        self.table
+            .iter()
+            .filter(|route| route.paused == Some(Pause::Requested))
+            .count()
+    }
+
+    /// Re-assigns the partition held under `assignment` to `assigned`, to be read from
+    /// `offset` (a seek): the backlog of the assignment that ends is dropped, and it retires
+    /// while processors finish what they hold of it; a pause asked for stays. Returns the
+    /// assignment that ended, and whether the partition stays paused (else it must be
+    /// resumed at `offset`); `None` when the partition is not held under `assignment`, or is
+    /// held for good.
+    pub(crate) fn reassign(
+        &mut self,
+        assignment: AssignmentId,
+        assigned: Arc<AssignedPartition>,
+        offset: i64,
+    ) -> Option<(Arc<AssignedPartition>, bool)> {
+        let route = self.table.iter_mut().find(|route| {
+            route.assigned.assignment == assignment && route.paused != Some(Pause::Held)
+        })?;
+        let ended = std::mem::replace(&mut route.assigned, assigned);
+        drop(std::mem::take(&mut route.backlog));
+        route.finished_earlier.clear();
+        route.first_offset = None;
+        route.next_offset = Some(offset);
+        let paused = route.requested.is_some() || self.system_paused;
+        route.paused = paused.then_some(Pause::Requested);
+        self.retiring.push(ended.clone());
+        Some((ended, paused))
     }
 
     /// Holds every partition (the system stops): returns those not paused before.
@@ -604,6 +729,32 @@ impl Routes {
 }
 
 impl Route {
+    /// Pauses it on request, unless it is held. Returns it when it was fetching.
+    fn pause_on_request(&mut self) -> Option<TopicPartition> {
+        match self.paused {
+            Some(Pause::Held) => None,
+            Some(_) => {
+                // Paused on the consumer already.
+                self.paused = Some(Pause::Requested);
+                None
+            }
+            None => {
+                self.paused = Some(Pause::Requested);
+                Some(self.assigned.partition.clone())
+            }
+        }
+    }
+
+    /// Ends its pause on request if nothing asks for it any more. Returns it, with the offset
+    /// to resume from, when it may fetch again.
+    fn resume_on_request(&mut self, system_paused: bool) -> Option<(TopicPartition, Option<i64>)> {
+        if self.paused != Some(Pause::Requested) || system_paused || self.requested.is_some() {
+            return None;
+        }
+        self.paused = None;
+        Some((self.assigned.partition.clone(), self.next_offset))
+    }
+
     /// How many offsets past the next one to take the partition may take before its commit
     /// window is full (the whole window before anything was taken).
     fn window_left(&self) -> i64 {

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::actors::supervisor::{Supervisor, stop_arbiters};
+use crate::control::{Action, ControlError, Controls, Target};
 use crate::health::Stage;
 use crate::metrics::SystemMetrics;
 use crate::stop::listen_for_signals;
@@ -164,7 +165,7 @@ fn run_on_thread<W, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
-    started: Option<mpsc::Sender<Arc<SystemMetrics>>>,
+    started: Option<mpsc::Sender<Handles>>,
 ) -> Result<(JoinHandle<()>, Ending)>
 where
     W: Work,
@@ -226,11 +227,12 @@ where
     let (started_tx, started_rx) = mpsc::channel();
     let (thread, mut ending) = run_on_thread(config, factory, stop.clone(), Some(started_tx))?;
     match started_rx.recv() {
-        Ok(metrics) => Ok(RunningSystem {
+        Ok(Handles { metrics, controls }) => Ok(RunningSystem {
             stop,
             thread,
             ending,
             metrics,
+            controls,
         }),
         // The thread ended before it started the system: its outcome says why.
         Err(mpsc::RecvError) => {
@@ -253,6 +255,13 @@ pub struct RunningSystem {
     thread: JoinHandle<()>,
     ending: Ending,
     metrics: Arc<SystemMetrics>,
+    controls: Controls,
+}
+
+/// What a spawned system's thread hands back once the system runs.
+struct Handles {
+    metrics: Arc<SystemMetrics>,
+    controls: Controls,
 }
 
 impl RunningSystem {
@@ -269,6 +278,23 @@ impl RunningSystem {
     /// A handle to stop the system from elsewhere.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
+    }
+
+    /// Pauses every partition this member holds, and those it is assigned later, until
+    /// [`resume`](Self::resume): nothing more is fetched nor handed out; the messages the
+    /// processors hold still run and are committed; the group membership, commits and
+    /// rebalances go on. Carried out by the Fetcher within a few milliseconds; a stop while
+    /// paused is a stop as any other. Pauses of partitions asked for by processing code
+    /// ([`PartitionControl`](crate::PartitionControl)) are kept apart: each ends by itself.
+    pub fn pause(&self) -> std::result::Result<(), ControlError> {
+        let pause = Action::Pause { lasting: None };
+        self.controls.ask(Target::System, pause)
+    }
+
+    /// Ends a [`pause`](Self::pause): partitions resume from the first message not taken,
+    /// except those paused by processing code.
+    pub fn resume(&self) -> std::result::Result<(), ControlError> {
+        self.controls.ask(Target::System, Action::Resume)
     }
 
     /// The system's figures now: work in flight and its peaks, pauses, rebalances, messages
@@ -300,7 +326,7 @@ fn run<W, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
-    started: Option<mpsc::Sender<Arc<SystemMetrics>>>,
+    started: Option<mpsc::Sender<Handles>>,
 ) -> Result<ShutdownReport>
 where
     W: Work,
@@ -336,7 +362,10 @@ where
         let running = Supervisor::start(config, factory, stop, metrics.clone()).await?;
         metrics.health.enter(Stage::Running);
         if let Some(started) = started {
-            let _ = started.send(running.metrics.clone());
+            let _ = started.send(Handles {
+                metrics: running.metrics.clone(),
+                controls: running.controls.clone(),
+            });
         }
         let report = running.report.await;
         if let Some(signals) = signals {

@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 mod run;
 
-pub use run::{Fate, MessageBuilder, MessageOutcome, Outcome, TestRun};
+pub use run::{Control, Fate, MessageBuilder, MessageOutcome, Outcome, TestRun};
 
 /// An in-process Kafka cluster on localhost, for examples and tests. Stops when dropped.
 pub struct EmbeddedCluster {

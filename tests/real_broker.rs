@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_actors::{ConsumerSystem, Message, Processor};
+use support::controls::{Jump, run_seeks, split_into_runs};
 use support::{Cluster, Ledger, Recorder, SCENARIO_TIMEOUT, group, wait_until};
 
 fn real_broker() -> Cluster {
@@ -516,4 +517,31 @@ fn a_frozen_member_that_lost_its_partitions_commits_nothing_when_it_wakes() {
     assert!(status.success(), "{output}");
     assert_eq!(support::audit(&all(), &end_offsets).lost, 0);
     assert_eq!(cluster.committed_offsets(&group, &topic), end_offsets);
+}
+
+/// A seek to a time goes to the first message of that time or later (librdkafka's mock
+/// cluster answers every lookup by time with "none", so this needs a real broker).
+#[test]
+fn a_seek_to_a_time_goes_to_the_first_message_of_that_time() {
+    let cluster = real_broker();
+    let held = 6;
+    let (ledger, end) = run_seeks(
+        &cluster,
+        "seek-time",
+        held,
+        vec![(150, Jump::ToTimeOf(120))],
+    );
+    let timestamp_of = |offset: i64| ledger.iter().find(|(o, _)| *o == offset).unwrap().1;
+    // Several messages may share a millisecond: the first whose time is that of 120 or later.
+    let by_time = (0..=120)
+        .find(|&o| timestamp_of(o) >= timestamp_of(120))
+        .unwrap();
+    let offsets: Vec<i64> = ledger.iter().map(|(o, _)| *o).collect();
+    let runs = split_into_runs(&offsets);
+    // The seek takes effect once the broker named the offset: what the processor held (151 to
+    // at most 150 + held) may run before it.
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].0, 0);
+    assert!((150..=150 + held as i64).contains(&runs[0].1), "{runs:?}");
+    assert_eq!(runs[1], (by_time, end - 1), "{runs:?}");
 }

@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kafka_actors::testkit::{self, Fate, MessageBuilder, TestRun};
+use kafka_actors::testkit::{self, Control, Fate, MessageBuilder, TestRun};
 use kafka_actors::{
     BatchFailures, BatchProcessor, FailurePolicy, Message, OrderingMode, Permanent, Processor,
-    RetryAfter, dead_letter_headers,
+    RetryAfter, TopicPartition, dead_letter_headers,
 };
 
 /// Fails on payloads that say so: "fail N" fails its first N attempts, "poison" fails for
@@ -96,6 +96,46 @@ fn an_error_naming_its_wait_is_retried_after_it_in_virtual_time_within_the_attem
         .process(Scripted::default, [message(0, "throttled")]);
     assert_eq!(outcome.of(0, 0).fate, Fate::Skipped);
     assert_eq!(outcome.of(0, 0).backoffs, [Duration::from_secs(30)]);
+}
+
+/// Pauses its partition on "busy" payloads, seeks back on "rewind".
+struct Controlling;
+
+impl Processor for Controlling {
+    async fn process(&mut self, message: &Message) -> anyhow::Result<()> {
+        let control = message.partition_control();
+        match message.payload_str().unwrap_or_default() {
+            "busy" => control.pause_for(Duration::from_secs(5))?,
+            "rewind" => control.seek(0)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_controls_a_processor_asks_for_are_recorded_not_carried_out() {
+    let outcome = TestRun::new().process(
+        || Controlling,
+        [
+            message(0, "ok"),
+            message(0, "busy"),
+            message(1, "rewind"),
+            message(0, "ok"),
+        ],
+    );
+    assert_eq!(
+        outcome.controls,
+        [
+            (
+                TopicPartition::new("orders", 0),
+                Control::Pause(Some(Duration::from_secs(5)))
+            ),
+            (TopicPartition::new("orders", 1), Control::Seek(0)),
+        ]
+    );
+    // Every message ran: a run reads no partition, so nothing is paused or replayed.
+    assert_eq!(outcome.with_fate(|f| *f == Fate::Processed).len(), 4);
 }
 
 #[test]

@@ -6,14 +6,15 @@
 //! takes a batch of messages from the fetch queue into the partitions' backlogs (`Routes`),
 //! tells the OffsetTracker what it took, and hands out what the processors have room for.
 //! Between rounds it waits on one [`Notify`], woken by librdkafka (messages, events, commit
-//! results) and by processors (room for more), so commands are handled at once and an idle
-//! Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
+//! results), by processors (room for more) and by controls asked for (a pause, a seek), so
+//! commands are handled at once and an idle Fetcher costs nothing. Commits, pausing and closing happen here too, between rounds.
 //!
 //! The messages it handles, and the [`FetcherInbox`] through which the OffsetTracker sends
 //! them, are defined with the rest of the protocol in `actors::messages`; the handlers are
 //! here, with the rounds. The rest is one concern a file: `context.rs` (the consumer's
 //! [`FetchContext`], which the callbacks share with the Fetcher), `rebalance.rs` (the
-//! rebalance callbacks) and `consumer.rs` (pausing, resuming, seeking, acting on errors,
+//! rebalance callbacks), `controls.rs` (the pauses and seeks asked for by processing code and
+//! the application) and `consumer.rs` (pausing, resuming, seeking, acting on errors,
 //! closing).
 
 use std::sync::atomic::Ordering;
@@ -30,6 +31,7 @@ use crate::actors::messages::{
     ProcessorHandle, StopFetching, TrackerInbox,
 };
 use crate::commits::CommitLine;
+use crate::control::Request;
 use crate::fault::{self, Fault};
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
@@ -39,6 +41,7 @@ use crate::stop::StopHandle;
 
 mod consumer;
 mod context;
+mod controls;
 mod rebalance;
 
 use consumer::{close_in_background, fetch_again, pause, poll_failed, record_errors, resume};
@@ -75,6 +78,8 @@ pub(crate) struct Fetcher {
     stop: StopHandle,
     state: State,
     wakeup: Arc<Notify>,
+    /// The controls asked for (`crate::control`), carried out at the start of a round.
+    requests: mpsc::Receiver<Request>,
     /// A test build's injected fault: the Fetcher dies at its first message.
     dies: bool,
 }
@@ -86,6 +91,7 @@ impl Fetcher {
         processors: Vec<ProcessorHandle>,
         stop: StopHandle,
         wakeup: Arc<Notify>,
+        requests: mpsc::Receiver<Request>,
     ) -> Self {
         let context = consumer.context();
         *context.fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
@@ -103,6 +109,7 @@ impl Fetcher {
             stop,
             state: State::Fetching,
             wakeup,
+            requests,
             dies: fault::injected(Fault::FetcherDies),
         }
     }
@@ -121,6 +128,9 @@ impl Fetcher {
     /// progress (then the next round follows at once).
     fn round(&mut self) -> bool {
         let mut progress = self.serve_events();
+        if self.state == State::Fetching {
+            self.serve_controls();
+        }
         let Some(consumer) = &self.consumer else {
             return false;
         };
@@ -177,8 +187,12 @@ impl Fetcher {
             }
         }
         let total = total.unwrap_or_else(|| routes.total());
-        self.metrics
-            .set_flow(total, routes.waiting(), routes.paused());
+        self.metrics.set_flow(
+            total,
+            routes.waiting(),
+            routes.paused(),
+            routes.paused_on_request(),
+        );
         self.metrics.health.round();
         self.metrics.trouble.tick();
         progress
@@ -322,8 +336,12 @@ impl Handler<StopFetching> for Fetcher {
                 released,
             });
         }
-        self.metrics
-            .set_flow(routes.total(), routes.waiting(), routes.paused());
+        self.metrics.set_flow(
+            routes.total(),
+            routes.waiting(),
+            routes.paused(),
+            routes.paused_on_request(),
+        );
     }
 }
 

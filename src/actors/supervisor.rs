@@ -24,6 +24,7 @@ use crate::actors::offset_tracker::OffsetTracker;
 use crate::actors::processor::{self, ProcessorShared};
 use crate::client_trouble;
 use crate::config::ConsumerConfig;
+use crate::control::Controls;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
 use crate::flow::{BatchLimit, FlowSettings, PrefetchLimit};
@@ -51,6 +52,8 @@ pub(crate) struct Started {
     pub(crate) report: oneshot::Receiver<ShutdownReport>,
     pub(crate) arbiters: Vec<Arbiter>,
     pub(crate) metrics: Arc<SystemMetrics>,
+    /// The line on which the application pauses and resumes the system.
+    pub(crate) controls: Controls,
 }
 
 pub(crate) struct Supervisor {
@@ -89,6 +92,8 @@ impl Supervisor {
             total_limit: config.total_limit,
             read_headers: config.read_headers,
         };
+        let fetcher_wakeup = Arc::new(Notify::new());
+        let (controls, requests) = Controls::new(fetcher_wakeup.clone());
         let consumer: BaseConsumer<FetchContext> = config
             .client_config()
             .set_log_level(client_trouble::librdkafka_log_level())
@@ -98,6 +103,7 @@ impl Supervisor {
                 config.processors,
                 flow,
                 config.group_id.clone(),
+                controls.clone(),
             ))?;
         let consumer = check_cluster(consumer, &config).await?;
 
@@ -115,7 +121,6 @@ impl Supervisor {
             )?),
             _ => None,
         };
-        let fetcher_wakeup = Arc::new(Notify::new());
         let batch = if W::BATCHES {
             config.batch
         } else {
@@ -196,6 +201,7 @@ impl Supervisor {
                 fetcher_processors,
                 fetcher_stop,
                 fetcher_wakeup,
+                requests,
             )
         });
         arbiters.push(fetch_arbiter);
@@ -233,6 +239,7 @@ impl Supervisor {
             report,
             arbiters,
             metrics,
+            controls,
         })
     }
 }

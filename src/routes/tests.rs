@@ -95,6 +95,7 @@ fn routes_within(
                         partition,
                         AssignmentId(p as u64 + 1),
                         Default::default(),
+                        Default::default(),
                     ),
                     Vec::new(),
                 )
@@ -264,6 +265,7 @@ fn messages_an_earlier_reader_finished_are_skipped_in_order() {
         TopicPartition::new("t", 0),
         AssignmentId(9),
         Default::default(),
+        Default::default(),
     );
     routes.assign(vec![(assigned, vec![11, 12])], false);
     let taken = routes.take((10..14).map(|o| record(0, o, "k")).collect());
@@ -287,6 +289,7 @@ fn a_partition_assigned_again_never_resumes_where_its_earlier_assignment_paused(
     let again = AssignedPartition::new(
         TopicPartition::new("t", 0),
         AssignmentId(2),
+        Default::default(),
         Default::default(),
     );
     routes.assign(vec![(again, Vec::new())], false);
@@ -406,6 +409,7 @@ fn partitions_assigned_paused_are_never_resumed_by_flow_control() {
         TopicPartition::new("t", 0),
         AssignmentId(1),
         Default::default(),
+        Default::default(),
     );
     routes.assign(vec![(assigned, Vec::new())], true);
     assert_eq!(routes.paused(), 1);
@@ -455,4 +459,132 @@ fn records_are_routed_by_their_topics_id_and_never_to_another_topics_partition()
         routes.assignment_of(&TopicPartition::new("t", 1)).unwrap(),
     );
     assert_eq!(taken, vec![(t0, 0), (t1, 0), (t0, 1), (t1, 1)]);
+}
+
+#[test]
+fn a_partition_paused_on_request_takes_and_hands_out_nothing_until_resumed_where_it_stopped() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    routes.take((0..3).map(|o| record(0, o, "k")).collect());
+    let p0 = TopicPartition::new("t", 0);
+    assert_eq!(
+        routes.pause_on_request(AssignmentId(1), None),
+        Some(p0.clone())
+    );
+    assert_eq!(routes.paused_on_request(), 1);
+    // Its backlog stays, and what librdkafka still returns is left for the resume.
+    let taken = routes.take(vec![record(0, 3, "k"), record(1, 0, "k")]);
+    assert_eq!(taken.positions.len(), 1, "only partition 1's record");
+    let batches = routes.hand_out(&mut [10]);
+    assert_eq!(offsets(&batches[0]), [(1, 0)]);
+    // Flow control does not resume it.
+    assert!(routes.resumable().is_empty());
+    // A pause asked for again changes nothing on the consumer.
+    assert_eq!(routes.pause_on_request(AssignmentId(1), None), None);
+    // Another assignment's resume does nothing to it.
+    assert_eq!(routes.resume_on_request(AssignmentId(7)), None);
+    assert_eq!(
+        routes.resume_on_request(AssignmentId(1)),
+        Some((p0, Some(3))),
+        "resumes at the first record not taken"
+    );
+    let batches = routes.hand_out(&mut [10]);
+    assert_eq!(offsets(&batches[0]), [(0, 0), (0, 1), (0, 2)]);
+}
+
+#[test]
+fn a_pause_for_a_while_ends_when_its_time_came_and_not_while_the_system_is_paused() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    let now = Instant::now();
+    let later = now + std::time::Duration::from_secs(2);
+    routes.pause_on_request(AssignmentId(1), Some(later));
+    assert!(routes.requests_due(now).is_empty());
+    assert_eq!(
+        routes.requests_due(later),
+        [(TopicPartition::new("t", 0), None)]
+    );
+    assert_eq!(routes.paused_on_request(), 0);
+
+    // The system's pause holds every partition, those assigned later too, and outlasts the
+    // end of a partition's own pause; its end keeps a partition's own pause.
+    routes.pause_on_request(AssignmentId(1), Some(later));
+    assert_eq!(routes.pause_system(), [TopicPartition::new("t", 1)]);
+    assert!(routes.requests_due(later).is_empty());
+    let late = AssignedPartition::new(
+        TopicPartition::new("t", 2),
+        AssignmentId(3),
+        Default::default(),
+        Default::default(),
+    );
+    routes.assign(vec![(late, Vec::new())], false);
+    assert_eq!(routes.paused_on_request(), 3);
+    routes.pause_on_request(AssignmentId(2), None);
+    let resumed: Vec<i32> = routes
+        .resume_system()
+        .into_iter()
+        .map(|(p, _)| p.partition())
+        .collect();
+    assert_eq!(
+        resumed,
+        [0, 2],
+        "partition 1 was paused by its own request too"
+    );
+    // A stop holds every partition, whatever was asked for.
+    routes.pause_all();
+    assert_eq!(routes.resume_on_request(AssignmentId(2)), None);
+    assert_eq!(routes.paused_on_request(), 0);
+}
+
+#[test]
+fn a_seek_reassigns_the_partition_dropping_its_backlog_and_keeping_its_pause() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    let taken = routes.take((0..5).map(|o| record(0, o, "k")).collect());
+    assert_eq!(taken.positions.len(), 5);
+    let handed = routes.hand_out(&mut [2]);
+    assert_eq!(routes.waiting(), 3);
+    let sought = AssignedPartition::new(
+        TopicPartition::new("t", 0),
+        AssignmentId(2),
+        Default::default(),
+        Default::default(),
+    );
+    // Not under an assignment that ended.
+    assert!(
+        routes
+            .reassign(AssignmentId(9), sought.clone(), 1)
+            .is_none()
+    );
+    let (ended, paused) = routes.reassign(AssignmentId(1), sought, 1).unwrap();
+    assert_eq!((ended.assignment, paused), (AssignmentId(1), false));
+    assert_eq!(routes.waiting(), 0, "the backlog is dropped");
+    assert_eq!(
+        routes.assignment_of(&TopicPartition::new("t", 0)),
+        Some(AssignmentId(2))
+    );
+    // What the processors hold of the ended assignment counts until it is done with.
+    assert_eq!(routes.total().messages, 2);
+    drop(handed);
+    assert_eq!(routes.total().messages, 0);
+    // Read again from the offset sought, under the new assignment.
+    let taken = routes.take((1..3).map(|o| record(0, o, "k")).collect());
+    let positions: Vec<(AssignmentId, i64)> = taken
+        .positions
+        .iter()
+        .map(|p| (p.assignment, p.offset))
+        .collect();
+    assert_eq!(positions, [(AssignmentId(2), 1), (AssignmentId(2), 2)]);
+
+    // A partition paused on request stays paused, and resumes at the offset sought.
+    routes.pause_on_request(AssignmentId(2), None);
+    let again = AssignedPartition::new(
+        TopicPartition::new("t", 0),
+        AssignmentId(3),
+        Default::default(),
+        Default::default(),
+    );
+    let (_, paused) = routes.reassign(AssignmentId(2), again, 40).unwrap();
+    assert!(paused);
+    assert_eq!(
+        routes.resume_on_request(AssignmentId(3)),
+        Some((TopicPartition::new("t", 0), Some(40)))
+    );
 }

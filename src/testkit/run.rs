@@ -3,13 +3,14 @@
 //! virtual time, and [`Outcome`] says what became of each.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::actors::processor::{Attempt, Instance};
 use crate::batch::{self, Batch, Ended, Filing, Retry};
+use crate::control::{Action, Controls, Request, SeekTo, Target};
 use crate::dead_letter;
 use crate::flow::{AssignedPartition, BatchLimit};
 use crate::instruments::GroupInstruments;
@@ -150,6 +151,38 @@ pub struct Outcome {
     pub processor_restarts: u32,
     /// The batches `process_batch` was handed, as `(partition, offset)` lists.
     pub batches: Vec<Vec<(i32, i64)>>,
+    /// The controls processors asked for through
+    /// [`Message::partition_control`](crate::Message::partition_control), in order: recorded,
+    /// not carried out (a run reads no partition).
+    pub controls: Vec<(TopicPartition, Control)>,
+}
+
+/// The controls asked for in a run.
+type Asked = Arc<Mutex<Vec<Request>>>;
+
+/// A control a processor asked for in a [`TestRun`] (see [`crate::PartitionControl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Control {
+    /// `pause_for(duration)`, or `pause()` (`None`).
+    Pause(Option<Duration>),
+    /// `resume()`.
+    Resume,
+    /// `seek(offset)`.
+    Seek(i64),
+    /// `seek_to_time(millis)`.
+    SeekToTime(i64),
+}
+
+impl Control {
+    fn of(action: Action) -> Self {
+        match action {
+            Action::Pause { lasting } => Control::Pause(lasting),
+            Action::Resume => Control::Resume,
+            Action::Seek(SeekTo::Offset(offset)) => Control::Seek(offset),
+            Action::Seek(SeekTo::Time(millis)) => Control::SeekToTime(millis),
+        }
+    }
 }
 
 impl Outcome {
@@ -390,13 +423,16 @@ impl TestRun {
         })
     }
 
-    /// Makes the messages, each partition under an assignment of its own.
-    fn make(&self, builders: impl IntoIterator<Item = MessageBuilder>) -> Vec<Message> {
+    /// Makes the messages, each partition under an assignment of its own, with a record of
+    /// the controls asked for through them.
+    fn make(&self, builders: impl IntoIterator<Item = MessageBuilder>) -> (Vec<Message>, Asked) {
+        let asked = Asked::default();
+        let controls = Controls::Recorder(asked.clone());
         let instruments = GroupInstruments::new("testkit");
         let mut partitions: BTreeMap<TopicPartition, (Arc<AssignedPartition>, i64)> =
             BTreeMap::new();
         let mut next_assignment = 1;
-        builders
+        let messages = builders
             .into_iter()
             .map(|builder| {
                 let partition = TopicPartition::new(builder.topic.as_str(), builder.partition);
@@ -406,7 +442,12 @@ impl TestRun {
                         next_assignment += 1;
                         let instruments = instruments.partition(&partition);
                         (
-                            AssignedPartition::new(partition, assignment, instruments),
+                            AssignedPartition::new(
+                                partition,
+                                assignment,
+                                instruments,
+                                controls.clone(),
+                            ),
                             0,
                         )
                     });
@@ -433,7 +474,8 @@ impl TestRun {
                     builder.timestamp,
                 )
             })
-            .collect()
+            .collect();
+        (messages, asked)
     }
 
     /// The run itself: the processor task's loop, with a virtual clock that jumps to the next
@@ -441,7 +483,7 @@ impl TestRun {
     async fn drive<W: Work>(
         &self,
         factory: Arc<dyn Fn() -> W + Send + Sync>,
-        messages: Vec<Message>,
+        (messages, asked): (Vec<Message>, Asked),
         limit: BatchLimit,
     ) -> Outcome {
         let mut outcome = Outcome {
@@ -459,6 +501,7 @@ impl TestRun {
             stop_requested: None,
             processor_restarts: 0,
             batches: Vec::new(),
+            controls: Vec::new(),
         };
         let index: BTreeMap<(TopicPartition, i64), usize> = messages
             .iter()
@@ -543,6 +586,14 @@ impl TestRun {
                 _ => {}
             }
         }
+        let asked = std::mem::take(&mut *asked.lock().unwrap_or_else(|p| p.into_inner()));
+        outcome.controls = asked
+            .into_iter()
+            .filter_map(|request| match request.target {
+                Target::Partition(partition, _) => Some((partition, Control::of(request.action))),
+                Target::System => None,
+            })
+            .collect();
         outcome
     }
 }

@@ -2,6 +2,8 @@
 //! messages, and bounded waits.
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
+pub mod controls;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

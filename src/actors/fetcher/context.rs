@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use super::LOG_TARGET;
 use crate::actors::messages::{ProcessorHandle, TrackerInbox};
 use crate::commits::CommitLine;
+use crate::control::Controls;
 use crate::flow::FlowSettings;
 use crate::metrics::SystemMetrics;
 use crate::native::{CommitFailure, CommitQueue, FetchQueue};
@@ -32,6 +33,8 @@ pub(crate) struct FetchContext {
     /// The partitions this member holds, with their backlogs.
     routes: Mutex<Routes>,
     pub(super) next_assignment: AtomicU64,
+    /// The line on which the partitions' controls are asked for, given to each assignment.
+    pub(super) controls: Controls,
     /// Set when the Fetcher stops taking messages: partitions assigned later stay paused.
     pub(super) stopping: AtomicBool,
     /// Set when an `on_assigned` hook failed: the partitions' positions are unknown, so they
@@ -72,12 +75,14 @@ impl FetchContext {
         processors: usize,
         flow: FlowSettings,
         group_id: String,
+        controls: Controls,
     ) -> Self {
         FetchContext {
             tracker,
             metrics,
             routes: Mutex::new(Routes::new(processors, flow)),
             next_assignment: AtomicU64::new(1),
+            controls,
             stopping: AtomicBool::new(false),
             hook_failed: AtomicBool::new(false),
             revocation: OnceLock::new(),

@@ -311,7 +311,12 @@ impl ConsumerContext for FetchContext {
                 let id = self.next_assignment.fetch_add(1, Ordering::Relaxed);
                 let partition = TopicPartition::new(p.topic(), p.partition());
                 let instruments = self.metrics.instruments.partition(&partition);
-                AssignedPartition::new(partition, AssignmentId(id), instruments)
+                AssignedPartition::new(
+                    partition,
+                    AssignmentId(id),
+                    instruments,
+                    self.controls.clone(),
+                )
             })
             .collect();
         log::info!(
@@ -323,10 +328,10 @@ impl ConsumerContext for FetchContext {
         // Only an answering coordinator assigns partitions.
         self.metrics.trouble.sign_of_life();
         // librdkafka keeps a partition paused across a revocation; a new assignment starts
-        // unpaused unless the system is stopping.
+        // unpaused unless the system is stopping or paused on request.
         let stopping =
             self.stopping.load(Ordering::Acquire) || self.hook_failed.load(Ordering::Acquire);
-        let paused = if stopping {
+        let paused = if stopping || self.routes().system_paused() {
             consumer.pause(partitions)
         } else {
             consumer.resume(partitions)

@@ -84,6 +84,7 @@ async fn started<W: Work>(
         partition.clone(),
         AssignmentId(1),
         GroupInstruments::new("processor-test").partition(&partition),
+        Default::default(),
     );
     tracker
         .send(Assigned(vec![(
