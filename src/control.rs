@@ -51,8 +51,9 @@ pub(crate) enum Action {
 /// Of what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// One partition, under the assignment the handle was made for: a request about an
-    /// assignment that is over is ignored.
+    /// One partition, under the lineage of assignments the handle was made in (a rebalance's
+    /// assignment and the seeks after it): a request about a lineage that is over is
+    /// ignored.
     Partition(TopicPartition, AssignmentId),
     /// Every partition this member holds, and those it is assigned later.
     System,
@@ -172,7 +173,8 @@ impl PartitionControl {
     }
 
     /// Ends a pause asked for with [`pause`](Self::pause) or [`pause_for`](Self::pause_for);
-    /// does nothing to a partition not paused so (nor while the whole system is paused).
+    /// does nothing to a partition not paused so. While the whole system is paused
+    /// ([`RunningSystem::pause`](crate::RunningSystem::pause)), the partition resumes with it.
     pub fn resume(&self) -> Result<(), ControlError> {
         self.ask(Action::Resume)
     }
@@ -182,8 +184,9 @@ impl PartitionControl {
     /// finishes, and its outcome is not committed), and `offset` becomes the partition's
     /// commit point. A seek backwards processes the messages from `offset` again (and moves
     /// the group's committed offset back to it); a seek forwards skips the messages before
-    /// `offset`, which count as finished. An offset past the partition's end makes librdkafka
-    /// apply `auto.offset.reset`. A pause asked for before stays.
+    /// `offset`, which count as finished. An offset past the partition's end is taken as the
+    /// end (as librdkafka last saw it), so that nothing produced later is skipped. A pause
+    /// asked for before stays.
     pub fn seek(&self, offset: i64) -> Result<(), ControlError> {
         if offset < 0 {
             return Err(ControlError::NotAnOffset(offset));
@@ -200,16 +203,17 @@ impl PartitionControl {
     }
 
     /// As [`seek`](Self::seek), to the first message whose timestamp is `millis` (since the
-    /// Unix epoch) or later, or to the partition's end when there is none. The Fetcher asks
-    /// the broker for the offset first (at most 5 s; when it cannot, the seek is dropped and
-    /// logged), so the seek takes effect once it answered: messages the processors hold run
-    /// meanwhile.
+    /// Unix epoch) or later, or to the partition's end when there is none. The broker is asked
+    /// for the offset first, on a thread and a connection of its own (at most 5 s; when it
+    /// does not answer, the seek is dropped and logged), so the seek takes effect once it
+    /// answered: messages the processors hold run meanwhile. (librdkafka's mock cluster, the
+    /// embedded default, answers every such lookup with "none": the end.)
     pub fn seek_to_time(&self, millis: i64) -> Result<(), ControlError> {
         self.ask(Action::Seek(SeekTo::Time(millis)))
     }
 
     fn ask(&self, action: Action) -> Result<(), ControlError> {
-        let target = Target::Partition(self.assigned.partition.clone(), self.assigned.assignment);
+        let target = Target::Partition(self.assigned.partition.clone(), self.assigned.lineage);
         self.assigned.controls.ask(target, action)
     }
 }

@@ -68,6 +68,14 @@ impl Load {
         }
     }
 
+    /// Each count less `other`'s, at least 0.
+    pub(crate) fn minus(self, other: Load) -> Load {
+        Load {
+            messages: self.messages.saturating_sub(other.messages),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
+
     /// The larger of each count.
     pub(crate) fn max(self, other: Load) -> Load {
         Load {
@@ -134,6 +142,13 @@ pub(crate) struct AssignedPartition {
     commit_floor: AtomicI64,
     /// The line to the Fetcher, for the partition's controls.
     pub(crate) controls: Controls,
+    /// The assignment a rebalance gave this member, which seeks carry on under new
+    /// assignments: controls name it, so that they follow the partition through seeks and
+    /// end with the membership of it.
+    pub(crate) lineage: AssignmentId,
+    /// Paused on request (set by the Fetcher's routes): the work it holds waits on purpose, so
+    /// it is not a stall.
+    paused_on_request: AtomicBool,
 }
 
 impl AssignedPartition {
@@ -149,9 +164,34 @@ impl AssignedPartition {
             in_flight: InFlight::default(),
             instruments,
             controls,
+            lineage: assignment,
+            paused_on_request: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             commit_floor: AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// The partition under a new assignment of the same lineage (a seek).
+    pub(crate) fn successor(&self, assignment: AssignmentId) -> Arc<Self> {
+        Arc::new(AssignedPartition {
+            partition: self.partition.clone(),
+            assignment,
+            in_flight: InFlight::default(),
+            instruments: self.instruments.clone(),
+            controls: self.controls.clone(),
+            lineage: self.lineage,
+            paused_on_request: AtomicBool::new(self.is_paused_on_request()),
+            fenced: AtomicBool::new(false),
+            commit_floor: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    pub(crate) fn set_paused_on_request(&self, paused: bool) {
+        self.paused_on_request.store(paused, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_paused_on_request(&self) -> bool {
+        self.paused_on_request.load(Ordering::Relaxed)
     }
 
     /// The tracker's latest commit point, if it computed one.

@@ -38,7 +38,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::flow::{AssignedPartition, FlowSettings, Load};
+use crate::flow::{AssignedPartition, FlowSettings, InFlightLimit, Load};
 use crate::message::{Message, Record};
 use crate::offsets::{AssignmentId, COMMIT_WINDOW, Position, TopicPartition};
 use crate::routing::{OrderingMode, Router};
@@ -164,6 +164,16 @@ struct Route {
     finished_earlier: BTreeSet<i64>,
 }
 
+/// A partition a seek re-assigned.
+pub(crate) struct Reassigned {
+    /// The assignment that ended.
+    pub(crate) ended: Arc<AssignedPartition>,
+    /// The new one.
+    pub(crate) assigned: Arc<AssignedPartition>,
+    /// Whether it stays paused (on request); else it is resumed at the offset.
+    pub(crate) paused: bool,
+}
+
 /// A record of a round, as the first pass decides it.
 enum Planned<R> {
     /// To take into the backlog of the route at this index.
@@ -237,6 +247,7 @@ impl Routes {
         for (assigned, finished_earlier) in partitions {
             let partition = assigned.partition.clone();
             self.revoke(|p| *p == partition);
+            assigned.set_paused_on_request(!held && self.system_paused);
             self.table.push(Route {
                 topic_id: 0,
                 processor: self
@@ -305,11 +316,13 @@ impl Routes {
         self.table.len()
     }
 
-    /// The assignment a partition is held under, if it is held.
-    pub(crate) fn assignment_of(&self, partition: &TopicPartition) -> Option<AssignmentId> {
+    /// The assignment whose commit points may be committed for a partition: the one it is
+    /// held under, unless a seek fenced it already (the new one is not there yet).
+    pub(crate) fn committable(&self, partition: &TopicPartition) -> Option<AssignmentId> {
         self.table
             .iter()
             .find(|route| route.assigned.partition == *partition)
+            .filter(|route| !route.assigned.is_fenced())
             .map(|route| route.assigned.assignment)
     }
 
@@ -346,6 +359,9 @@ impl Routes {
     pub(crate) fn take<R: Record>(&mut self, records: Vec<R>) -> Taken {
         let mut taken = Taken::default();
         let total_before = self.total();
+        // The backlogs of partitions paused on request wait on purpose: the others are not
+        // held back for them (each is bounded by the partition limit).
+        let active_before = total_before.minus(self.requested_load());
         let mut round_total = Load::default();
         // Per route: what it had in flight before the round, what the round adds, and the
         // size of its buffer.
@@ -424,7 +440,7 @@ impl Routes {
             if self
                 .flow
                 .total_limit
-                .is_reached_by(total_before.plus(round_total))
+                .is_reached_by(active_before.plus(round_total))
             {
                 for route in self.table.iter_mut().filter(|route| route.paused.is_none()) {
                     route.paused = Some(Pause::Limit);
@@ -527,8 +543,8 @@ impl Routes {
         if !self.table.iter().any(|route| flow(route.paused)) {
             return Vec::new();
         }
-        let total = self.total();
-        if !self.flow.total_limit.is_drained_by(total) {
+        let active = self.total().minus(self.requested_load());
+        if !self.flow.total_limit.is_drained_by(active) {
             return Vec::new();
         }
         let limit = self.flow.partition_limit;
@@ -556,36 +572,31 @@ impl Routes {
         self.system_paused
     }
 
-    /// Pauses a partition held under `assignment` on request, until resumed (`until` is
-    /// `None`) or until a time; a later request replaces an earlier one. Returns the partition
-    /// when it must be paused on the consumer (it was fetching). A held partition stays as it
-    /// is.
+    /// Pauses a partition of `lineage` on request, until resumed (`until` is `None`) or until
+    /// a time; a later request replaces an earlier one. `None` when the partition is not held
+    /// under that lineage (a rebalance ended it); else whether it must be paused on the
+    /// consumer (it was fetching). A held partition stays as it is.
     pub(crate) fn pause_on_request(
         &mut self,
-        assignment: AssignmentId,
+        lineage: AssignmentId,
         until: Option<Instant>,
-    ) -> Option<TopicPartition> {
-        let route = self
-            .table
-            .iter_mut()
-            .find(|route| route.assigned.assignment == assignment)?;
+    ) -> Option<Option<TopicPartition>> {
+        let route = self.of_lineage(lineage)?;
         route.requested = Some(until);
-        route.pause_on_request()
+        Some(route.pause_on_request())
     }
 
-    /// Ends the pause asked for of a partition held under `assignment`. Returns it, with the
-    /// offset to resume from, when it may fetch again.
+    /// Ends the pause asked for of a partition of `lineage`. `None` when the partition is not
+    /// held under that lineage; else, when it may fetch again, the partition with the offset
+    /// to resume from.
     pub(crate) fn resume_on_request(
         &mut self,
-        assignment: AssignmentId,
-    ) -> Option<(TopicPartition, Option<i64>)> {
-        let system_paused = self.system_paused;
-        let route = self
-            .table
-            .iter_mut()
-            .find(|route| route.assigned.assignment == assignment)?;
+        lineage: AssignmentId,
+    ) -> Option<Option<(TopicPartition, Option<i64>)>> {
+        let (system_paused, limit) = (self.system_paused, self.flow.partition_limit);
+        let route = self.of_lineage(lineage)?;
         route.requested = None;
-        route.resume_on_request(system_paused)
+        Some(route.resume_on_request(system_paused, limit))
     }
 
     /// Pauses every partition on request, and those assigned later, until
@@ -602,22 +613,23 @@ impl Routes {
     /// Returns those that may fetch again, with the offset to resume from.
     pub(crate) fn resume_system(&mut self) -> Vec<(TopicPartition, Option<i64>)> {
         self.system_paused = false;
+        let limit = self.flow.partition_limit;
         self.table
             .iter_mut()
-            .filter_map(|route| route.resume_on_request(false))
+            .filter_map(|route| route.resume_on_request(false, limit))
             .collect()
     }
 
     /// Ends the pauses asked for until a time that came: returns the partitions that may
     /// fetch again, with the offset to resume from.
     pub(crate) fn requests_due(&mut self, now: Instant) -> Vec<(TopicPartition, Option<i64>)> {
-        let system_paused = self.system_paused;
+        let (system_paused, limit) = (self.system_paused, self.flow.partition_limit);
         self.table
             .iter_mut()
             .filter(|route| matches!(route.requested, Some(Some(until)) if until <= now))
             .filter_map(|route| {
                 route.requested = None;
-                route.resume_on_request(system_paused)
+                route.resume_on_request(system_paused, limit)
             })
             .collect()
     }
@@ -630,30 +642,53 @@ impl Routes {
             .count()
     }
 
-    /// Re-assigns the partition held under `assignment` to `assigned`, to be read from
-    /// `offset` (a seek): the backlog of the assignment that ends is dropped, and it retires
-    /// while processors finish what they hold of it; a pause asked for stays. Returns the
-    /// assignment that ended, and whether the partition stays paused (else it must be
-    /// resumed at `offset`); `None` when the partition is not held under `assignment`, or is
-    /// held for good.
+    /// What the partitions paused on request hold in flight.
+    fn requested_load(&self) -> Load {
+        self.table
+            .iter()
+            .filter(|route| route.paused == Some(Pause::Requested))
+            .fold(Load::default(), |load, route| {
+                load.plus(route.assigned.in_flight.load())
+            })
+    }
+
+    /// The route of the partition of `lineage`, if it is held.
+    fn of_lineage(&mut self, lineage: AssignmentId) -> Option<&mut Route> {
+        self.table
+            .iter_mut()
+            .find(|route| route.assigned.lineage == lineage)
+    }
+
+    /// Re-assigns the partition of `lineage` under a new `assignment`, to be read from `offset`
+    /// (a seek): the backlog of the assignment that ends is dropped, and it retires while
+    /// processors finish what they hold of it; a pause asked for stays. `None` when the
+    /// partition is not held under that lineage, or is held for good.
     pub(crate) fn reassign(
         &mut self,
+        lineage: AssignmentId,
         assignment: AssignmentId,
-        assigned: Arc<AssignedPartition>,
         offset: i64,
-    ) -> Option<(Arc<AssignedPartition>, bool)> {
-        let route = self.table.iter_mut().find(|route| {
-            route.assigned.assignment == assignment && route.paused != Some(Pause::Held)
-        })?;
-        let ended = std::mem::replace(&mut route.assigned, assigned);
+    ) -> Option<Reassigned> {
+        let system_paused = self.system_paused;
+        let route = self
+            .table
+            .iter_mut()
+            .find(|route| route.assigned.lineage == lineage && route.paused != Some(Pause::Held))?;
+        let assigned = route.assigned.successor(assignment);
+        let ended = std::mem::replace(&mut route.assigned, assigned.clone());
         drop(std::mem::take(&mut route.backlog));
         route.finished_earlier.clear();
         route.first_offset = None;
         route.next_offset = Some(offset);
-        let paused = route.requested.is_some() || self.system_paused;
+        let paused = route.requested.is_some() || system_paused;
         route.paused = paused.then_some(Pause::Requested);
+        route.assigned.set_paused_on_request(paused);
         self.retiring.push(ended.clone());
-        Some((ended, paused))
+        Some(Reassigned {
+            ended,
+            assigned,
+            paused,
+        })
     }
 
     /// Holds every partition (the system stops): returns those not paused before.
@@ -731,24 +766,36 @@ impl Routes {
 impl Route {
     /// Pauses it on request, unless it is held. Returns it when it was fetching.
     fn pause_on_request(&mut self) -> Option<TopicPartition> {
-        match self.paused {
-            Some(Pause::Held) => None,
-            Some(_) => {
-                // Paused on the consumer already.
-                self.paused = Some(Pause::Requested);
-                None
-            }
-            None => {
-                self.paused = Some(Pause::Requested);
-                Some(self.assigned.partition.clone())
-            }
-        }
+        let fetching = match self.paused {
+            Some(Pause::Held) => return None,
+            // Paused on the consumer already.
+            Some(_) => false,
+            None => true,
+        };
+        self.paused = Some(Pause::Requested);
+        self.assigned.set_paused_on_request(true);
+        fetching.then(|| self.assigned.partition.clone())
     }
 
     /// Ends its pause on request if nothing asks for it any more. Returns it, with the offset
-    /// to resume from, when it may fetch again.
-    fn resume_on_request(&mut self, system_paused: bool) -> Option<(TopicPartition, Option<i64>)> {
+    /// to resume from, when it may fetch again: not while its in-flight work is at the limit
+    /// or its next message past the commit window, when it is paused for flow control instead
+    /// (and resumed by `resumable`).
+    fn resume_on_request(
+        &mut self,
+        system_paused: bool,
+        limit: InFlightLimit,
+    ) -> Option<(TopicPartition, Option<i64>)> {
         if self.paused != Some(Pause::Requested) || system_paused || self.requested.is_some() {
+            return None;
+        }
+        self.assigned.set_paused_on_request(false);
+        if !limit.is_drained_by(self.assigned.in_flight.load()) {
+            self.paused = Some(Pause::Limit);
+            return None;
+        }
+        if self.window_left() < 1 {
+            self.paused = Some(Pause::Window);
             return None;
         }
         self.paused = None;

@@ -77,6 +77,8 @@ fn a_processor_pausing_its_partition_holds_only_that_partition_for_the_time_and_
         SCENARIO_TIMEOUT,
         || system.metrics().paused_on_request == 1,
     );
+    // From here on, only what its processor held may run.
+    let observed = Instant::now();
     wait_until("the pause is over", SCENARIO_TIMEOUT, || {
         system.metrics().paused_on_request == 0
     });
@@ -109,13 +111,14 @@ fn a_processor_pausing_its_partition_holds_only_that_partition_for_the_time_and_
         .unwrap()
         .expect("a pause was asked for");
     let processed = timeline.processed.lock().unwrap().clone();
-    // During the pause (less a margin for the Fetcher's round), partition 0 ran no more than
-    // what its processor held when the pause came; the others went on.
+    // Once the pause was carried out (seen in the metrics) and until its end (less a margin
+    // for the Fetcher's round), partition 0 ran no more than what its processor held; the
+    // others went on.
     let during = |partition: i32| {
         processed
             .iter()
             .filter(|(p, _, at)| {
-                *p == partition && *at > paused_at && *at < paused_at + pause - POLL_MARGIN
+                *p == partition && *at > observed && *at < paused_at + pause - POLL_MARGIN
             })
             .count()
     };
@@ -168,10 +171,24 @@ fn seeks_backwards_and_forwards_process_exactly_what_they_say() {
 }
 
 #[test]
+fn a_seek_past_the_end_goes_to_the_end_and_skips_nothing_produced_later() {
+    let cluster = Cluster::start();
+    let (ledger, end) = run_seeks(&cluster, "seek-end", 6, vec![(100, Jump::To(1_000_000))]);
+    // To the end as librdkafka last saw it: nothing produced after it was skipped, and the
+    // group committed the end, not the offset asked for.
+    let offsets: Vec<i64> = ledger.iter().map(|(o, _)| *o).collect();
+    let runs = split_into_runs(&offsets);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0], (0, 100));
+    assert!(runs[1].0 > 100 && runs[1].1 == end - 1, "{runs:?}");
+}
+
+#[test]
 fn the_application_pauses_and_resumes_the_whole_system_and_nothing_is_lost() {
     let cluster = Cluster::start();
     let topic = cluster.topic("system-pause", 3);
-    cluster.produce(&topic, 300);
+    // A backlog, so that the paused partitions hold work while they wait.
+    cluster.produce(&topic, 3000);
     let group = group("system-pause");
     let ledger = Ledger::default();
     let held = 6;
@@ -180,11 +197,17 @@ fn the_application_pauses_and_resumes_the_whole_system_and_nothing_is_lost() {
         .config(&topic, &group)
         .processors(processors)
         .prefetch(held - 1, Duration::from_millis(10))
+        // Paused on purpose is not stalled, however long.
+        .stall_timeout(Some(Duration::from_millis(300)))
         .build()
         .unwrap();
     let factory_ledger = ledger.clone();
-    let system =
-        ConsumerSystem::spawn(config, move || support::Recorder::new(&factory_ledger)).unwrap();
+    let system = ConsumerSystem::spawn(config, move || {
+        let mut recorder = support::Recorder::new(&factory_ledger);
+        recorder.delay_ms = Some(1..3);
+        recorder
+    })
+    .unwrap();
     let stream = Stream::start(&cluster, &topic);
     wait_until("some messages were processed", SCENARIO_TIMEOUT, || {
         ledger.len() >= 100
@@ -194,13 +217,21 @@ fn the_application_pauses_and_resumes_the_whole_system_and_nothing_is_lost() {
         system.metrics().paused_on_request == 3
     });
     // What the processors held when the pause came runs; nothing more, while the stream goes
-    // on, over a second.
+    // on, over two stall checks (one a second) past the stall timeout.
     let at_pause = ledger.len();
     let since = Instant::now();
-    wait_until("a second of the stream went by", SCENARIO_TIMEOUT, || {
-        since.elapsed() > Duration::from_secs(1)
-    });
+    wait_until(
+        "two seconds of the stream went by",
+        SCENARIO_TIMEOUT,
+        || since.elapsed() > Duration::from_secs(2),
+    );
     let during = ledger.len() - at_pause;
+    let paused = system.metrics();
+    assert!(
+        paused.in_flight_messages > 0,
+        "the paused partitions hold work"
+    );
+    assert_eq!(paused.stalls, 0, "a pause on request reported as a stall");
     assert!(
         during <= held * processors,
         "{during} messages ran while the system was paused"

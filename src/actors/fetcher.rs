@@ -31,7 +31,6 @@ use crate::actors::messages::{
     ProcessorHandle, StopFetching, TrackerInbox,
 };
 use crate::commits::CommitLine;
-use crate::control::Request;
 use crate::fault::{self, Fault};
 use crate::metrics::SystemMetrics;
 use crate::native::{self, CommitFailure, CommitQueue, FetchQueue, QueueWakeup};
@@ -46,6 +45,7 @@ mod rebalance;
 
 use consumer::{close_in_background, fetch_again, pause, poll_failed, record_errors, resume};
 pub(crate) use context::{FetchContext, Revocation};
+pub(crate) use controls::{ControlDesk, TimeLookups};
 
 /// The target of every line the Fetcher logs, whichever of its files writes it: one target
 /// for the actor, which log filters name (and the README shows).
@@ -79,7 +79,7 @@ pub(crate) struct Fetcher {
     state: State,
     wakeup: Arc<Notify>,
     /// The controls asked for (`crate::control`), carried out at the start of a round.
-    requests: mpsc::Receiver<Request>,
+    controls: ControlDesk,
     /// A test build's injected fault: the Fetcher dies at its first message.
     dies: bool,
 }
@@ -91,7 +91,7 @@ impl Fetcher {
         processors: Vec<ProcessorHandle>,
         stop: StopHandle,
         wakeup: Arc<Notify>,
-        requests: mpsc::Receiver<Request>,
+        controls: ControlDesk,
     ) -> Self {
         let context = consumer.context();
         *context.fetch_queue() = Some(FetchQueue::new(&consumer, wakeup.clone()));
@@ -109,7 +109,7 @@ impl Fetcher {
             stop,
             state: State::Fetching,
             wakeup,
-            requests,
+            controls,
             dies: fault::injected(Fault::FetcherDies),
         }
     }
@@ -156,7 +156,7 @@ impl Fetcher {
                 routes.take(records)
             };
             if !taken.to_pause.is_empty() {
-                pause(consumer, &taken.to_pause, &self.metrics);
+                pause(consumer, &taken.to_pause, Some(&self.metrics));
             }
             if !taken.errors.is_empty() {
                 record_errors(consumer, &self.stop, std::mem::take(&mut taken.errors));
@@ -285,7 +285,7 @@ impl Handler<Commit> for Fetcher {
             let routes = consumer.context().routes();
             points
                 .into_iter()
-                .filter(|p| routes.assignment_of(&p.partition) == Some(p.assignment))
+                .filter(|p| routes.committable(&p.partition) == Some(p.assignment))
                 .collect()
         };
         match mode {

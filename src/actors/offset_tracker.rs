@@ -232,6 +232,12 @@ impl OffsetTracker {
             return;
         };
         let now = Instant::now();
+        let held = &self.held;
+        // A partition paused on request waits on purpose: not a stall.
+        let paused = |assignment: &AssignmentId| {
+            held.get(assignment)
+                .is_some_and(|held| held.is_paused_on_request())
+        };
         let partitions = self
             .book
             .assignments()
@@ -239,7 +245,7 @@ impl OffsetTracker {
                 partition,
                 assignment,
                 commit_point: offsets.commit_point(),
-                has_work: offsets.in_flight() > 0,
+                has_work: offsets.in_flight() > 0 && !paused(&assignment),
             });
         let stalls = watch.check(now, partitions);
         self.metrics.stalls(stalls.len(), watch.stalled());

@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::timeout;
 
-use crate::actors::fetcher::{FetchContext, Fetcher, Revocation};
+use crate::actors::fetcher::{ControlDesk, FetchContext, Fetcher, Revocation, TimeLookups};
 use crate::actors::messages::{Attach, Others, ProcessorHandle};
 use crate::actors::offset_tracker::OffsetTracker;
 use crate::actors::processor::{self, ProcessorShared};
@@ -191,6 +191,16 @@ impl Supervisor {
         consumer.subscribe(&topics)?;
         let fetch_arbiter =
             Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
+        let fetcher_controls = ControlDesk {
+            requests,
+            lookups: TimeLookups::new(
+                config
+                    .client_config()
+                    .set_log_level(client_trouble::librdkafka_log_level())
+                    .clone(),
+                metrics.clone(),
+            ),
+        };
         let fetcher_stop = stop.clone();
         let fetcher_tracker = tracker_inbox;
         let fetcher_processors = processors.clone();
@@ -201,7 +211,7 @@ impl Supervisor {
                 fetcher_processors,
                 fetcher_stop,
                 fetcher_wakeup,
-                requests,
+                fetcher_controls,
             )
         });
         arbiters.push(fetch_arbiter);

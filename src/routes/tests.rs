@@ -244,7 +244,7 @@ fn a_revoked_partition_drops_its_backlog_and_counts_until_its_messages_are_done(
     assert_eq!(routes.total().messages, 2);
     drop(held);
     assert_eq!(routes.total().messages, 0);
-    assert!(routes.assignment_of(&TopicPartition::new("t", 0)).is_none());
+    assert!(routes.committable(&TopicPartition::new("t", 0)).is_none());
 }
 
 #[test]
@@ -455,8 +455,8 @@ fn records_are_routed_by_their_topics_id_and_never_to_another_topics_partition()
         .map(|p| (p.assignment, p.offset))
         .collect();
     let (t0, t1) = (
-        routes.assignment_of(&TopicPartition::new("t", 0)).unwrap(),
-        routes.assignment_of(&TopicPartition::new("t", 1)).unwrap(),
+        routes.committable(&TopicPartition::new("t", 0)).unwrap(),
+        routes.committable(&TopicPartition::new("t", 1)).unwrap(),
     );
     assert_eq!(taken, vec![(t0, 0), (t1, 0), (t0, 1), (t1, 1)]);
 }
@@ -468,9 +468,10 @@ fn a_partition_paused_on_request_takes_and_hands_out_nothing_until_resumed_where
     let p0 = TopicPartition::new("t", 0);
     assert_eq!(
         routes.pause_on_request(AssignmentId(1), None),
-        Some(p0.clone())
+        Some(Some(p0.clone()))
     );
     assert_eq!(routes.paused_on_request(), 1);
+    assert!(routes.table[0].assigned.is_paused_on_request());
     // Its backlog stays, and what librdkafka still returns is left for the resume.
     let taken = routes.take(vec![record(0, 3, "k"), record(1, 0, "k")]);
     assert_eq!(taken.positions.len(), 1, "only partition 1's record");
@@ -479,16 +480,57 @@ fn a_partition_paused_on_request_takes_and_hands_out_nothing_until_resumed_where
     // Flow control does not resume it.
     assert!(routes.resumable().is_empty());
     // A pause asked for again changes nothing on the consumer.
-    assert_eq!(routes.pause_on_request(AssignmentId(1), None), None);
-    // Another assignment's resume does nothing to it.
+    assert_eq!(routes.pause_on_request(AssignmentId(1), None), Some(None));
+    // A lineage not held is refused.
     assert_eq!(routes.resume_on_request(AssignmentId(7)), None);
     assert_eq!(
         routes.resume_on_request(AssignmentId(1)),
-        Some((p0, Some(3))),
+        Some(Some((p0, Some(3)))),
         "resumes at the first record not taken"
     );
+    assert!(!routes.table[0].assigned.is_paused_on_request());
     let batches = routes.hand_out(&mut [10]);
     assert_eq!(offsets(&batches[0]), [(0, 0), (0, 1), (0, 2)]);
+}
+
+#[test]
+fn a_resume_asked_for_at_the_in_flight_limit_waits_for_flow_control() {
+    let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    routes.take((0..12).map(|o| record(0, o, "k")).collect());
+    assert_eq!(routes.paused(), 1, "at its limit");
+    assert_eq!(routes.pause_on_request(AssignmentId(1), None), Some(None));
+    assert_eq!(
+        routes.resume_on_request(AssignmentId(1)),
+        Some(None),
+        "still at its limit: paused for flow control"
+    );
+    assert_eq!(routes.paused_on_request(), 0);
+    let batches = routes.hand_out(&mut [10]);
+    drop(batches);
+    assert_eq!(
+        routes.resumable(),
+        [(TopicPartition::new("t", 0), Some(10))]
+    );
+}
+
+#[test]
+fn backlogs_paused_on_request_do_not_hold_the_other_partitions_at_the_total_limit() {
+    // Partition limit 10, total 15.
+    let mut routes = routes(OrderingMode::PerPartition, 1, 2);
+    routes.take((0..8).map(|o| record(0, o, "k")).collect());
+    routes.pause_on_request(AssignmentId(1), None);
+    // Partition 1 takes up to its own limit: the 8 waiting for partition 0 do not count.
+    let taken = routes.take((0..10).map(|o| record(1, o, "k")).collect());
+    assert_eq!(taken.positions.len(), 10);
+    assert_eq!(taken.to_pause, [TopicPartition::new("t", 1)]);
+    let batches = routes.hand_out(&mut [20]);
+    assert_eq!(batches[0].len(), 10, "only partition 1's");
+    drop(batches);
+    // Drained, partition 1 resumes, though partition 0 still holds 8 of the 15.
+    assert_eq!(
+        routes.resumable(),
+        [(TopicPartition::new("t", 1), Some(10))]
+    );
 }
 
 #[test]
@@ -517,6 +559,12 @@ fn a_pause_for_a_while_ends_when_its_time_came_and_not_while_the_system_is_pause
     );
     routes.assign(vec![(late, Vec::new())], false);
     assert_eq!(routes.paused_on_request(), 3);
+    assert!(
+        routes
+            .table
+            .iter()
+            .all(|r| r.assigned.is_paused_on_request())
+    );
     routes.pause_on_request(AssignmentId(2), None);
     let resumed: Vec<i32> = routes
         .resume_system()
@@ -530,36 +578,37 @@ fn a_pause_for_a_while_ends_when_its_time_came_and_not_while_the_system_is_pause
     );
     // A stop holds every partition, whatever was asked for.
     routes.pause_all();
-    assert_eq!(routes.resume_on_request(AssignmentId(2)), None);
+    assert_eq!(routes.resume_on_request(AssignmentId(2)), Some(None));
     assert_eq!(routes.paused_on_request(), 0);
 }
 
 #[test]
 fn a_seek_reassigns_the_partition_dropping_its_backlog_and_keeping_its_pause() {
     let mut routes = routes(OrderingMode::PerPartition, 1, 1);
+    let p0 = TopicPartition::new("t", 0);
     let taken = routes.take((0..5).map(|o| record(0, o, "k")).collect());
     assert_eq!(taken.positions.len(), 5);
     let handed = routes.hand_out(&mut [2]);
     assert_eq!(routes.waiting(), 3);
-    let sought = AssignedPartition::new(
-        TopicPartition::new("t", 0),
-        AssignmentId(2),
-        Default::default(),
-        Default::default(),
-    );
-    // Not under an assignment that ended.
+    // Not under a lineage that is not held.
     assert!(
         routes
-            .reassign(AssignmentId(9), sought.clone(), 1)
+            .reassign(AssignmentId(9), AssignmentId(2), 1)
             .is_none()
     );
-    let (ended, paused) = routes.reassign(AssignmentId(1), sought, 1).unwrap();
-    assert_eq!((ended.assignment, paused), (AssignmentId(1), false));
-    assert_eq!(routes.waiting(), 0, "the backlog is dropped");
+    let sought = routes
+        .reassign(AssignmentId(1), AssignmentId(2), 1)
+        .unwrap();
+    assert_eq!(sought.ended.assignment, AssignmentId(1));
+    assert_eq!(sought.assigned.assignment, AssignmentId(2));
     assert_eq!(
-        routes.assignment_of(&TopicPartition::new("t", 0)),
-        Some(AssignmentId(2))
+        sought.assigned.lineage,
+        AssignmentId(1),
+        "the lineage goes on"
     );
+    assert!(!sought.paused);
+    assert_eq!(routes.waiting(), 0, "the backlog is dropped");
+    assert_eq!(routes.committable(&p0), Some(AssignmentId(2)));
     // What the processors hold of the ended assignment counts until it is done with.
     assert_eq!(routes.total().messages, 2);
     drop(handed);
@@ -573,18 +622,22 @@ fn a_seek_reassigns_the_partition_dropping_its_backlog_and_keeping_its_pause() {
         .collect();
     assert_eq!(positions, [(AssignmentId(2), 1), (AssignmentId(2), 2)]);
 
-    // A partition paused on request stays paused, and resumes at the offset sought.
-    routes.pause_on_request(AssignmentId(2), None);
-    let again = AssignedPartition::new(
-        TopicPartition::new("t", 0),
-        AssignmentId(3),
-        Default::default(),
-        Default::default(),
-    );
-    let (_, paused) = routes.reassign(AssignmentId(2), again, 40).unwrap();
-    assert!(paused);
+    // A pause asked for stays through a seek, and the handle of the first assignment still
+    // resumes it, at the offset sought.
     assert_eq!(
-        routes.resume_on_request(AssignmentId(3)),
-        Some((TopicPartition::new("t", 0), Some(40)))
+        routes.pause_on_request(AssignmentId(1), None),
+        Some(Some(p0.clone()))
     );
+    let again = routes
+        .reassign(AssignmentId(1), AssignmentId(3), 40)
+        .unwrap();
+    assert!(again.paused);
+    assert!(again.assigned.is_paused_on_request());
+    assert_eq!(
+        routes.resume_on_request(AssignmentId(1)),
+        Some(Some((p0.clone(), Some(40))))
+    );
+    // While a seek is under way (the caller fenced the assignment), nothing is committed.
+    again.assigned.fence();
+    assert_eq!(routes.committable(&p0), None);
 }

@@ -82,9 +82,9 @@ impl Processor for Seeking {
     }
 }
 
-/// Runs a system over a new one-partition topic (300 messages, then a live stream) whose
-/// processor seeks at the first visit of each offset in `jumps`, until the seeks were carried
-/// out and the partition was read to its end; stops it cleanly, checks the group committed
+/// Runs a system over a new one-partition topic (300 messages, then a live stream until the
+/// seeks were carried out, then 50 more) whose processor seeks at the first visit of each
+/// offset in `jumps`, until the partition was read to its end; stops it cleanly, checks the group committed
 /// the end. Returns every `(offset, timestamp)` processed, in order, and the end offset.
 pub fn run_seeks(
     cluster: &Cluster,
@@ -115,7 +115,8 @@ pub fn run_seeks(
         system.metrics().seeks == seeks
     });
     stream.stop();
-    let end = cluster.end_offsets(&topic)[&0];
+    // And some after the seeks: none of it may be skipped.
+    let end = cluster.produce(&topic, 50)[&0];
     wait_until(
         "the partition was read to its end",
         SCENARIO_TIMEOUT,

@@ -110,13 +110,13 @@ pub(super) fn resume(
     }
 }
 
-/// Pauses partitions that reached an in-flight limit. librdkafka drops what it had fetched
-/// for them and fetches it again after the resume, so nothing more of theirs is taken
-/// meanwhile.
+/// Pauses partitions: for flow control (counted in `metrics`), or on request. librdkafka drops
+/// what it had fetched for them and fetches it again after the resume, so nothing more of
+/// theirs is taken meanwhile.
 pub(super) fn pause(
     consumer: &BaseConsumer<FetchContext>,
     partitions: &[TopicPartition],
-    metrics: &SystemMetrics,
+    flow_control: Option<&SystemMetrics>,
 ) {
     let mut list = TopicPartitionList::new();
     for partition in partitions {
@@ -126,7 +126,9 @@ pub(super) fn pause(
         Ok(()) => log::debug!(target: LOG_TARGET, "paused {}", names(&list)),
         Err(error) => log::warn!(target: LOG_TARGET, "could not pause {}: {error}", names(&list)),
     }
-    metrics.paused(partitions.len());
+    if let Some(metrics) = flow_control {
+        metrics.paused(partitions.len());
+    }
 }
 
 /// Sets where librdkafka fetches a partition from next; what it fetched before is dropped.

@@ -334,7 +334,7 @@ fn cannot_wait(stopping: bool, message: &Message) -> Option<&'static str> {
     if stopping {
         Some("the system is stopping")
     } else if message.assigned().is_fenced() {
-        Some("its partition was revoked")
+        Some("its partition was revoked, or sought")
     } else {
         None
     }
