@@ -1,7 +1,7 @@
 //! Running a consumer system: on the caller's thread, or on a thread of its own.
 
 use std::future::Future;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -140,18 +140,41 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        spawn_work(config, move || Batches(factory()))
+        futures::executor::block_on(spawn_work(config, move || Batches(factory())))
     }
 
-    /// Starts a system on a thread of its own and returns once it runs (or failed to start).
-    /// Stop it with [`RunningSystem::stop`] and collect its report with
-    /// [`RunningSystem::join`].
+    /// Starts a system on a thread of its own and returns once it runs (or failed to start),
+    /// blocking the calling thread meanwhile (from async code, use
+    /// [`spawn_async`](Self::spawn_async)). Stop it with [`RunningSystem::stop`] and collect
+    /// its report with [`RunningSystem::join`], or await it.
     pub fn spawn<P, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
     where
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        spawn_work(config, move || One(factory()))
+        futures::executor::block_on(spawn_work(config, move || One(factory())))
+    }
+
+    /// As [`spawn`](Self::spawn), awaited: the caller's runtime is not blocked while the
+    /// system starts (which waits for the brokers, at most the startup timeout).
+    pub async fn spawn_async<P, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
+    where
+        P: Processor,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        spawn_work(config, move || One(factory())).await
+    }
+
+    /// As [`spawn_async`](Self::spawn_async), with [`BatchProcessor`]s.
+    pub async fn spawn_batch_async<B, F>(
+        config: ConsumerConfig,
+        factory: F,
+    ) -> Result<RunningSystem>
+    where
+        B: BatchProcessor,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        spawn_work(config, move || Batches(factory())).await
     }
 }
 
@@ -165,7 +188,7 @@ fn run_on_thread<W, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
-    started: Option<mpsc::Sender<Handles>>,
+    started: Option<oneshot::Sender<Handles>>,
 ) -> Result<(JoinHandle<()>, Ending)>
 where
     W: Work,
@@ -217,16 +240,17 @@ where
     ending.await.map_err(|_| thread_panicked())?
 }
 
-/// Starts a system on a thread of its own; see [`ConsumerSystem::spawn`].
-fn spawn_work<W, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
+/// Starts a system on a thread of its own and waits, without blocking, until it runs; see
+/// [`ConsumerSystem::spawn`].
+async fn spawn_work<W, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
 where
     W: Work,
     F: Fn() -> W + Send + Sync + 'static,
 {
     let stop = StopHandle::new();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (thread, mut ending) = run_on_thread(config, factory, stop.clone(), Some(started_tx))?;
-    match started_rx.recv() {
+    let (started_tx, started_rx) = oneshot::channel();
+    let (thread, ending) = run_on_thread(config, factory, stop.clone(), Some(started_tx))?;
+    match started_rx.await {
         Ok(Handles { metrics, controls }) => Ok(RunningSystem {
             stop,
             thread,
@@ -235,16 +259,13 @@ where
             controls,
         }),
         // The thread ended before it started the system: its outcome says why.
-        Err(mpsc::RecvError) => {
-            let _ = thread.join();
-            match ending.try_recv() {
-                Ok(Err(error)) => Err(error),
-                Ok(Ok(_)) => Err(Error::Runtime(
-                    "the system stopped before it started".to_owned(),
-                )),
-                Err(_) => Err(thread_panicked()),
-            }
-        }
+        Err(_) => match ending.await {
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(_)) => Err(Error::Runtime(
+                "the system stopped before it started".to_owned(),
+            )),
+            Err(_) => Err(thread_panicked()),
+        },
     }
 }
 
@@ -322,11 +343,22 @@ impl RunningSystem {
     }
 }
 
+/// `system.await` is [`stopped`](RunningSystem::stopped): the report, once the system has
+/// stopped, without blocking.
+impl std::future::IntoFuture for RunningSystem {
+    type Output = Result<ShutdownReport>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.stopped())
+    }
+}
+
 fn run<W, F>(
     config: ConsumerConfig,
     factory: F,
     stop: StopHandle,
-    started: Option<mpsc::Sender<Handles>>,
+    started: Option<oneshot::Sender<Handles>>,
 ) -> Result<ShutdownReport>
 where
     W: Work,

@@ -128,10 +128,31 @@ async fn a_spawned_system_is_awaited_to_its_report() {
         .handle_signals(false)
         .build()
         .unwrap();
-    let system = ConsumerSystem::spawn(config, move || Recorder::new(&recorder)).unwrap();
+    // Started without blocking this test's single thread: a ticker on the same task goes on
+    // while the system starts.
+    let started = std::cell::Cell::new(false);
+    let ticks_while_starting = std::cell::Cell::new(0);
+    let ticker = async {
+        while !started.get() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            ticks_while_starting.set(ticks_while_starting.get() + 1);
+        }
+    };
+    let start = async {
+        let system = ConsumerSystem::spawn_async(config, move || Recorder::new(&recorder)).await;
+        started.set(true);
+        system
+    };
+    let (system, ()) = tokio::join!(start, ticker);
+    let system = system.unwrap();
+    assert!(
+        ticks_while_starting.get() > 0,
+        "the start blocked the runtime"
+    );
     until_all_processed(&ledger, &end_offsets).await;
     system.stop();
-    let report = tokio::time::timeout(SCENARIO_TIMEOUT, system.stopped())
+    // A `RunningSystem` is awaited as it is (`IntoFuture`), as `stopped()` is.
+    let report = tokio::time::timeout(SCENARIO_TIMEOUT, async move { system.await })
         .await
         .expect("the report within the scenario timeout")
         .unwrap();
