@@ -2,7 +2,8 @@
 //!
 //! A producer streams keyed messages while members of one group process them: random work
 //! times with some slow messages, transient failures (retried), permanent ones (dead-lettered),
-//! panics, graceful stops and restarts of the whole group, and members joining and leaving.
+//! panics, messages that pause their partition for a while (`PartitionControl::pause_for`),
+//! graceful stops and restarts of the whole group, and members joining and leaving.
 //! The seed also picks the assignment strategy (eager or cooperative-sticky) and the pool
 //! sizes; each ordering mode has a test of its own. At the end, from an independent ledger (what
 //! the processors recorded) and from the topics themselves:
@@ -69,6 +70,8 @@ enum Fate {
     Poison,
     /// Panics at its first attempt, then succeeds.
     PanicsOnce,
+    /// At its first attempt, pauses its partition for this many milliseconds; succeeds.
+    Pauses(u64),
 }
 
 impl Fate {
@@ -78,6 +81,7 @@ impl Fate {
             Fate::FailsTimes(times) => format!("fail{times}"),
             Fate::Poison => "poison".to_owned(),
             Fate::PanicsOnce => "panic".to_owned(),
+            Fate::Pauses(millis) => format!("pause{millis}"),
         }
     }
 
@@ -86,11 +90,14 @@ impl Fate {
             "ok" => Some(Fate::Succeeds),
             "poison" => Some(Fate::Poison),
             "panic" => Some(Fate::PanicsOnce),
-            other => other
-                .strip_prefix("fail")?
-                .parse()
-                .ok()
-                .map(Fate::FailsTimes),
+            other => match other.strip_prefix("pause") {
+                Some(millis) => millis.parse().ok().map(Fate::Pauses),
+                None => other
+                    .strip_prefix("fail")?
+                    .parse()
+                    .ok()
+                    .map(Fate::FailsTimes),
+            },
         }
     }
 }
@@ -207,6 +214,9 @@ impl SoakProcessor {
                 return Err(anyhow::anyhow!("poison message {id}").context(Permanent));
             }
             Fate::PanicsOnce if attempt == 1 => panic!("soak: planned panic on {id}"),
+            Fate::Pauses(millis) if attempt == 1 => message
+                .partition_control()
+                .pause_for(Duration::from_millis(millis))?,
             _ => {}
         }
         Ok(Entry {
@@ -525,6 +535,7 @@ fn stream(
                     0..100 => Fate::FailsTimes(rng.random_range(1..=2)),
                     100..110 => Fate::Poison,
                     110..115 => Fate::PanicsOnce,
+                    115..120 => Fate::Pauses(rng.random_range(50..=500)),
                     _ => Fate::Succeeds,
                 };
                 let work_us = if slow_one_in > 0 && rng.random_range(0..slow_one_in) == 0 {
