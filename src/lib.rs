@@ -57,6 +57,9 @@
 //! - [`FailurePolicy`]: retries with backoff when `process` fails or panics, then stop, skip or
 //!   a dead-letter topic (its headers are named in [`dead_letter_headers`]). An error carrying
 //!   [`Permanent`] skips the retries; one carrying [`RetryAfter`] names its own wait.
+//! - [`Route`]: several topics (or `^` patterns) in one system, each read by processors of
+//!   its own type and number, under a failure policy of its own
+//!   ([`ConsumerSystem::run_routes`]).
 //! - [`PartitionControl`], from [`Message::partition_control`]: processing code pauses,
 //!   resumes or seeks its message's partition.
 //! - [`testkit`]: a processor's unit tests without a cluster
@@ -146,6 +149,7 @@ mod offsets;
 mod processor;
 mod repeats;
 mod report;
+mod route;
 mod routes;
 mod routing;
 mod stall;
@@ -166,6 +170,7 @@ pub use metrics::Metrics;
 pub use offsets::TopicPartition;
 pub use processor::{BatchFailures, BatchProcessor, Processor, StoredPositions};
 pub use report::{Abandoned, Phase, PhaseReport, ShutdownReport, StopReason};
+pub use route::Route;
 pub use routing::OrderingMode;
 pub use stop::StopHandle;
 pub use system::{ConsumerSystem, RunningSystem};

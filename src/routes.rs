@@ -32,6 +32,7 @@
 //! `on_assigned` hook failed, a record could not be read), never resumed.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -147,6 +148,8 @@ struct Route {
     /// until then): librdkafka's topic handle outlives the assignment, so it cannot name
     /// another topic while the route exists.
     topic_id: usize,
+    /// The processors of the route (the pool) its topic belongs to.
+    pool: Range<usize>,
     /// The partition's processor, for messages routed by partition.
     processor: usize,
     paused: Option<Pause>,
@@ -222,9 +225,9 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(processors: usize, flow: FlowSettings) -> Self {
+    pub(crate) fn new(router: Router, flow: FlowSettings) -> Self {
         Routes {
-            router: Router::new(processors),
+            router,
             flow,
             table: Vec::new(),
             last: 0,
@@ -238,21 +241,33 @@ impl Routes {
     /// Adds newly assigned partitions, each with the offsets its previous reader finished
     /// beyond the committed one; `held` (never resumed) if the system is stopping or their
     /// positions are unknown, else paused on request while the system is. A partition held
-    /// already under an earlier assignment is replaced (its backlog dropped).
+    /// already under an earlier assignment is replaced (its backlog dropped). Returns the
+    /// partitions that no route reads (held, unread), to pause on the consumer.
     pub(crate) fn assign(
         &mut self,
         partitions: Vec<(Arc<AssignedPartition>, Vec<i64>)>,
         held: bool,
-    ) {
+    ) -> Vec<TopicPartition> {
+        let mut unrouted = Vec::new();
         for (assigned, finished_earlier) in partitions {
             let partition = assigned.partition.clone();
             self.revoke(|p| *p == partition);
+            let pool = self.router.pool_of(partition.topic());
+            if pool.is_none() {
+                log::error!(
+                    "{partition}: no route reads topic `{}` (a pattern librdkafka matched \
+                     and the route's did not): it stays unread",
+                    partition.topic()
+                );
+                unrouted.push(partition.clone());
+            }
+            let held = held || pool.is_none();
+            let pool = pool.unwrap_or(0..1);
             assigned.set_paused_on_request(!held && self.system_paused);
             self.table.push(Route {
                 topic_id: 0,
-                processor: self
-                    .router
-                    .processor_for(assigned.partition.topic(), assigned.partition.partition()),
+                processor: Router::processor_for(&pool, partition.topic(), partition.partition()),
+                pool,
                 assigned,
                 paused: match (held, self.system_paused) {
                     (true, _) => Some(Pause::Held),
@@ -266,6 +281,7 @@ impl Routes {
                 finished_earlier: finished_earlier.into_iter().collect(),
             });
         }
+        unrouted
     }
 
     /// Takes out the partitions `which` selects: their backlogs are dropped (never handed
@@ -298,16 +314,20 @@ impl Routes {
     }
 
     /// The processors a partition's messages may go to, which its hooks are run on: the one
-    /// it is routed to per partition, every one otherwise.
+    /// it is routed to per partition, every one of its route otherwise.
     pub(crate) fn processors_of(&self, partition: &TopicPartition) -> Vec<usize> {
+        let Some(pool) = self.router.pool_of(partition.topic()) else {
+            return Vec::new();
+        };
         match self.flow.ordering {
             OrderingMode::PerPartition => {
-                vec![
-                    self.router
-                        .processor_for(partition.topic(), partition.partition()),
-                ]
+                vec![Router::processor_for(
+                    &pool,
+                    partition.topic(),
+                    partition.partition(),
+                )]
             }
-            _ => (0..self.router.pool_size()).collect(),
+            _ => pool.collect(),
         }
     }
 
@@ -476,11 +496,9 @@ impl Routes {
             let message = Message::from_kafka(&record, route.assigned.clone(), self.flow, bytes);
             let processor = match self.flow.ordering {
                 OrderingMode::PerPartition => Some(route.processor),
-                OrderingMode::PerKey => Some(
-                    record
-                        .key()
-                        .map_or(route.processor, |key| self.router.processor_for_key(key)),
-                ),
+                OrderingMode::PerKey => Some(record.key().map_or(route.processor, |key| {
+                    Router::processor_for_key(&route.pool, key)
+                })),
                 OrderingMode::Unordered => None,
             };
             taken.positions.push(message.position());
@@ -519,7 +537,7 @@ impl Routes {
                     // partition's order is at stake.
                     Some(_) if per_key => return Handing::Skip,
                     Some(_) => return Handing::Stop,
-                    None => match next_with_room(credits, next_any) {
+                    None => match next_with_room(credits, &route.pool, next_any) {
                         Some(processor) => processor,
                         None => return Handing::Stop,
                     },
@@ -813,13 +831,13 @@ impl Route {
     }
 }
 
-/// The next processor with room, round-robin from `next`.
-fn next_with_room(credits: &[usize], next: &mut usize) -> Option<usize> {
-    let processors = credits.len();
+/// The next processor of `pool` with room, round-robin from `next`.
+fn next_with_room(credits: &[usize], pool: &Range<usize>, next: &mut usize) -> Option<usize> {
+    let processors = pool.len();
     (0..processors)
-        .map(|step| (*next + step) % processors)
+        .map(|step| pool.start + (*next + step) % processors)
         .find(|processor| credits[*processor] > 0)
-        .inspect(|processor| *next = (processor + 1) % processors)
+        .inspect(|processor| *next = (processor - pool.start + 1) % processors)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! keys run in parallel, as far as the pool size allows.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -51,39 +52,111 @@ impl Lane {
     }
 }
 
-/// Maps partitions onto a pool of processors.
+/// The topics a pool of processors reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Subscription {
+    /// Whatever the system subscribed to (a system of one pool).
+    Any,
+    /// Topics by name, or by pattern (a regular expression, from a subscription that starts
+    /// with `^`, as librdkafka's).
+    Topics(Vec<TopicMatcher>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum TopicMatcher {
+    Name(String),
+    Pattern(regex::Regex),
+}
+
+impl TopicMatcher {
+    /// A subscription as librdkafka reads it: a pattern when it starts with `^`.
+    pub(crate) fn parse(subscription: &str) -> Result<Self, regex::Error> {
+        if subscription.starts_with('^') {
+            regex::Regex::new(subscription).map(TopicMatcher::Pattern)
+        } else {
+            Ok(TopicMatcher::Name(subscription.to_owned()))
+        }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatcher::Name(name) => name == topic,
+            TopicMatcher::Pattern(pattern) => pattern.is_match(topic),
+        }
+    }
+}
+
+impl Subscription {
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            Subscription::Any => true,
+            Subscription::Topics(matchers) => matchers.iter().any(|m| m.matches(topic)),
+        }
+    }
+}
+
+/// Maps partitions onto the processors: the pools of the system's routes, each a range of
+/// processors, and within a pool by partition or key.
 #[derive(Debug, Clone)]
 pub(crate) struct Router {
-    pool_size: usize,
+    pools: Vec<(Subscription, Range<usize>)>,
 }
 
 impl Router {
-    pub(crate) fn new(pool_size: usize) -> Self {
-        assert!(pool_size > 0, "a processor pool has at least one processor");
-        Router { pool_size }
+    /// One pool of `processors` for every topic.
+    #[cfg(test)]
+    pub(crate) fn new(processors: usize) -> Self {
+        Router::with_pools(vec![(Subscription::Any, processors)])
     }
 
-    /// How many processors there are.
+    /// Pools in order, each with its subscription and size; a topic goes to the first pool
+    /// whose subscription matches it.
+    pub(crate) fn with_pools(pools: Vec<(Subscription, usize)>) -> Self {
+        let mut first = 0;
+        let pools: Vec<(Subscription, Range<usize>)> = pools
+            .into_iter()
+            .map(|(subscription, size)| {
+                assert!(size > 0, "a processor pool has at least one processor");
+                let range = first..first + size;
+                first += size;
+                (subscription, range)
+            })
+            .collect();
+        Router { pools }
+    }
+
+    /// How many processors there are, in every pool.
+    #[cfg(test)]
     pub(crate) fn pool_size(&self) -> usize {
-        self.pool_size
+        self.pools.last().map_or(0, |(_, range)| range.end)
     }
 
-    /// The processor for a partition. The partitions of one topic are spread round-robin so
-    /// that `n` partitions on `n` processors get one each; the topic's hash (the same for
-    /// every process built from one release) shifts where each topic starts, so that several
-    /// topics spread too.
-    pub(crate) fn processor_for(&self, topic: &str, partition: i32) -> usize {
+    /// The processors of the pool that reads `topic`, if one does.
+    pub(crate) fn pool_of(&self, topic: &str) -> Option<Range<usize>> {
+        self.pools
+            .iter()
+            .find(|(subscription, _)| subscription.matches(topic))
+            .map(|(_, range)| range.clone())
+    }
+
+    /// The processor for a partition, within its pool. The partitions of one topic are spread
+    /// round-robin so that `n` partitions on `n` processors get one each; the topic's hash
+    /// (the same for every process built from one release) shifts where each topic starts,
+    /// so that several topics spread too.
+    pub(crate) fn processor_for(pool: &Range<usize>, topic: &str, partition: i32) -> usize {
         let mut hasher = DefaultHasher::new();
         topic.hash(&mut hasher);
-        let start = hasher.finish() % self.pool_size as u64;
-        (start as usize + partition.unsigned_abs() as usize) % self.pool_size
+        let size = pool.len();
+        let start = hasher.finish() % size as u64;
+        pool.start + (start as usize + partition.unsigned_abs() as usize) % size
     }
 
-    /// The processor for a message key: the same for equal keys, spread evenly otherwise.
-    pub(crate) fn processor_for_key(&self, key: &[u8]) -> usize {
+    /// The processor for a message key, within its pool: the same for equal keys, spread
+    /// evenly otherwise.
+    pub(crate) fn processor_for_key(pool: &Range<usize>, key: &[u8]) -> usize {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
-        (hasher.finish() % self.pool_size as u64) as usize
+        pool.start + (hasher.finish() % pool.len() as u64) as usize
     }
 }
 
@@ -94,28 +167,29 @@ mod tests {
 
     #[test]
     fn a_partition_always_goes_to_the_same_processor() {
-        let router = Router::new(5);
+        let pool = 0..5;
         for partition in 0..20 {
-            let first = router.processor_for("orders", partition);
+            let first = Router::processor_for(&pool, "orders", partition);
             assert!(first < 5);
-            assert_eq!(router.processor_for("orders", partition), first);
+            assert_eq!(Router::processor_for(&pool, "orders", partition), first);
         }
     }
 
     #[test]
     fn as_many_partitions_as_processors_get_one_processor_each() {
-        let router = Router::new(8);
-        let used: HashSet<usize> = (0..8).map(|p| router.processor_for("t", p)).collect();
+        let used: HashSet<usize> = (0..8)
+            .map(|p| Router::processor_for(&(0..8), "t", p))
+            .collect();
         assert_eq!(used.len(), 8);
     }
 
     #[test]
     fn equal_keys_go_to_one_processor_and_many_keys_spread() {
-        let router = Router::new(8);
-        let first = router.processor_for_key(b"customer-17");
-        assert_eq!(router.processor_for_key(b"customer-17"), first);
+        let pool = 0..8;
+        let first = Router::processor_for_key(&pool, b"customer-17");
+        assert_eq!(Router::processor_for_key(&pool, b"customer-17"), first);
         let used: HashSet<usize> = (0..1000)
-            .map(|k| router.processor_for_key(format!("customer-{k}").as_bytes()))
+            .map(|k| Router::processor_for_key(&pool, format!("customer-{k}").as_bytes()))
             .collect();
         assert_eq!(used.len(), 8);
     }
@@ -123,7 +197,36 @@ mod tests {
     #[test]
     fn a_pool_of_one_takes_everything() {
         let router = Router::new(1);
-        assert_eq!(router.processor_for("a", 3), 0);
-        assert_eq!(router.processor_for("b", 0), 0);
+        let pool = router.pool_of("a").unwrap();
+        assert_eq!(Router::processor_for(&pool, "a", 3), 0);
+        assert_eq!(Router::processor_for(&pool, "b", 0), 0);
+    }
+
+    #[test]
+    fn each_topic_goes_to_the_first_pool_that_subscribed_to_it_by_name_or_pattern() {
+        let topics = |subscriptions: &[&str]| {
+            Subscription::Topics(
+                subscriptions
+                    .iter()
+                    .map(|s| TopicMatcher::parse(s).unwrap())
+                    .collect(),
+            )
+        };
+        let router = Router::with_pools(vec![
+            (topics(&["orders"]), 2),
+            (topics(&["^orders-.*", "payments"]), 3),
+            (topics(&["^.*"]), 1),
+        ]);
+        assert_eq!(router.pool_size(), 6);
+        assert_eq!(router.pool_of("orders"), Some(0..2));
+        assert_eq!(router.pool_of("orders-eu"), Some(2..5));
+        assert_eq!(router.pool_of("payments"), Some(2..5));
+        assert_eq!(router.pool_of("audit"), Some(5..6));
+        let only = Router::with_pools(vec![(topics(&["orders"]), 1)]);
+        assert_eq!(only.pool_of("ordersx"), None, "a name is not a prefix");
+        for partition in 0..10 {
+            assert!((2..5).contains(&Router::processor_for(&(2..5), "payments", partition)));
+        }
+        assert!(TopicMatcher::parse("^orders-(").is_err());
     }
 }

@@ -10,8 +10,9 @@ use crate::actors::supervisor::{Supervisor, stop_arbiters};
 use crate::control::{Action, ControlError, Controls, Target};
 use crate::health::Stage;
 use crate::metrics::SystemMetrics;
+use crate::route::{Route, RouteSet};
 use crate::stop::listen_for_signals;
-use crate::work::{Batches, One, Work};
+use crate::work::{Batches, One};
 use crate::{
     BatchProcessor, ConsumerConfig, Error, Metrics, Processor, Result, ShutdownReport, StopHandle,
 };
@@ -69,7 +70,7 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        run(config, move || One(factory()), StopHandle::new(), None)
+        run(config, one(factory), StopHandle::new(), None)
     }
 
     /// As [`start`](Self::start), with [`BatchProcessor`]s: each is handed batches of
@@ -79,7 +80,7 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        run(config, move || Batches(factory()), StopHandle::new(), None)
+        run(config, batches(factory), StopHandle::new(), None)
     }
 
     /// As [`start`](Self::start), awaited: the system runs on threads of its own until it has
@@ -92,7 +93,7 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        run_until(config, move || One(factory()), std::future::pending()).await
+        run_until(config, one(factory), std::future::pending()).await
     }
 
     /// As [`run`](Self::run), and also stops gracefully when `shutdown` completes (a
@@ -109,7 +110,7 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        run_until(config, move || One(factory()), shutdown).await
+        run_until(config, one(factory), shutdown).await
     }
 
     /// As [`run`](Self::run), with [`BatchProcessor`]s.
@@ -118,7 +119,7 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        run_until(config, move || Batches(factory()), std::future::pending()).await
+        run_until(config, batches(factory), std::future::pending()).await
     }
 
     /// As [`run_until`](Self::run_until), with [`BatchProcessor`]s.
@@ -131,7 +132,48 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        run_until(config, move || Batches(factory()), shutdown).await
+        run_until(config, batches(factory), shutdown).await
+    }
+
+    /// Runs a system of several [`Route`]s, awaited as [`run`](Self::run): one group and one
+    /// Fetcher read every route's topics, and each topic's messages go to its route's
+    /// processors, under its route's failure policy. The configuration names no topic: the
+    /// routes do.
+    pub async fn run_routes(
+        config: ConsumerConfig,
+        routes: impl IntoIterator<Item = Route>,
+    ) -> Result<ShutdownReport> {
+        let routes = RouteSet::given(routes.into_iter().collect());
+        run_until(config, routes, std::future::pending()).await
+    }
+
+    /// As [`run_routes`](Self::run_routes), stopped also when `shutdown` completes (see
+    /// [`run_until`](Self::run_until)).
+    pub async fn run_routes_until(
+        config: ConsumerConfig,
+        routes: impl IntoIterator<Item = Route>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ShutdownReport> {
+        let routes = RouteSet::given(routes.into_iter().collect());
+        run_until(config, routes, shutdown).await
+    }
+
+    /// As [`run_routes`](Self::run_routes), on the calling thread (see [`start`](Self::start)).
+    pub fn start_routes(
+        config: ConsumerConfig,
+        routes: impl IntoIterator<Item = Route>,
+    ) -> Result<ShutdownReport> {
+        let routes = RouteSet::given(routes.into_iter().collect());
+        run(config, routes, StopHandle::new(), None)
+    }
+
+    /// As [`run_routes`](Self::run_routes), on a thread of its own (see [`spawn`](Self::spawn)).
+    pub fn spawn_routes(
+        config: ConsumerConfig,
+        routes: impl IntoIterator<Item = Route>,
+    ) -> Result<RunningSystem> {
+        let routes = RouteSet::given(routes.into_iter().collect());
+        futures::executor::block_on(spawn_work(config, routes))
     }
 
     /// As [`spawn`](Self::spawn), with [`BatchProcessor`]s.
@@ -140,7 +182,7 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        futures::executor::block_on(spawn_work(config, move || Batches(factory())))
+        futures::executor::block_on(spawn_work(config, batches(factory)))
     }
 
     /// Starts a system on a thread of its own and returns once it runs (or failed to start),
@@ -152,7 +194,7 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        futures::executor::block_on(spawn_work(config, move || One(factory())))
+        futures::executor::block_on(spawn_work(config, one(factory)))
     }
 
     /// As [`spawn`](Self::spawn), awaited: the caller's runtime is not blocked while the
@@ -162,7 +204,7 @@ impl ConsumerSystem {
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        spawn_work(config, move || One(factory())).await
+        spawn_work(config, one(factory)).await
     }
 
     /// As [`spawn_async`](Self::spawn_async), with [`BatchProcessor`]s.
@@ -174,8 +216,26 @@ impl ConsumerSystem {
         B: BatchProcessor,
         F: Fn() -> B + Send + Sync + 'static,
     {
-        spawn_work(config, move || Batches(factory())).await
+        spawn_work(config, batches(factory)).await
     }
+}
+
+/// The one route of a system of `Processor`s from `factory`, over the configuration's topics.
+fn one<P, F>(factory: F) -> RouteSet
+where
+    P: Processor,
+    F: Fn() -> P + Send + Sync + 'static,
+{
+    RouteSet::single(Route::of(Vec::new(), move || One(factory())))
+}
+
+/// As [`one`], with `BatchProcessor`s.
+fn batches<B, F>(factory: F) -> RouteSet
+where
+    B: BatchProcessor,
+    F: Fn() -> B + Send + Sync + 'static,
+{
+    RouteSet::single(Route::of(Vec::new(), move || Batches(factory())))
 }
 
 /// The outcome of a system's thread, which sends it when the system has stopped (or failed
@@ -184,21 +244,17 @@ type Ending = oneshot::Receiver<Result<ShutdownReport>>;
 
 /// Runs a system on a thread of its own, `started` told once it runs; the thread sends its
 /// outcome when it ends.
-fn run_on_thread<W, F>(
+fn run_on_thread(
     config: ConsumerConfig,
-    factory: F,
+    routes: RouteSet,
     stop: StopHandle,
     started: Option<oneshot::Sender<Handles>>,
-) -> Result<(JoinHandle<()>, Ending)>
-where
-    W: Work,
-    F: Fn() -> W + Send + Sync + 'static,
-{
+) -> Result<(JoinHandle<()>, Ending)> {
     let (ending_tx, ending) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("kafka-actors-system".to_owned())
         .spawn(move || {
-            let _ = ending_tx.send(run(config, factory, stop, started));
+            let _ = ending_tx.send(run(config, routes, stop, started));
         })
         .map_err(|error| Error::Runtime(format!("could not start a thread: {error}")))?;
     Ok((thread, ending))
@@ -219,17 +275,13 @@ fn thread_panicked() -> Error {
 
 /// Runs a system until it stops or `shutdown` completes, without blocking; see
 /// [`ConsumerSystem::run_until`].
-async fn run_until<W, F>(
+async fn run_until(
     config: ConsumerConfig,
-    factory: F,
+    routes: RouteSet,
     shutdown: impl Future<Output = ()>,
-) -> Result<ShutdownReport>
-where
-    W: Work,
-    F: Fn() -> W + Send + Sync + 'static,
-{
+) -> Result<ShutdownReport> {
     let stop = StopHandle::new();
-    let (_thread, ending) = run_on_thread(config, factory, stop.clone(), None)?;
+    let (_thread, ending) = run_on_thread(config, routes, stop.clone(), None)?;
     // A caller that drops this future no longer waits for the report: the system stops.
     let _stop_on_drop = StopOnDrop(stop.clone());
     let mut ending = std::pin::pin!(ending);
@@ -242,14 +294,10 @@ where
 
 /// Starts a system on a thread of its own and waits, without blocking, until it runs; see
 /// [`ConsumerSystem::spawn`].
-async fn spawn_work<W, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
-where
-    W: Work,
-    F: Fn() -> W + Send + Sync + 'static,
-{
+async fn spawn_work(config: ConsumerConfig, routes: RouteSet) -> Result<RunningSystem> {
     let stop = StopHandle::new();
     let (started_tx, started_rx) = oneshot::channel();
-    let (thread, ending) = run_on_thread(config, factory, stop.clone(), Some(started_tx))?;
+    let (thread, ending) = run_on_thread(config, routes, stop.clone(), Some(started_tx))?;
     match started_rx.await {
         Ok(Handles { metrics, controls }) => Ok(RunningSystem {
             stop,
@@ -354,16 +402,13 @@ impl std::future::IntoFuture for RunningSystem {
     }
 }
 
-fn run<W, F>(
+fn run(
     config: ConsumerConfig,
-    factory: F,
+    routes: RouteSet,
     stop: StopHandle,
     started: Option<oneshot::Sender<Handles>>,
-) -> Result<ShutdownReport>
-where
-    W: Work,
-    F: Fn() -> W + Send + Sync + 'static,
-{
+) -> Result<ShutdownReport> {
+    routes.check(&config)?;
     // The recorder first: the figures' handles are bound to the recorder installed when they
     // are made.
     #[cfg(feature = "http")]
@@ -391,7 +436,7 @@ where
                 })?),
                 false => None,
             };
-        let running = Supervisor::start(config, factory, stop, metrics.clone()).await?;
+        let running = Supervisor::start(config, routes, stop, metrics.clone()).await?;
         metrics.health.enter(Stage::Running);
         if let Some(started) = started {
             let _ = started.send(Handles {

@@ -43,10 +43,17 @@ fn missing_or_nonsense_settings_are_named() {
         setting_named_by(ConsumerConfig::builder().brokers("b:1").topic("t")),
         "group_id"
     );
-    assert_eq!(
-        setting_named_by(ConsumerConfig::builder().brokers("b:1").group_id("g")),
-        "topics"
-    );
+    // Without topics, a system of one factory refuses to start, naming them (before it
+    // reaches for a broker); a system of routes takes its topics from the routes.
+    let no_topics = ConsumerConfig::builder()
+        .brokers("b:1")
+        .group_id("g")
+        .build()
+        .unwrap();
+    match ConsumerSystem::start(no_topics, || Noop) {
+        Err(Error::Config { setting, .. }) => assert_eq!(setting, "topics"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
     assert_eq!(setting_named_by(valid().processors(0)), "processors");
     assert_eq!(
         setting_named_by(valid().shutdown_timeout(Duration::ZERO)),

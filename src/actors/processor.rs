@@ -92,6 +92,27 @@ impl<W> Clone for ProcessorShared<W> {
     }
 }
 
+impl ProcessorShared<()> {
+    /// What a route's processors share: this, with the route's factory.
+    pub(crate) fn with_factory<W>(
+        self,
+        factory: Arc<dyn Fn() -> W + Send + Sync>,
+    ) -> ProcessorShared<W> {
+        ProcessorShared {
+            factory,
+            tracker: self.tracker,
+            stop: self.stop,
+            abandon: self.abandon,
+            metrics: self.metrics,
+            policy: self.policy,
+            dead_letters: self.dead_letters,
+            prefetch: self.prefetch,
+            batch: self.batch,
+            fetcher_wakeup: self.fetcher_wakeup,
+        }
+    }
+}
+
 /// Starts processor `index` on `arbiter`: the task makes its processor with the factory and
 /// runs `on_start`; the receiver answers with the outcome, and the task then runs until it is
 /// told to stop.

@@ -21,17 +21,18 @@ use tokio::time::timeout;
 use crate::actors::fetcher::{ControlDesk, FetchContext, Fetcher, Revocation, TimeLookups};
 use crate::actors::messages::{Attach, Others, ProcessorHandle};
 use crate::actors::offset_tracker::OffsetTracker;
-use crate::actors::processor::{self, ProcessorShared};
+use crate::actors::processor::ProcessorShared;
 use crate::client_trouble;
 use crate::config::ConsumerConfig;
 use crate::control::Controls;
 use crate::dead_letter::DeadLetters;
 use crate::failure::Exhausted;
-use crate::flow::{BatchLimit, FlowSettings, PrefetchLimit};
+use crate::flow::FlowSettings;
 use crate::metrics::SystemMetrics;
 use crate::report::{ShutdownReport, StopReason};
+use crate::route::RouteSet;
+use crate::routing::Router;
 use crate::stop::{Abandon, StopHandle, stop_requested};
-use crate::work::Work;
 use crate::{Error, Result};
 
 mod cluster_check;
@@ -68,16 +69,12 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     /// Starts every actor of a system. Fails, having released what it started, when the
     /// brokers or topics cannot be reached or a processor fails to start.
-    pub(crate) async fn start<W, F>(
+    pub(crate) async fn start(
         config: ConsumerConfig,
-        factory: F,
+        routes: RouteSet,
         stop: StopHandle,
         metrics: Arc<SystemMetrics>,
-    ) -> Result<Started>
-    where
-        W: Work,
-        F: Fn() -> W + Send + Sync + 'static,
-    {
+    ) -> Result<Started> {
         let tracker = OffsetTracker::new(
             config.commit_interval,
             config.stall_timeout,
@@ -100,57 +97,55 @@ impl Supervisor {
             .create_with_context(FetchContext::new(
                 tracker_inbox.clone(),
                 metrics.clone(),
-                config.processors,
+                Router::with_pools(routes.pools(&config)),
                 flow,
                 config.group_id.clone(),
                 controls.clone(),
             ))?;
-        let consumer = check_cluster(consumer, &config).await?;
+        let consumer = check_cluster(consumer, &config, routes.named_topics(&config)).await?;
 
         let mut arbiters = Vec::new();
         let workers = (0..config.worker_threads)
             .map(|_| Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string())))
             .collect::<Result<Vec<_>>>()?;
         let abandon = Abandon::default();
-        let dead_letters = match config.failure_policy.exhausted() {
-            Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
-                &config.brokers,
-                topic.clone(),
-                &config.dead_letter_client_options(),
-                metrics.clone(),
-            )?),
-            _ => None,
-        };
-        let batch = if W::BATCHES {
-            config.batch
-        } else {
-            BatchLimit::ONE
-        };
-        let shared = ProcessorShared {
-            factory: Arc::new(factory),
-            tracker: tracker_inbox.completions.clone(),
-            stop: stop.clone(),
-            abandon: abandon.clone(),
-            metrics: metrics.clone(),
-            policy: config.failure_policy.clone(),
-            dead_letters,
-            prefetch: PrefetchLimit {
-                // A batch processor holds at least a batch.
-                messages: config.prefetch.messages.max(batch.messages),
-                ..config.prefetch
-            },
-            batch,
-            fetcher_wakeup: fetcher_wakeup.clone(),
-        };
-        let (processors, starts): (Vec<ProcessorHandle>, Vec<_>) = (0..config.processors)
-            .map(|index| {
-                processor::spawn(
+        // Each route's processors, one after another, each with its route's policy.
+        let mut processors: Vec<ProcessorHandle> = Vec::new();
+        let mut starts = Vec::new();
+        for route in &routes.routes {
+            let policy = route.policy(&config);
+            let dead_letters = match policy.exhausted() {
+                Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
+                    &config.brokers,
+                    topic.clone(),
+                    &config.dead_letter_client_options(),
+                    metrics.clone(),
+                )?),
+                _ => None,
+            };
+            let shared = ProcessorShared {
+                factory: Arc::new(|| ()),
+                tracker: tracker_inbox.completions.clone(),
+                stop: stop.clone(),
+                abandon: abandon.clone(),
+                metrics: metrics.clone(),
+                policy: policy.clone(),
+                dead_letters,
+                prefetch: config.prefetch,
+                batch: config.batch,
+                fetcher_wakeup: fetcher_wakeup.clone(),
+            };
+            for _ in 0..route.processor_count(&config) {
+                let index = processors.len();
+                let (processor, start) = route.pool().spawn(
                     index,
                     shared.clone(),
                     &workers[index % workers.len()].handle(),
-                )
-            })
-            .unzip();
+                );
+                processors.push(processor);
+                starts.push(start);
+            }
+        }
         arbiters.extend(workers);
 
         let starts = join_all(starts).await;
@@ -184,11 +179,11 @@ impl Supervisor {
         consumer.context().set_revocation(Revocation {
             processors: processors.clone(),
             drain_timeout: config.rebalance_drain_timeout,
-            hooks: W::PARTITION_HOOKS,
+            hooks: routes.hooks(),
             stop: stop.clone(),
         });
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        let subscriptions = routes.subscriptions(&config);
+        consumer.subscribe(&subscriptions)?;
         let fetch_arbiter =
             Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
         let fetcher_controls = ControlDesk {
@@ -225,8 +220,8 @@ impl Supervisor {
             "started: group {} on {}, topics {:?}, {} processors on {} threads",
             config.group_id,
             config.brokers,
-            config.topics,
-            config.processors,
+            subscriptions,
+            processors.len(),
             config.worker_threads
         );
         let shutdown = ShutdownPlan {

@@ -74,9 +74,6 @@ impl ConsumerConfigBuilder {
         if self.group_id.trim().is_empty() {
             return Err(Error::config("group_id", "is required"));
         }
-        if self.topics.is_empty() {
-            return Err(Error::config("topics", "needs at least one topic"));
-        }
         if let Some(topic) = self.topics.iter().find(|t| !is_valid_topic_name(t)) {
             return Err(Error::config(
                 "topics",

@@ -78,7 +78,7 @@ fn routes_within(
     (partition_limit, total_limit): (usize, usize),
 ) -> Routes {
     let mut routes = Routes::new(
-        processors,
+        Router::new(processors),
         FlowSettings {
             ordering,
             partition_limit: limit(partition_limit),
@@ -145,10 +145,12 @@ fn the_total_limit_pauses_every_partition() {
 /// Two keys that go to different processors of `routes`.
 fn two_keys(routes: &Routes) -> (String, String) {
     let key_a = "a".to_owned();
-    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let processor_a = Router::processor_for_key(&(0..routes.router.pool_size()), key_a.as_bytes());
     let key_b = (0..100)
         .map(|k| format!("b{k}"))
-        .find(|k| routes.router.processor_for_key(k.as_bytes()) != processor_a)
+        .find(|k| {
+            Router::processor_for_key(&(0..routes.router.pool_size()), k.as_bytes()) != processor_a
+        })
         .unwrap();
     (key_a, key_b)
 }
@@ -157,7 +159,7 @@ fn two_keys(routes: &Routes) -> (String, String) {
 fn per_key_a_full_processor_holds_up_only_its_own_keys() {
     let mut routes = routes(OrderingMode::PerKey, 2, 1);
     let (key_a, key_b) = two_keys(&routes);
-    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let processor_a = Router::processor_for_key(&(0..routes.router.pool_size()), key_a.as_bytes());
     let records = vec![
         record(0, 0, &key_a),
         record(0, 1, &key_a),
@@ -186,7 +188,7 @@ fn per_key_a_full_processor_holds_up_only_its_own_keys() {
 fn per_key_looks_no_further_than_the_look_ahead() {
     let mut routes = routes_within(OrderingMode::PerKey, 2, 1, (10_000, 10_000));
     let (key_a, key_b) = two_keys(&routes);
-    let processor_a = routes.router.processor_for_key(key_a.as_bytes());
+    let processor_a = Router::processor_for_key(&(0..routes.router.pool_size()), key_a.as_bytes());
     let total = LOOK_AHEAD as i64 + 10;
     let records = std::iter::once(record(0, 0, &key_a))
         .chain((1..total).map(|o| record(0, o, &key_b)))

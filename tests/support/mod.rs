@@ -350,9 +350,14 @@ impl Cluster {
         topic: &str,
         group: &str,
     ) -> ConsumerConfigBuilder {
+        self.group_config(protocol, group).topic(topic)
+    }
+
+    /// The scenario tests' configuration of a member of `group`, under the given group
+    /// protocol, with no topic yet (routes bring their own).
+    pub fn group_config(&self, protocol: GroupProtocol, group: &str) -> ConsumerConfigBuilder {
         let config = ConsumerConfig::builder()
             .brokers(self.brokers())
-            .topic(topic)
             .group_id(group)
             .handle_signals(false)
             .commit_interval(Duration::from_millis(500))

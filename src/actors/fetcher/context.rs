@@ -22,6 +22,7 @@ use crate::native::{CommitFailure, CommitQueue, FetchQueue};
 use crate::offsets::CommitPoint;
 use crate::report::StopReason;
 use crate::routes::Routes;
+use crate::routing::Router;
 use crate::stop::StopHandle;
 use crate::trouble::{Reported, Resource, Trouble};
 
@@ -72,7 +73,7 @@ impl FetchContext {
     pub(crate) fn new(
         tracker: TrackerInbox,
         metrics: Arc<SystemMetrics>,
-        processors: usize,
+        router: Router,
         flow: FlowSettings,
         group_id: String,
         controls: Controls,
@@ -80,7 +81,7 @@ impl FetchContext {
         FetchContext {
             tracker,
             metrics,
-            routes: Mutex::new(Routes::new(processors, flow)),
+            routes: Mutex::new(Routes::new(router, flow)),
             next_assignment: AtomicU64::new(1),
             controls,
             stopping: AtomicBool::new(false),

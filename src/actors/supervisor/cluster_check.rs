@@ -10,7 +10,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use super::LOG_TARGET;
 use crate::actors::fetcher::FetchContext;
 use crate::config::ConsumerConfig;
-use crate::failure::Exhausted;
+use crate::failure::{Exhausted, FailurePolicy};
 use crate::trouble::Trouble;
 use crate::{Error, Result};
 
@@ -21,22 +21,25 @@ const METADATA_ATTEMPT: Duration = Duration::from_millis(500);
 const EVENTS_PER_ATTEMPT: usize = 64;
 
 /// Fails fast, with the setting at fault, when the brokers do not answer or a topic is missing.
+/// `topics`: those read by name (patterns are not checked: they may match nothing yet), each
+/// with its route's failure policy, which names its dead-letter topic.
 pub(super) async fn check_cluster(
     consumer: BaseConsumer<FetchContext>,
     config: &ConsumerConfig,
+    topics: Vec<(&str, &FailurePolicy)>,
 ) -> Result<BaseConsumer<FetchContext>> {
-    let (brokers, topics, wait) = (
-        config.brokers.clone(),
-        config.topics.clone(),
-        config.startup_timeout,
-    );
-    let dead_letter_topics: Vec<String> = match config.failure_policy.exhausted() {
-        Exhausted::DeadLetter { topic: Some(topic) } => vec![topic.clone()],
-        Exhausted::DeadLetter { topic: None } => {
-            topics.iter().map(|topic| format!("{topic}.dlq")).collect()
-        }
-        _ => Vec::new(),
-    };
+    let (brokers, wait) = (config.brokers.clone(), config.startup_timeout);
+    let mut dead_letter_topics: Vec<String> = topics
+        .iter()
+        .filter_map(|(topic, policy)| match policy.exhausted() {
+            Exhausted::DeadLetter { topic: Some(to) } => Some(to.clone()),
+            Exhausted::DeadLetter { topic: None } => Some(format!("{topic}.dlq")),
+            _ => None,
+        })
+        .collect();
+    dead_letter_topics.sort();
+    dead_letter_topics.dedup();
+    let topics: Vec<String> = topics.into_iter().map(|(t, _)| t.to_owned()).collect();
     // Fetching metadata blocks; keep it off the system's thread.
     tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + wait;
