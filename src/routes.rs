@@ -243,6 +243,7 @@ impl Routes {
     /// positions are unknown, else paused on request while the system is. A partition held
     /// already under an earlier assignment is replaced (its backlog dropped). Returns the
     /// partitions that no route reads (held, unread), to pause on the consumer.
+    #[must_use = "the partitions no route reads must be paused on the consumer"]
     pub(crate) fn assign(
         &mut self,
         partitions: Vec<(Arc<AssignedPartition>, Vec<i64>)>,

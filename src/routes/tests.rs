@@ -86,7 +86,7 @@ fn routes_within(
             read_headers: true,
         },
     );
-    routes.assign(
+    let unrouted = routes.assign(
         (0..partitions)
             .map(|p| {
                 let partition = TopicPartition::new("t", p);
@@ -103,6 +103,7 @@ fn routes_within(
             .collect(),
         false,
     );
+    assert!(unrouted.is_empty(), "one route reads every topic");
     routes
 }
 
@@ -269,7 +270,11 @@ fn messages_an_earlier_reader_finished_are_skipped_in_order() {
         Default::default(),
         Default::default(),
     );
-    routes.assign(vec![(assigned, vec![11, 12])], false);
+    assert!(
+        routes
+            .assign(vec![(assigned, vec![11, 12])], false)
+            .is_empty()
+    );
     let taken = routes.take((10..14).map(|o| record(0, o, "k")).collect());
     let offsets_of =
         |positions: &[Position]| -> Vec<i64> { positions.iter().map(|p| p.offset).collect() };
@@ -294,7 +299,7 @@ fn a_partition_assigned_again_never_resumes_where_its_earlier_assignment_paused(
         Default::default(),
         Default::default(),
     );
-    routes.assign(vec![(again, Vec::new())], false);
+    assert!(routes.assign(vec![(again, Vec::new())], false).is_empty());
     drop(revoked);
     assert_eq!(routes.paused(), 0, "a new assignment starts unpaused");
     assert!(
@@ -413,7 +418,7 @@ fn partitions_assigned_paused_are_never_resumed_by_flow_control() {
         Default::default(),
         Default::default(),
     );
-    routes.assign(vec![(assigned, Vec::new())], true);
+    assert!(routes.assign(vec![(assigned, Vec::new())], true).is_empty());
     assert_eq!(routes.paused(), 1);
     assert!(routes.resumable().is_empty());
 }
@@ -559,7 +564,7 @@ fn a_pause_for_a_while_ends_when_its_time_came_and_not_while_the_system_is_pause
         Default::default(),
         Default::default(),
     );
-    routes.assign(vec![(late, Vec::new())], false);
+    assert!(routes.assign(vec![(late, Vec::new())], false).is_empty());
     assert_eq!(routes.paused_on_request(), 3);
     assert!(
         routes
@@ -642,4 +647,71 @@ fn a_seek_reassigns_the_partition_dropping_its_backlog_and_keeping_its_pause() {
     // While a seek is under way (the caller fenced the assignment), nothing is committed.
     again.assigned.fence();
     assert_eq!(routes.committable(&p0), None);
+}
+
+#[test]
+fn each_partition_goes_to_its_routes_processors_and_a_topic_no_route_reads_is_held() {
+    use crate::routing::{Subscription, TopicMatcher};
+    let topics = |names: &[&str]| {
+        Subscription::Topics(
+            names
+                .iter()
+                .map(|n| TopicMatcher::parse(n).unwrap())
+                .collect(),
+        )
+    };
+    let router = Router::with_pools(vec![(topics(&["t"]), 2), (topics(&["^u.*"]), 1)]);
+    let mut routes = Routes::new(
+        router,
+        FlowSettings {
+            ordering: OrderingMode::Unordered,
+            partition_limit: limit(100),
+            total_limit: limit(100),
+            read_headers: true,
+        },
+    );
+    let assigned = |topic: &str, id| {
+        (
+            AssignedPartition::new(
+                TopicPartition::new(topic, 0),
+                AssignmentId(id),
+                Default::default(),
+                Default::default(),
+            ),
+            Vec::new(),
+        )
+    };
+    let unrouted = routes.assign(
+        vec![assigned("t", 1), assigned("u1", 2), assigned("x", 3)],
+        false,
+    );
+    assert_eq!(unrouted, [TopicPartition::new("x", 0)]);
+    assert_eq!(routes.processors_of(&TopicPartition::new("t", 0)), [0, 1]);
+    assert_eq!(routes.processors_of(&TopicPartition::new("u1", 0)), [2]);
+    let mut records: Vec<TestRecord> = (0..6).map(|o| record(0, o, "k")).collect();
+    records.extend((0..3).map(|o| TestRecord {
+        topic: "u1",
+        ..record(0, o, "k")
+    }));
+    records.extend((0..3).map(|o| TestRecord {
+        topic: "x",
+        ..record(0, o, "k")
+    }));
+    let taken = routes.take(records);
+    assert_eq!(
+        taken.positions.len(),
+        9,
+        "nothing of the topic no route reads"
+    );
+    // Unordered: any processor of the route, never another route's.
+    let batches = routes.hand_out(&mut [10, 10, 10]);
+    let topics_of = |batch: &[Message]| -> Vec<String> {
+        let mut topics: Vec<String> = batch.iter().map(|m| m.topic().to_owned()).collect();
+        topics.dedup();
+        topics
+    };
+    assert_eq!(batches[0].len() + batches[1].len(), 6);
+    assert!(topics_of(&batches[0]).iter().all(|t| t == "t"));
+    assert!(topics_of(&batches[1]).iter().all(|t| t == "t"));
+    assert_eq!(topics_of(&batches[2]), ["u1"]);
 }

@@ -367,8 +367,13 @@ impl ConsumerContext for FetchContext {
             })
             .collect();
         let mut routes = self.routes();
-        routes.assign(assigned, stopping);
+        let unrouted = routes.assign(assigned, stopping);
         self.metrics.assigned(routes.held());
+        drop(routes);
+        if !unrouted.is_empty() {
+            // Held, unread: librdkafka must not fetch what nobody takes.
+            super::consumer::pause(consumer, &unrouted, None);
+        }
     }
 }
 
