@@ -13,7 +13,7 @@ use crate::{FailurePolicy, OrderingMode};
 
 mod builder;
 mod properties;
-mod validation;
+pub(crate) mod validation;
 
 pub use builder::ConsumerConfigBuilder;
 use properties::Redacted;

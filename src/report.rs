@@ -71,6 +71,9 @@ pub enum StopReason {
     /// they were not read (from the committed offsets they could repeat or skip what the
     /// store holds).
     PartitionHookFailed(String),
+    /// A partition was assigned whose topic no [`Route`](crate::Route) reads (a pattern that
+    /// librdkafka or the broker matched and the route's did not): it was not read.
+    NoRoute(TopicPartition),
 }
 
 impl fmt::Display for StopReason {
@@ -102,6 +105,12 @@ impl fmt::Display for StopReason {
             }
             StopReason::NotAuthorized { resource, error } => {
                 write!(f, "not authorized: {resource} ({error})")
+            }
+            StopReason::NoRoute(partition) => {
+                write!(
+                    f,
+                    "{partition} was assigned and no route reads its topic (not read)"
+                )
             }
             StopReason::Unreadable {
                 partition,

@@ -8,10 +8,14 @@ use tokio::sync::oneshot;
 
 use crate::actors::messages::ProcessorHandle;
 use crate::actors::processor::{self, ProcessorShared};
+use crate::config::validation::is_valid_topic_name;
+use crate::failure::Exhausted;
 use crate::flow::{BatchLimit, PrefetchLimit};
-use crate::routing::{Subscription, TopicMatcher};
+use crate::routing::{PatternMatch, Pool as RouterPool, Subscription, TopicMatcher};
 use crate::work::{Batches, One, Work};
-use crate::{BatchProcessor, ConsumerConfig, Error, FailurePolicy, Processor, Result};
+use crate::{
+    BatchProcessor, ConsumerConfig, Error, FailurePolicy, GroupProtocol, Processor, Result,
+};
 
 /// Topics read by a pool of processors of their own, with a failure policy of their own, in a
 /// system of several routes ([`ConsumerSystem::run_routes`](crate::ConsumerSystem::run_routes)):
@@ -19,11 +23,17 @@ use crate::{BatchProcessor, ConsumerConfig, Error, FailurePolicy, Processor, Res
 /// route's processors.
 ///
 /// A topic is named, or matched by a pattern: a subscription that starts with `^` is a
-/// regular expression, as librdkafka reads it (`^orders-.*`); topics created later that match
-/// it are assigned once librdkafka's metadata sees them (`topic.metadata.refresh.interval.ms`,
-/// 5 minutes by default). A topic that several routes match goes to the first of them.
-/// Ordering mode, limits, prefetch and batch sizes are the system's; the number of processors
-/// and the failure policy default to the configuration's.
+/// regular expression (`^orders-.*`). Under the classic group protocol librdkafka finds it in
+/// topic names (POSIX extended expressions) and assigns topics created later once its
+/// metadata sees them (`topic.metadata.refresh.interval.ms`, 5 minutes by default); under the
+/// consumer protocol the broker matches whole names (RE2J). Constructs they could read
+/// differently (`\d`, `(?`, lazy quantifiers) are refused at start. A topic that several
+/// routes match goes to the first of them; a topic assigned that no route matches stops the
+/// system ([`StopReason::NoRoute`](crate::StopReason::NoRoute)). A pattern route names its
+/// dead-letter topic, and no route may read a dead-letter topic. Ordering mode, limits,
+/// prefetch and batch sizes are the system's; the number of processors and the failure
+/// policy default to the configuration's; partition hooks run on the processors of the routes
+/// that want them.
 ///
 /// ```no_run
 /// use kafka_actors::{ConsumerConfig, ConsumerSystem, FailurePolicy, Message, Processor, Route};
@@ -165,7 +175,11 @@ impl RouteSet {
     pub(crate) fn check(&self, config: &ConsumerConfig) -> Result<()> {
         if self.single {
             if config.topics.is_empty() {
-                return Err(Error::config("topics", "needs at least one topic"));
+                return Err(Error::config(
+                    "topics",
+                    "needs at least one topic (or `KAFKA_TOPICS`; or give routes to \
+                     `ConsumerSystem::run_routes`)",
+                ));
             }
             return Ok(());
         }
@@ -178,6 +192,8 @@ impl RouteSet {
         if self.routes.is_empty() {
             return Err(Error::config("routes", "needs at least one route"));
         }
+        let how = pattern_match(config);
+        let mut seen = std::collections::HashSet::new();
         for route in &self.routes {
             if route.processor_count(config) == 0 {
                 return Err(Error::config(
@@ -189,15 +205,60 @@ impl RouteSet {
                 return Err(Error::config("Route::failure_policy", reason));
             }
             for subscription in &route.subscriptions {
-                TopicMatcher::parse(subscription).map_err(|error| {
-                    Error::config(
+                if !seen.insert(subscription.as_str()) {
+                    return Err(Error::config(
                         "Route",
-                        format!("{subscription:?} is not a pattern: {error}"),
-                    )
+                        format!("{subscription:?} is given twice: one route reads a topic"),
+                    ));
+                }
+                if !subscription.starts_with('^') && !is_valid_topic_name(subscription) {
+                    return Err(Error::config(
+                        "Route",
+                        format!("{subscription:?} is not a topic name, nor a `^` pattern"),
+                    ));
+                }
+                TopicMatcher::parse(subscription, how).map_err(|error| {
+                    Error::config("Route", format!("{subscription:?}: {error}"))
                 })?;
             }
+            self.check_dead_letters(route, config, how)?;
         }
         Ok(())
+    }
+
+    /// A route must not read its own dead letters: a dead-letter topic that a route's
+    /// subscription matches would be read, fail and be dead-lettered again, without end.
+    fn check_dead_letters(
+        &self,
+        route: &Route,
+        config: &ConsumerConfig,
+        how: PatternMatch,
+    ) -> Result<()> {
+        let refuse = |reason: String| Err(Error::config("Route::failure_policy", reason));
+        match route.policy(config).exhausted() {
+            Exhausted::DeadLetter { topic: None }
+                if route.subscriptions.iter().any(|s| s.starts_with('^')) =>
+            {
+                refuse(format!(
+                    "of {:?} dead-letters to `<topic>.dlq`, which its pattern may match: name \
+                     the dead-letter topic (then_dead_letter_to)",
+                    route.subscriptions
+                ))
+            }
+            Exhausted::DeadLetter { topic: Some(topic) } => {
+                let read = self.routes.iter().flat_map(|r| &r.subscriptions).any(|s| {
+                    TopicMatcher::parse(s, how).is_ok_and(|matcher| matcher.matches(topic))
+                });
+                match read {
+                    true => refuse(format!(
+                        "dead-letters to {topic:?}, which a route reads: its dead letters would \
+                         be processed again"
+                    )),
+                    false => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What the consumer subscribes to.
@@ -212,8 +273,9 @@ impl RouteSet {
         }
     }
 
-    /// Each route's subscription and number of processors, in order, for the router.
-    pub(crate) fn pools(&self, config: &ConsumerConfig) -> Vec<(Subscription, usize)> {
+    /// Each route's processors, in order, for the router.
+    pub(crate) fn pools(&self, config: &ConsumerConfig) -> Vec<RouterPool> {
+        let how = pattern_match(config);
         self.routes
             .iter()
             .map(|route| {
@@ -223,17 +285,30 @@ impl RouteSet {
                         route
                             .subscriptions
                             .iter()
-                            .filter_map(|s| TopicMatcher::parse(s).ok())
+                            .filter_map(|s| TopicMatcher::parse(s, how).ok())
                             .collect(),
                     ),
                 };
-                (subscription, route.processor_count(config))
+                RouterPool::new(
+                    subscription,
+                    route.processor_count(config),
+                    route.pool.hooks(),
+                )
             })
             .collect()
     }
 
+    /// How many processors the routes have in all.
+    pub(crate) fn processors(&self, config: &ConsumerConfig) -> usize {
+        self.routes
+            .iter()
+            .map(|route| route.processor_count(config))
+            .sum()
+    }
+
     /// The topics read by name (patterns left out), each with its route's policy: the ones the
-    /// startup checks, and their dead-letter topics.
+    /// startup checks, and their dead-letter topics (a pattern route's is named, checked by
+    /// `check_dead_letters`).
     pub(crate) fn named_topics<'a>(
         &'a self,
         config: &'a ConsumerConfig,
@@ -261,6 +336,14 @@ impl RouteSet {
     /// Whether any route's processors want the partition hooks.
     pub(crate) fn hooks(&self) -> bool {
         self.routes.iter().any(|route| route.pool.hooks())
+    }
+}
+
+/// How the configured group protocol matches patterns to topics.
+fn pattern_match(config: &ConsumerConfig) -> PatternMatch {
+    match config.group_protocol {
+        GroupProtocol::Consumer => PatternMatch::Whole,
+        _ => PatternMatch::Search,
     }
 }
 
@@ -394,7 +477,7 @@ mod tests {
             routes.subscriptions(&config),
             ["orders", "refunds", "^audit-.*"]
         );
-        let sizes: Vec<usize> = routes.pools(&config).into_iter().map(|(_, n)| n).collect();
+        let sizes: Vec<usize> = routes.pools(&config).into_iter().map(|p| p.size).collect();
         assert_eq!(
             sizes,
             [3, 1],

@@ -314,19 +314,21 @@ impl Routes {
             .collect()
     }
 
-    /// The processors a partition's messages may go to, which its hooks are run on: the one
-    /// it is routed to per partition, every one of its route otherwise.
-    pub(crate) fn processors_of(&self, partition: &TopicPartition) -> Vec<usize> {
-        let Some(pool) = self.router.pool_of(partition.topic()) else {
+    /// The processors that run a partition's hooks: those its messages may go to (the one it
+    /// is routed to per partition, every one of its route otherwise), when its route's
+    /// processors want the hooks; none otherwise.
+    pub(crate) fn hook_processors_of(&self, partition: &TopicPartition) -> Vec<usize> {
+        let topic = partition.topic();
+        let Some(pool) = self
+            .router
+            .pool_of(topic)
+            .filter(|_| self.router.hooks_of(topic))
+        else {
             return Vec::new();
         };
         match self.flow.ordering {
             OrderingMode::PerPartition => {
-                vec![Router::processor_for(
-                    &pool,
-                    partition.topic(),
-                    partition.partition(),
-                )]
+                vec![Router::processor_for(&pool, topic, partition.partition())]
             }
             _ => pool.collect(),
         }

@@ -68,17 +68,50 @@ pub(crate) enum TopicMatcher {
     Pattern(regex::Regex),
 }
 
+/// How the group protocol matches a pattern subscription to topics: librdkafka matches it
+/// itself under the classic protocol (POSIX extended regular expressions, found anywhere in
+/// the name after the leading `^`); under the consumer protocol the broker does (RE2J, the
+/// whole name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatternMatch {
+    Search,
+    Whole,
+}
+
 impl TopicMatcher {
-    /// A subscription as librdkafka reads it: a pattern when it starts with `^`.
-    pub(crate) fn parse(subscription: &str) -> Result<Self, regex::Error> {
-        if subscription.starts_with('^') {
-            regex::Regex::new(subscription).map(TopicMatcher::Pattern)
-        } else {
-            Ok(TopicMatcher::Name(subscription.to_owned()))
+    /// A subscription as librdkafka reads it: a pattern when it starts with `^`. Patterns are
+    /// refused where POSIX extended expressions, RE2J and Rust's `regex` could read them
+    /// differently: escapes of letters and digits (`\d` is a `d` to POSIX), `(?` groups and
+    /// flags, lazy quantifiers.
+    pub(crate) fn parse(subscription: &str, how: PatternMatch) -> Result<Self, String> {
+        if !subscription.starts_with('^') {
+            return Ok(TopicMatcher::Name(subscription.to_owned()));
         }
+        let chars: Vec<char> = subscription.chars().collect();
+        for pair in chars.windows(2) {
+            let refused = match pair {
+                ['\\', c] if c.is_ascii_alphanumeric() => true,
+                ['(', '?'] | ['*' | '+' | '?' | '}', '?'] => true,
+                _ => false,
+            };
+            if refused {
+                return Err(format!(
+                    "`{}{}` reads differently in librdkafka's POSIX expressions and the \
+                     broker's RE2J: write it with [] classes and plain groups",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        let pattern = match how {
+            PatternMatch::Search => subscription.to_owned(),
+            PatternMatch::Whole => format!("^(?:{})$", &subscription[1..]),
+        };
+        regex::Regex::new(&pattern)
+            .map(TopicMatcher::Pattern)
+            .map_err(|error| error.to_string())
     }
 
-    fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         match self {
             TopicMatcher::Name(name) => name == topic,
             TopicMatcher::Pattern(pattern) => pattern.is_match(topic),
@@ -99,27 +132,48 @@ impl Subscription {
 /// processors, and within a pool by partition or key.
 #[derive(Debug, Clone)]
 pub(crate) struct Router {
-    pools: Vec<(Subscription, Range<usize>)>,
+    pools: Vec<Pool>,
+}
+
+/// A route's processors, as the Router sees them.
+#[derive(Debug, Clone)]
+pub(crate) struct Pool {
+    pub(crate) subscription: Subscription,
+    pub(crate) size: usize,
+    /// Whether its processors run the partition hooks.
+    pub(crate) hooks: bool,
+    range: Range<usize>,
+}
+
+impl Pool {
+    pub(crate) fn new(subscription: Subscription, size: usize, hooks: bool) -> Self {
+        Pool {
+            subscription,
+            size,
+            hooks,
+            range: 0..0,
+        }
+    }
 }
 
 impl Router {
-    /// One pool of `processors` for every topic.
+    /// One pool of `processors` for every topic, without partition hooks.
     #[cfg(test)]
     pub(crate) fn new(processors: usize) -> Self {
-        Router::with_pools(vec![(Subscription::Any, processors)])
+        Router::with_pools(vec![Pool::new(Subscription::Any, processors, false)])
     }
 
-    /// Pools in order, each with its subscription and size; a topic goes to the first pool
-    /// whose subscription matches it.
-    pub(crate) fn with_pools(pools: Vec<(Subscription, usize)>) -> Self {
+    /// Pools in order, each given the next range of processors; a topic goes to the first
+    /// pool whose subscription matches it.
+    pub(crate) fn with_pools(pools: Vec<Pool>) -> Self {
         let mut first = 0;
-        let pools: Vec<(Subscription, Range<usize>)> = pools
+        let pools = pools
             .into_iter()
-            .map(|(subscription, size)| {
-                assert!(size > 0, "a processor pool has at least one processor");
-                let range = first..first + size;
-                first += size;
-                (subscription, range)
+            .map(|pool| {
+                assert!(pool.size > 0, "a processor pool has at least one processor");
+                let range = first..first + pool.size;
+                first += pool.size;
+                Pool { range, ..pool }
             })
             .collect();
         Router { pools }
@@ -128,15 +182,23 @@ impl Router {
     /// How many processors there are, in every pool.
     #[cfg(test)]
     pub(crate) fn pool_size(&self) -> usize {
-        self.pools.last().map_or(0, |(_, range)| range.end)
+        self.pools.last().map_or(0, |pool| pool.range.end)
     }
 
     /// The processors of the pool that reads `topic`, if one does.
     pub(crate) fn pool_of(&self, topic: &str) -> Option<Range<usize>> {
+        self.pool_reading(topic).map(|pool| pool.range.clone())
+    }
+
+    /// Whether the processors that read `topic` run the partition hooks.
+    pub(crate) fn hooks_of(&self, topic: &str) -> bool {
+        self.pool_reading(topic).is_some_and(|pool| pool.hooks)
+    }
+
+    fn pool_reading(&self, topic: &str) -> Option<&Pool> {
         self.pools
             .iter()
-            .find(|(subscription, _)| subscription.matches(topic))
-            .map(|(_, range)| range.clone())
+            .find(|pool| pool.subscription.matches(topic))
     }
 
     /// The processor for a partition, within its pool. The partitions of one topic are spread
@@ -208,25 +270,50 @@ mod tests {
             Subscription::Topics(
                 subscriptions
                     .iter()
-                    .map(|s| TopicMatcher::parse(s).unwrap())
+                    .map(|s| TopicMatcher::parse(s, PatternMatch::Search).unwrap())
                     .collect(),
             )
         };
         let router = Router::with_pools(vec![
-            (topics(&["orders"]), 2),
-            (topics(&["^orders-.*", "payments"]), 3),
-            (topics(&["^.*"]), 1),
+            Pool::new(topics(&["orders"]), 2, false),
+            Pool::new(topics(&["^orders-.*", "payments"]), 3, true),
+            Pool::new(topics(&["^.*"]), 1, false),
         ]);
         assert_eq!(router.pool_size(), 6);
         assert_eq!(router.pool_of("orders"), Some(0..2));
         assert_eq!(router.pool_of("orders-eu"), Some(2..5));
         assert_eq!(router.pool_of("payments"), Some(2..5));
         assert_eq!(router.pool_of("audit"), Some(5..6));
-        let only = Router::with_pools(vec![(topics(&["orders"]), 1)]);
+        assert!(router.hooks_of("payments") && !router.hooks_of("orders"));
+        let only = Router::with_pools(vec![Pool::new(topics(&["orders"]), 1, false)]);
         assert_eq!(only.pool_of("ordersx"), None, "a name is not a prefix");
         for partition in 0..10 {
             assert!((2..5).contains(&Router::processor_for(&(2..5), "payments", partition)));
         }
-        assert!(TopicMatcher::parse("^orders-(").is_err());
+    }
+
+    #[test]
+    fn patterns_match_as_the_group_protocol_does_and_ambiguous_ones_are_refused() {
+        let search = TopicMatcher::parse("^orders", PatternMatch::Search).unwrap();
+        let whole = TopicMatcher::parse("^orders", PatternMatch::Whole).unwrap();
+        // Classic: librdkafka searches (the ^ anchors the start only); the consumer protocol:
+        // the broker matches the whole name.
+        assert!(search.matches("orders-eu") && search.matches("orders"));
+        assert!(!whole.matches("orders-eu") && whole.matches("orders"));
+        let alternatives = TopicMatcher::parse("^(orders|refunds)-[0-9]+", PatternMatch::Whole);
+        assert!(alternatives.unwrap().matches("refunds-12"));
+        for ambiguous in [
+            "^orders-\\d+",
+            "^(?i)orders",
+            "^(?:a|b)",
+            "^a.*?b",
+            "^orders-(",
+        ] {
+            assert!(
+                TopicMatcher::parse(ambiguous, PatternMatch::Search).is_err(),
+                "{ambiguous}"
+            );
+        }
+        assert!(TopicMatcher::parse("^orders\\.eu", PatternMatch::Search).is_ok());
     }
 }

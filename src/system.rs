@@ -176,6 +176,15 @@ impl ConsumerSystem {
         futures::executor::block_on(spawn_work(config, routes))
     }
 
+    /// As [`spawn_routes`](Self::spawn_routes), awaited (see [`spawn_async`](Self::spawn_async)).
+    pub async fn spawn_routes_async(
+        config: ConsumerConfig,
+        routes: impl IntoIterator<Item = Route>,
+    ) -> Result<RunningSystem> {
+        let routes = RouteSet::given(routes.into_iter().collect());
+        spawn_work(config, routes).await
+    }
+
     /// As [`spawn`](Self::spawn), with [`BatchProcessor`]s.
     pub fn spawn_batch<B, F>(config: ConsumerConfig, factory: F) -> Result<RunningSystem>
     where

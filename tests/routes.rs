@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_actors::{
-    BatchProcessor, ConsumerSystem, FailurePolicy, Message, Permanent, Processor, Route,
-    dead_letter_headers,
+    BatchFailures, BatchProcessor, ConsumerSystem, FailurePolicy, Message, Permanent, Processor,
+    Route, dead_letter_headers,
 };
 use support::{Cluster, SCENARIO_TIMEOUT, group, wait_until};
 
@@ -75,7 +75,8 @@ impl Processor for Orders {
     }
 }
 
-/// Payments, in batches: every message fails its first attempt.
+/// Payments, in batches: every message fails its first attempt, and a payload "bad" fails
+/// for good.
 struct Payments(Book);
 
 impl BatchProcessor for Payments {
@@ -85,10 +86,16 @@ impl BatchProcessor for Payments {
             first_attempts |= self.0.attempt(message) == 1;
         }
         anyhow::ensure!(!first_attempts, "the payment service is warming up");
-        for message in batch {
-            self.0.record("payments", message);
+        let mut failures = BatchFailures::new();
+        for (index, message) in batch.iter().enumerate() {
+            match message.payload_str() {
+                Some("bad") => {
+                    failures.fail(index, anyhow::anyhow!("refused").context(Permanent));
+                }
+                _ => self.0.record("payments", message),
+            }
         }
-        Ok(())
+        failures.into_result()
     }
 }
 
@@ -119,7 +126,11 @@ fn each_route_reads_its_topics_with_its_own_processors_and_policy_and_a_pattern_
         .collect();
     orders_records[37].1 = "poison".to_owned();
     let orders_end = cluster.produce_records(&orders, orders_records);
-    let payments_end = cluster.produce(&payments, 100);
+    let mut payments_records: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("p{i}"), format!("payment {i}")))
+        .collect();
+    payments_records[58].1 = "bad".to_owned();
+    let payments_end = cluster.produce_records(&payments, payments_records);
     let audit_early_end = cluster.produce(&audit_early, 20);
     let group = group("routes");
     let book = Book::default();
@@ -139,8 +150,9 @@ fn each_route_reads_its_topics_with_its_own_processors_and_policy_and_a_pattern_
             Route::batches(payments.clone(), move || Payments(b.clone()))
                 .processors(1)
                 .failure_policy(
-                    FailurePolicy::retry(3)
-                        .backoff(Duration::from_millis(50), Duration::from_millis(100)),
+                    FailurePolicy::retry(2)
+                        .backoff(Duration::from_millis(50), Duration::from_millis(100))
+                        .then_skip(),
                 ),
             Route::new(format!("^{audit_prefix}-.*"), move || Audit(c.clone())).processors(1),
         ]
@@ -148,7 +160,7 @@ fn each_route_reads_its_topics_with_its_own_processors_and_policy_and_a_pattern_
     let system = ConsumerSystem::spawn_routes(config, routes).unwrap();
     wait_until("the first topics were processed", SCENARIO_TIMEOUT, || {
         book.of_topic(&orders).len() == 99
-            && book.of_topic(&payments).len() == 100
+            && book.of_topic(&payments).len() == 99
             && book.of_topic(&audit_early).len() == 20
     });
     // A topic the pattern matches, created while the system runs.
@@ -179,7 +191,7 @@ fn each_route_reads_its_topics_with_its_own_processors_and_policy_and_a_pattern_
         assert_eq!(entries, unique, "{topic}: processed twice");
     }
     // Each route's policy: the poison order dead-lettered after its one attempt; every
-    // payment retried once (three attempts allowed), none dead-lettered.
+    // payment tried again alone after its batch failed as a whole.
     let attempts = book.attempts.lock().unwrap().clone();
     let dead = cluster.read(&dead_letters, 1);
     assert_eq!(dead[0].payload.as_deref(), Some(b"poison".as_slice()));
@@ -201,7 +213,9 @@ fn each_route_reads_its_topics_with_its_own_processors_and_policy_and_a_pattern_
             .all(|(_, attempts)| *attempts == 2),
         "each payment failed once, then succeeded"
     );
-    assert_eq!(report.dead_lettered, 1);
+    // The bad payment skipped by its route's policy: neither dead-lettered as orders' nor
+    // stopped on as the configuration's default.
+    assert_eq!((report.dead_lettered, report.skipped), (1, 1), "{report}");
     // One group committed every topic's end.
     assert_eq!(cluster.committed_offsets(&group, &orders), orders_end);
     assert_eq!(cluster.committed_offsets(&group, &payments), payments_end);

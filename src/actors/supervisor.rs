@@ -104,25 +104,34 @@ impl Supervisor {
             ))?;
         let consumer = check_cluster(consumer, &config, routes.named_topics(&config)).await?;
 
+        // Every route's dead-letter producer before any processor starts: nothing to release
+        // when one cannot be made.
+        let dead_letters = routes
+            .routes
+            .iter()
+            .map(|route| match route.policy(&config).exhausted() {
+                Exhausted::DeadLetter { topic } => DeadLetters::new(
+                    &config.brokers,
+                    topic.clone(),
+                    &config.dead_letter_client_options(),
+                    metrics.clone(),
+                )
+                .map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut arbiters = Vec::new();
-        let workers = (0..config.worker_threads)
+        // At most one thread per processor of every route.
+        let threads = config.worker_threads.min(routes.processors(&config));
+        let workers = (0..threads)
             .map(|_| Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string())))
             .collect::<Result<Vec<_>>>()?;
         let abandon = Abandon::default();
         // Each route's processors, one after another, each with its route's policy.
         let mut processors: Vec<ProcessorHandle> = Vec::new();
         let mut starts = Vec::new();
-        for route in &routes.routes {
+        for (route, dead_letters) in routes.routes.iter().zip(dead_letters) {
             let policy = route.policy(&config);
-            let dead_letters = match policy.exhausted() {
-                Exhausted::DeadLetter { topic } => Some(DeadLetters::new(
-                    &config.brokers,
-                    topic.clone(),
-                    &config.dead_letter_client_options(),
-                    metrics.clone(),
-                )?),
-                _ => None,
-            };
             let shared = ProcessorShared {
                 factory: Arc::new(|| ()),
                 tracker: tracker_inbox.completions.clone(),
@@ -167,6 +176,18 @@ impl Supervisor {
                 }
             }
         }
+        consumer.context().set_revocation(Revocation {
+            processors: processors.clone(),
+            drain_timeout: config.rebalance_drain_timeout,
+            hooks: routes.hooks(),
+            stop: stop.clone(),
+        });
+        let subscriptions = routes.subscriptions(&config);
+        if failed_start.is_none()
+            && let Err(error) = consumer.subscribe(&subscriptions)
+        {
+            failed_start = Some(error.into());
+        }
         if let Some(error) = failed_start {
             // Release what the processors that did start opened; the others opened nothing.
             let budget = config.shutdown_timeout;
@@ -176,14 +197,6 @@ impl Supervisor {
             return Err(error);
         }
 
-        consumer.context().set_revocation(Revocation {
-            processors: processors.clone(),
-            drain_timeout: config.rebalance_drain_timeout,
-            hooks: routes.hooks(),
-            stop: stop.clone(),
-        });
-        let subscriptions = routes.subscriptions(&config);
-        consumer.subscribe(&subscriptions)?;
         let fetch_arbiter =
             Arbiter::try_new().map_err(|error| Error::Runtime(error.to_string()))?;
         let fetcher_controls = ControlDesk {
@@ -222,7 +235,7 @@ impl Supervisor {
             config.brokers,
             subscriptions,
             processors.len(),
-            config.worker_threads
+            threads
         );
         let shutdown = ShutdownPlan {
             metrics: metrics.clone(),

@@ -105,7 +105,9 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// Adds a topic to subscribe to. At least one is required.
+    /// Adds a topic to subscribe to. A system started with one factory needs at least one (it
+    /// refuses to start without); a system of [`Route`](crate::Route)s takes its topics from
+    /// the routes and none from here.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
         self
@@ -124,7 +126,8 @@ impl ConsumerConfigBuilder {
 
     /// How many processors run (default 4): the most messages processed at once. In
     /// [`OrderingMode::PerPartition`] each partition is handled by one processor, so more
-    /// processors than assigned partitions add nothing; in the other modes they do.
+    /// processors than assigned partitions add nothing; in the other modes they do. With
+    /// [`Route`](crate::Route)s, the number of each route that does not set its own.
     pub fn processors(mut self, processors: usize) -> Self {
         self.processors = processors;
         self
@@ -186,8 +189,8 @@ impl ConsumerConfigBuilder {
         self
     }
 
-    /// How many threads the processors are spread over (default: the number of CPUs, at most
-    /// the number of processors). Processors are async, so I/O-bound work needs few threads.
+    /// How many threads the processors are spread over (default: the number of CPUs; at most
+    /// one per processor, of every route). Processors are async, so I/O-bound work needs few threads.
     pub fn worker_threads(mut self, threads: usize) -> Self {
         self.worker_threads = Some(threads);
         self

@@ -175,7 +175,9 @@ impl ConsumerConfigBuilder {
 
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let mut config = ConsumerConfig {
-            worker_threads: self.worker_threads.unwrap_or(cpus).min(self.processors),
+            // At most one per processor: capped when the system starts, by the processors of
+            // every route.
+            worker_threads: self.worker_threads.unwrap_or(cpus),
             brokers: self.brokers,
             group_id: self.group_id,
             topics: self.topics,
@@ -262,7 +264,7 @@ fn contradictions(config: &ConsumerConfig) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-fn is_valid_topic_name(topic: &str) -> bool {
+pub(crate) fn is_valid_topic_name(topic: &str) -> bool {
     (1..=249).contains(&topic.len())
         && topic
             .chars()

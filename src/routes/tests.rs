@@ -651,16 +651,19 @@ fn a_seek_reassigns_the_partition_dropping_its_backlog_and_keeping_its_pause() {
 
 #[test]
 fn each_partition_goes_to_its_routes_processors_and_a_topic_no_route_reads_is_held() {
-    use crate::routing::{Subscription, TopicMatcher};
+    use crate::routing::{PatternMatch, Pool, Subscription, TopicMatcher};
     let topics = |names: &[&str]| {
         Subscription::Topics(
             names
                 .iter()
-                .map(|n| TopicMatcher::parse(n).unwrap())
+                .map(|n| TopicMatcher::parse(n, PatternMatch::Search).unwrap())
                 .collect(),
         )
     };
-    let router = Router::with_pools(vec![(topics(&["t"]), 2), (topics(&["^u.*"]), 1)]);
+    let router = Router::with_pools(vec![
+        Pool::new(topics(&["t"]), 2, true),
+        Pool::new(topics(&["^u.*"]), 1, false),
+    ]);
     let mut routes = Routes::new(
         router,
         FlowSettings {
@@ -686,8 +689,16 @@ fn each_partition_goes_to_its_routes_processors_and_a_topic_no_route_reads_is_he
         false,
     );
     assert_eq!(unrouted, [TopicPartition::new("x", 0)]);
-    assert_eq!(routes.processors_of(&TopicPartition::new("t", 0)), [0, 1]);
-    assert_eq!(routes.processors_of(&TopicPartition::new("u1", 0)), [2]);
+    // Hooks run on the processors of the route that wants them, and no other.
+    assert_eq!(
+        routes.hook_processors_of(&TopicPartition::new("t", 0)),
+        [0, 1]
+    );
+    assert!(
+        routes
+            .hook_processors_of(&TopicPartition::new("u1", 0))
+            .is_empty()
+    );
     let mut records: Vec<TestRecord> = (0..6).map(|o| record(0, o, "k")).collect();
     records.extend((0..3).map(|o| TestRecord {
         topic: "u1",

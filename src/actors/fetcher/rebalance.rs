@@ -43,7 +43,7 @@ impl FetchContext {
         {
             let routes = self.routes();
             for partition in partitions {
-                for index in routes.processors_of(partition) {
+                for index in routes.hook_processors_of(partition) {
                     by_processor
                         .entry(index)
                         .or_default()
@@ -370,9 +370,15 @@ impl ConsumerContext for FetchContext {
         let unrouted = routes.assign(assigned, stopping);
         self.metrics.assigned(routes.held());
         drop(routes);
-        if !unrouted.is_empty() {
-            // Held, unread: librdkafka must not fetch what nobody takes.
+        if let Some(partition) = unrouted.first() {
+            // Held, unread: librdkafka must not fetch what nobody takes, and a partition read
+            // by nobody must not wait unnoticed.
             super::consumer::pause(consumer, &unrouted, None);
+            if let Some(revocation) = self.revocation.get() {
+                revocation
+                    .stop
+                    .request_graceful(StopReason::NoRoute(partition.clone()));
+            }
         }
     }
 }
