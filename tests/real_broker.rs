@@ -538,13 +538,11 @@ fn a_seek_to_a_time_goes_to_the_first_message_of_that_time() {
         .unwrap();
     let offsets: Vec<i64> = ledger.iter().map(|(o, _)| *o).collect();
     let runs = split_into_runs(&offsets);
-    // The seek takes effect once the broker named the offset: what the processor held, and
-    // what the Fetcher handed it meanwhile, may run before it (151 to a few prefetches on).
+    // The seek takes effect once the broker named the offset, on a connection of its own
+    // (made at the first lookup): the partition goes on meanwhile, from 151 to wherever it
+    // is then, so only the start of the replay is exact.
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[0].0, 0);
-    assert!(
-        (150..=150 + 4 * held as i64).contains(&runs[0].1),
-        "{runs:?}"
-    );
+    assert!(runs[0].1 >= 150, "{runs:?}");
     assert_eq!(runs[1], (by_time, end - 1), "{runs:?}");
 }
